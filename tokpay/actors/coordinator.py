@@ -1,0 +1,383 @@
+"""Two-phase commit for transfers whose accounts live on more than one shard.
+
+Presumed abort: participants durably log PREPARED (funds held) before voting yes;
+the coordinator durably logs only commit decisions, then tells every participant
+and answers the client once all of them applied it. A transaction the coordinator
+has no commit record of is aborted by recovery. PREPARE and COMMIT travel batched:
+one call per participant shard per incoming batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from tokpay.actors.naming import shard_actor_name
+from tokpay.actors.protocol import (
+    CoordinatorCommit,
+    CoordinatorDone,
+    CoordinatorRecord,
+    decode,
+    encode,
+)
+from tokpay.ledger.errors import ErrorCode, LedgerError
+from tokpay.ledger.limits import MAX_BATCH
+from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
+from tokpay.ledger.routing import shard_of
+from tokpay.ledger.validation import validate_order
+from tokpay.wal import WalFatalIOError, WriteAheadLog, read_latest_snapshot, write_snapshot
+
+log = logging.getLogger("tokpay.coordinator")
+
+COORDINATOR_EPOCH = 1
+DECIDE_ATTEMPTS = 40
+"""Tries to deliver a decision before leaving it to the periodic sweep (~20 s in all)."""
+DECIDE_BACKOFF_SECONDS = 0.5
+SWEEP_INTERVAL_SECONDS = 2.0
+SNAPSHOT_EVERY_RECORDS = 20_000
+
+ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
+"""(shard, method, payload) -> result: how the coordinator reaches a participant."""
+
+
+@dataclass
+class _Tx:
+    index: int
+    txid: str
+    transfer: Transfer
+    shards: list[int]
+    votes: dict[int, Vote] = field(default_factory=dict)
+
+
+class CoordinatorService:
+    def __init__(
+        self, shard_count: int, data_dir: Path, call_shard: ShardCall, *, fsync: bool = True
+    ) -> None:
+        self._shard_count = shard_count
+        self._call_shard = call_shard
+        root = data_dir / "coordinator"
+        self._snapshot_dir = root / "snapshots"
+        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self._wal = WriteAheadLog.open(root / "wal", fsync=fsync)
+        # Commit decisions not yet applied by every participant: txid -> participant shards.
+        self.pending_commits: dict[str, list[int]] = {}
+        snapshot_sequence = 0
+        found = read_latest_snapshot(self._snapshot_dir)
+        if found is not None:
+            snapshot_sequence, payload = found
+            self.pending_commits = decode(payload, dict[str, list[int]])
+        for record in self._wal.records(after_sequence=snapshot_sequence):
+            self._replay(decode(record.payload, CoordinatorRecord))
+        self._records_since_snapshot = 0
+        self._inflight_txids: set[str] = set()
+        self._inflight_orders: dict[str, tuple[TransferOrder, asyncio.Future[TransferOutcome]]] = {}
+        self._recovered: asyncio.Event | None = None
+        self._recovery_lock: asyncio.Lock | None = None
+        self.committed = 0
+        self.aborted = 0
+        log.info(
+            "coordinator recovered: %d commit decisions to re-deliver", len(self.pending_commits)
+        )
+
+    def _replay(self, record: CoordinatorRecord) -> None:
+        if isinstance(record, CoordinatorCommit):
+            for txid, shards in zip(record.txids, record.participants, strict=True):
+                self.pending_commits[txid] = shards
+        else:
+            for txid in record.txids:
+                self.pending_commits.pop(txid, None)
+
+    def _append(self, record: CoordinatorRecord) -> None:
+        try:
+            self._wal.append(COORDINATOR_EPOCH, encode(record))
+        except WalFatalIOError:
+            log.critical("coordinator: log write failed; stopping", exc_info=True)
+            os._exit(70)
+        self._records_since_snapshot += 1
+        if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
+            sequence = self._wal.last_sequence
+            write_snapshot(self._snapshot_dir, sequence, encode(self.pending_commits))
+            self._wal.truncate_before(sequence + 1)
+            self._records_since_snapshot = 0
+
+    # -- public --------------------------------------------------------------------------
+
+    async def submit(self, payload: bytes) -> bytes:
+        await self.ensure_recovered()
+        orders = decode(payload, list[TransferOrder])
+        if len(orders) > MAX_BATCH:
+            raise ValueError(f"batch of {len(orders)} exceeds MAX_BATCH={MAX_BATCH}")
+        return encode(await self._submit(orders))
+
+    async def ensure_recovered(self) -> None:
+        if self._recovered is None:
+            self._recovered = asyncio.Event()
+            self._recovery_lock = asyncio.Lock()
+        if self._recovered.is_set():
+            return
+        assert_lock = self._recovery_lock
+        if assert_lock is None:
+            raise RuntimeError("recovery lock missing")
+        async with assert_lock:
+            if not self._recovered.is_set():
+                await self.resolve_in_doubt()
+                self._recovered.set()
+
+    async def resolve_in_doubt(self) -> dict[str, int]:
+        """Re-deliver logged commits and abort every in-doubt transaction without one."""
+        redelivered = 0
+        pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
+        if pending:
+            await self._deliver([Decision(t, True) for t in pending], pending)
+            redelivered = len(pending)
+        aborted = 0
+        for shard in range(self._shard_count):
+            txids: list[str] = await self._call_shard(shard, "in_doubt", b"")
+            decisions = [
+                Decision(t, t in self.pending_commits)
+                for t in txids
+                if t not in self._inflight_txids
+            ]
+            aborted += sum(1 for d in decisions if not d.commit)
+            for start in range(0, len(decisions), MAX_BATCH):
+                await self._call_shard(
+                    shard, "decide", encode(decisions[start : start + MAX_BATCH])
+                )
+        if redelivered or aborted:
+            log.info(
+                "in-doubt resolution: %d commits re-delivered, %d aborted", redelivered, aborted
+            )
+        return {"redelivered": redelivered, "aborted": aborted}
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self.resolve_in_doubt()
+            except Exception:
+                log.warning("in-doubt sweep failed; will retry", exc_info=True)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def _submit(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
+        loop = asyncio.get_running_loop()
+        outcomes: list[TransferOutcome | None] = [None] * len(orders)
+        waiters: list[tuple[int, TransferOrder, asyncio.Future[TransferOutcome]]] = []
+        txs: list[_Tx] = []
+        now = time.time_ns() // 1_000
+        for index, order in enumerate(orders):
+            try:
+                validate_order(order, self._shard_count)
+            except LedgerError as error:
+                outcomes[index] = TransferOutcome(error=error.code, detail=error.detail)
+                continue
+            running = self._inflight_orders.get(order.id)
+            if running is not None:
+                waiters.append((index, order, running[1]))
+                continue
+            self._inflight_orders[order.id] = (order, loop.create_future())
+            txid = uuid.uuid4().hex
+            self._inflight_txids.add(txid)
+            debit_shard = shard_of(order.debit, self._shard_count)
+            others = {shard_of(a, self._shard_count) for a in order.accounts()} - {debit_shard}
+            txs.append(
+                _Tx(
+                    index,
+                    txid,
+                    Transfer(order=order, created_at=now),
+                    [debit_shard, *sorted(others)],
+                )
+            )
+        try:
+            await self._run(txs, outcomes)
+        finally:
+            for tx in txs:
+                self._inflight_txids.discard(tx.txid)
+                _, future = self._inflight_orders.pop(tx.transfer.order.id)
+                result = outcomes[tx.index]
+                if not future.done():
+                    if result is None:
+                        future.set_exception(
+                            LedgerError(ErrorCode.UNAVAILABLE, "coordinator failed")
+                        )
+                    else:
+                        future.set_result(result)
+        for index, order, future in waiters:
+            outcomes[index] = _follow(order, await future)
+        return [o if o is not None else _unavailable("no outcome") for o in outcomes]
+
+    async def _run(self, txs: list[_Tx], outcomes: list[TransferOutcome | None]) -> None:
+        if not txs:
+            return
+        by_shard: dict[int, list[_Tx]] = {}
+        for tx in txs:
+            for shard in tx.shards:
+                by_shard.setdefault(shard, []).append(tx)
+        await asyncio.gather(*(self._prepare_on(shard, group) for shard, group in by_shard.items()))
+
+        commits: list[_Tx] = []
+        aborts: list[_Tx] = []
+        for tx in txs:
+            if len(tx.votes) == len(tx.shards) and all(v.ok for v in tx.votes.values()):
+                commits.append(tx)
+            else:
+                aborts.append(tx)
+                outcomes[tx.index] = _refusal(tx)
+        if commits:
+            # The in-memory map changes first so a snapshot taken by _append includes it.
+            for tx in commits:
+                self.pending_commits[tx.txid] = tx.shards
+            self._append(
+                CoordinatorCommit(
+                    txids=[tx.txid for tx in commits], participants=[tx.shards for tx in commits]
+                )
+            )
+        decisions = [Decision(tx.txid, True) for tx in commits] + [
+            Decision(tx.txid, False) for tx in aborts
+        ]
+        participants = {tx.txid: tx.shards for tx in txs}
+        undelivered = await self._deliver(decisions, participants)
+        done = [tx.txid for tx in commits if tx.txid not in undelivered]
+        for tx in commits:
+            if tx.txid in undelivered:
+                outcomes[tx.index] = _unavailable(
+                    "the transfer committed but a participant has not applied it yet; "
+                    "retry with the same id"
+                )
+            else:
+                outcomes[tx.index] = TransferOutcome(transfer=tx.transfer)
+        if done:
+            # Not fsynced on purpose: losing it only means recovery re-sends the decision.
+            for txid in done:
+                self.pending_commits.pop(txid, None)
+            self._append(CoordinatorDone(txids=done))
+        self.committed += len(done)
+        self.aborted += len(aborts)
+
+    async def _prepare_on(self, shard: int, group: list[_Tx]) -> None:
+        for start in range(0, len(group), MAX_BATCH):
+            chunk = group[start : start + MAX_BATCH]
+            payload = encode([Prepare(txid=tx.txid, transfer=tx.transfer) for tx in chunk])
+            try:
+                votes = decode(await self._call_shard(shard, "prepare", payload), list[Vote])
+            except Exception as error:
+                log.warning("prepare on shard %d failed: %s", shard, error)
+                votes = [
+                    Vote(
+                        txid=tx.txid,
+                        ok=False,
+                        error=ErrorCode.UNAVAILABLE,
+                        detail="shard unavailable",
+                    )
+                    for tx in chunk
+                ]
+            for tx, vote in zip(chunk, votes, strict=True):
+                tx.votes[shard] = vote
+
+    async def _deliver(
+        self, decisions: list[Decision], participants: dict[str, list[int]]
+    ) -> set[str]:
+        """Send decisions to every participant, retrying; returns txids not fully delivered."""
+        by_shard: dict[int, list[Decision]] = {}
+        for decision in decisions:
+            for shard in participants[decision.txid]:
+                by_shard.setdefault(shard, []).append(decision)
+        failed = await asyncio.gather(
+            *(self._deliver_to(shard, group) for shard, group in by_shard.items())
+        )
+        return {txid for shard_failures in failed for txid in shard_failures}
+
+    async def _deliver_to(self, shard: int, decisions: list[Decision]) -> set[str]:
+        for start in range(0, len(decisions), MAX_BATCH):
+            chunk = decisions[start : start + MAX_BATCH]
+            for attempt in range(DECIDE_ATTEMPTS):
+                try:
+                    await self._call_shard(shard, "decide", encode(chunk))
+                    break
+                except Exception as error:
+                    log.warning("decide on shard %d failed (try %d): %s", shard, attempt + 1, error)
+                    await asyncio.sleep(DECIDE_BACKOFF_SECONDS)
+            else:
+                return {d.txid for d in decisions[start:]}
+        return set()
+
+
+def _refusal(tx: _Tx) -> TransferOutcome:
+    # Votes arrive debit shard first, so its reason (funds, conflict) wins.
+    for shard in tx.shards:
+        vote = tx.votes.get(shard)
+        if vote is None:
+            continue
+        if vote.existing is not None:
+            return TransferOutcome(transfer=vote.existing, replayed=True)
+        if not vote.ok:
+            return TransferOutcome(error=vote.error, detail=vote.detail)
+    return _unavailable("a participant did not vote")
+
+
+def _unavailable(detail: str) -> TransferOutcome:
+    return TransferOutcome(error=ErrorCode.UNAVAILABLE, detail=detail)
+
+
+def _follow(order: TransferOrder, first: TransferOutcome) -> TransferOutcome:
+    """Outcome for an order that arrived while the same id was in flight."""
+    if first.transfer is not None:
+        if first.transfer.order != order:
+            return TransferOutcome(
+                error=ErrorCode.TRANSFER_ID_CONFLICT,
+                detail=f"transfer {order.id!r} exists with a different body",
+            )
+        return TransferOutcome(transfer=first.transfer, replayed=True)
+    return first
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)  # type: ignore[call-overload]
+class CoordinatorActor:
+    """Async Ray shell around CoordinatorService; finds shards by name."""
+
+    def __init__(self, shard_count: int, data_dir: str, fsync: bool = True) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        self._shards: dict[int, Any] = {}
+        self._shard_count = shard_count
+        self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _call(self, shard: int, method: str, payload: bytes) -> Any:
+        handle = self._shards.get(shard)
+        if handle is None:
+            handle = self._shards[shard] = ray.get_actor(shard_actor_name(shard))
+        remote = getattr(handle, method)
+        return await (remote.remote() if method == "in_doubt" else remote.remote(payload))
+
+    async def start(self) -> dict[str, int]:
+        await self._service.ensure_recovered()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._service.sweep_forever())
+        return {"pending_commits": len(self._service.pending_commits)}
+
+    async def submit(self, payload: bytes) -> bytes:
+        if self._sweeper is None:
+            await self.start()
+        return await self._service.submit(payload)
+
+    async def resolve_in_doubt(self) -> dict[str, int]:
+        return await self._service.resolve_in_doubt()
+
+    async def shard_count(self) -> int:
+        return self._shard_count
+
+    async def stats(self) -> dict[str, int]:
+        return {
+            "committed": self._service.committed,
+            "aborted": self._service.aborted,
+            "pending_commits": len(self._service.pending_commits),
+        }

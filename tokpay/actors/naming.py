@@ -1,0 +1,10 @@
+"""Names under which TokPay's actors register, so any process can find them."""
+
+NAMESPACE = "tokpay"
+
+
+def shard_actor_name(shard: int) -> str:
+    return f"tokpay-shard-{shard}"
+
+
+COORDINATOR_NAME = "tokpay-coordinator"

@@ -1,0 +1,119 @@
+"""msgpack encoding of everything that crosses a process boundary or lands in a log.
+
+One encoder and one typed decoder per message, built once: decoding validates
+the shape, so a malformed message fails at the boundary, not deep inside a rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from tokpay.ledger.model import (
+    Account,
+    AccountOutcome,
+    AccountSpec,
+    BalanceView,
+    Decision,
+    HistoryPage,
+    Prepare,
+    Prepared,
+    Transfer,
+    TransferOrder,
+    TransferOutcome,
+    Vote,
+)
+
+T = TypeVar("T")
+
+
+class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):
+    page: HistoryPage | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+class AccountsCreated(msgspec.Struct, tag="accounts"):
+    accounts: list[Account]
+
+
+class TransfersCommitted(msgspec.Struct, tag="transfers"):
+    transfers: list[Transfer]
+
+
+class TxPrepared(msgspec.Struct, tag="prepared"):
+    records: list[Prepared]
+
+
+class TxDecided(msgspec.Struct, tag="decided"):
+    decisions: list[Decision]
+
+
+ShardRecord = AccountsCreated | TransfersCommitted | TxPrepared | TxDecided
+"""One write-ahead-log record of a shard: everything one batch changed."""
+
+
+class CoordinatorCommit(msgspec.Struct, tag="commit"):
+    """Durable commit decisions, each with the shards that must apply it."""
+
+    txids: list[str]
+    participants: list[list[int]]
+
+
+class CoordinatorDone(msgspec.Struct, tag="done"):
+    """Every participant applied these; recovery need not re-send them."""
+
+    txids: list[str]
+
+
+CoordinatorRecord = CoordinatorCommit | CoordinatorDone
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+class _Codec:
+    def __init__(self) -> None:
+        self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+    def decode(self, data: bytes, kind: type[T]) -> T:
+        decoder = self._decoders.get(kind)
+        if decoder is None:
+            decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
+        result: T = decoder.decode(data)
+        return result
+
+
+_codec = _Codec()
+
+
+def decode(data: bytes, kind: Any) -> Any:
+    return _codec.decode(data, kind)
+
+
+__all__ = [
+    "AccountOutcome",
+    "AccountSpec",
+    "AccountsCreated",
+    "BalanceView",
+    "CoordinatorCommit",
+    "CoordinatorDone",
+    "CoordinatorRecord",
+    "Decision",
+    "HistoryPage",
+    "HistoryReply",
+    "Prepare",
+    "ShardRecord",
+    "TransferOrder",
+    "TransferOutcome",
+    "TransfersCommitted",
+    "TxDecided",
+    "TxPrepared",
+    "Vote",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,266 @@
+"""HTTP handlers as plain async functions: bytes and path parts in, status and bytes out.
+
+Both the lean hot-path router and the FastAPI routes call these, so there is one
+implementation of each endpoint and FastAPI's per-request machinery is paid only
+where it is worth it. Every refusal is a LedgerError; ``problem`` renders it.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+
+from tokpay.api.schemas import (
+    AccountIn,
+    AccountOut,
+    BalanceOut,
+    HistoryItemOut,
+    HistoryOut,
+    LegOut,
+    LookupIn,
+    LookupItemOut,
+    LookupOut,
+    Problem,
+    TopupIn,
+    TransferIn,
+    TransferOut,
+)
+from tokpay.client.ledger import LedgerClient
+from tokpay.ledger.errors import HTTP_STATUS, ErrorCode, LedgerError
+from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_LOOKUP_IDS, MAX_PAGE_SIZE
+from tokpay.ledger.model import (
+    Account,
+    AccountSpec,
+    Credit,
+    Transfer,
+    TransferKind,
+    TransferOrder,
+    funding_account_id,
+)
+from tokpay.ledger.routing import shard_of
+from tokpay.ledger.shard_ledger import effect_on
+from tokpay.ledger.validation import (
+    is_valid_id,
+    validate_account_id,
+    validate_amount,
+    validate_currency,
+    validate_order,
+)
+
+Reply = tuple[int, bytes]
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_json = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+
+def iso_time(micros: int) -> str:
+    # Integer arithmetic only: no float ever holds a timestamp or an amount.
+    return (_EPOCH + timedelta(microseconds=micros)).isoformat().replace("+00:00", "Z")
+
+
+def problem(error: LedgerError, instance: str | None = None) -> Reply:
+    status = HTTP_STATUS[error.code]
+    body = Problem(
+        type=f"https://tokpay.dev/problems/{error.code}",
+        title=error.code.replace("_", " ").capitalize(),
+        status=status,
+        code=error.code,
+        detail=error.detail,
+        instance=instance,
+    )
+    return status, _json.encode(body)
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        result: T = decoder.decode(body)
+        return result
+    except msgspec.ValidationError as error:
+        message = str(error)
+        code = ErrorCode.INVALID_AMOUNT if "amount`" in message else ErrorCode.INVALID_BODY
+        raise LedgerError(code, message) from None
+    except msgspec.DecodeError as error:
+        raise LedgerError(ErrorCode.INVALID_BODY, f"body is not valid JSON: {error}") from None
+
+
+def transfer_out(transfer: Transfer) -> TransferOut:
+    order = transfer.order
+    return TransferOut(
+        id=order.id,
+        status="committed",
+        kind=order.kind,
+        from_=order.debit,
+        to=[LegOut(c.account, c.amount) for c in order.credits],
+        amount=order.total,
+        currency=order.currency,
+        memo=order.memo,
+        created_at=iso_time(transfer.created_at),
+    )
+
+
+def account_out(account: Account) -> AccountOut:
+    return AccountOut(
+        id=account.id,
+        currency=account.currency,
+        owner=account.owner,
+        allow_overdraft=account.allow_overdraft,
+        balance=account.balance,
+        created_at=iso_time(account.created_at),
+    )
+
+
+def _encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"h{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("h") or not raw[1:].isdigit() or len(raw) > 20:
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError):
+        raise LedgerError(
+            ErrorCode.INVALID_CURSOR, "cursor is not one this server issued"
+        ) from None
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise LedgerError(
+            ErrorCode.INVALID_LIMIT, f"limit must be an integer in 1..{MAX_PAGE_SIZE}"
+        )
+    return int(raw)
+
+
+class Handlers:
+    def __init__(self, ledger: LedgerClient) -> None:
+        self.ledger = ledger
+
+    async def create_account(self, body: bytes) -> Reply:
+        request = decode_body(body, AccountIn)
+        account_id = request.id if request.id is not None else f"acc_{secrets.token_hex(12)}"
+        spec = AccountSpec(
+            id=account_id,
+            currency=request.currency,
+            owner=request.owner,
+            allow_overdraft=request.allow_overdraft,
+        )
+        outcome = await self.ledger.create_account(spec)
+        if outcome.error is not None or outcome.account is None:
+            raise LedgerError(ErrorCode(outcome.error or ErrorCode.UNAVAILABLE), outcome.detail)
+        return (201 if outcome.created else 200), _json.encode(account_out(outcome.account))
+
+    async def get_account(self, account_id: str) -> Reply:
+        validate_account_id(account_id)
+        account = await self.ledger.account(account_id)
+        if account is None:
+            raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")
+        return 200, _json.encode(account_out(account))
+
+    async def get_balance(self, account_id: str) -> Reply:
+        if not is_valid_id(account_id):
+            validate_account_id(account_id)
+        view = await self.ledger.balance(account_id)
+        if view is None:
+            raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")
+        return 200, _json.encode(BalanceOut(view.account_id, view.balance, view.currency))
+
+    async def lookup_balances(self, body: bytes) -> Reply:
+        request = decode_body(body, LookupIn)
+        ids = request.account_ids
+        if len(ids) > MAX_LOOKUP_IDS:
+            raise LedgerError(ErrorCode.TOO_MANY_IDS, f"at most {MAX_LOOKUP_IDS} ids per lookup")
+        valid = [i for i in ids if is_valid_id(i)]
+        views = dict(zip(valid, await self.ledger.balances(valid), strict=True)) if valid else {}
+        items = []
+        for account_id in ids:
+            if not is_valid_id(account_id):
+                items.append(LookupItemOut(account_id, error=ErrorCode.INVALID_ACCOUNT_ID))
+                continue
+            view = views.get(account_id)
+            if view is None:
+                items.append(LookupItemOut(account_id, error=ErrorCode.ACCOUNT_NOT_FOUND))
+            else:
+                items.append(LookupItemOut(account_id, view.balance, view.currency))
+        return 200, _json.encode(LookupOut(items))
+
+    async def create_transfer(self, body: bytes) -> Reply:
+        request = decode_body(body, TransferIn)
+        order = TransferOrder(
+            id=request.id,
+            debit=request.from_,
+            credits=tuple(Credit(leg.account, leg.amount) for leg in request.to),
+            currency=request.currency,
+            memo=request.memo,
+        )
+        return await self._submit(order)
+
+    async def create_topup(self, body: bytes) -> Reply:
+        request = decode_body(body, TopupIn)
+        validate_account_id(request.account)
+        validate_currency(request.currency)
+        validate_amount(request.amount, "amount")
+        funding = funding_account_id(
+            request.currency, shard_of(request.account, self.ledger.shard_count)
+        )
+        order = TransferOrder(
+            id=request.id,
+            debit=funding,
+            credits=(Credit(request.account, request.amount),),
+            currency=request.currency,
+            kind=TransferKind.TOPUP,
+        )
+        return await self._submit(order)
+
+    async def _submit(self, order: TransferOrder) -> Reply:
+        validate_order(order, self.ledger.shard_count)
+        outcome = await self.ledger.submit(order)
+        if outcome.transfer is None:
+            raise LedgerError(ErrorCode(outcome.error or ErrorCode.UNAVAILABLE), outcome.detail)
+        return (200 if outcome.replayed else 201), _json.encode(transfer_out(outcome.transfer))
+
+    async def get_transfer(self, transfer_id: str) -> Reply:
+        if not is_valid_id(transfer_id):
+            raise LedgerError(ErrorCode.INVALID_TRANSFER_ID, "not a valid transfer id")
+        transfer = await self.ledger.transfer(transfer_id)
+        if transfer is None:
+            raise LedgerError(ErrorCode.TRANSFER_NOT_FOUND, f"no transfer {transfer_id!r}")
+        return 200, _json.encode(transfer_out(transfer))
+
+    async def list_transfers(self, account_id: str, query: Mapping[str, str]) -> Reply:
+        validate_account_id(account_id)
+        limit = _parse_limit(query.get("limit"))
+        raw_cursor = query.get("cursor")
+        cursor = None if raw_cursor is None else _decode_cursor(raw_cursor)
+        page = await self.ledger.history(account_id, limit, cursor)
+        items = []
+        for transfer, effect in page.items:
+            out = transfer_out(transfer)
+            items.append(
+                HistoryItemOut(
+                    id=out.id,
+                    kind=out.kind,
+                    effect=effect_on(transfer, account_id) if effect is None else effect,
+                    from_=out.from_,
+                    to=out.to,
+                    amount=out.amount,
+                    currency=out.currency,
+                    memo=out.memo,
+                    created_at=out.created_at,
+                )
+            )
+        next_cursor = None if page.next_cursor is None else _encode_cursor(page.next_cursor)
+        return 200, _json.encode(HistoryOut(items, next_cursor))

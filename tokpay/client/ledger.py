@@ -1,0 +1,294 @@
+"""The one place that calls TokPay's actors: routing, batching, retries, time-outs.
+
+``LedgerClient`` is asynchronous and coalesces concurrent requests per shard (the
+gateway uses it); ``SyncLedgerClient`` serves scripts that already hold lists and
+sends them in per-shard chunks. Every state-changing call carries ids (transfer,
+account, 2PC), so repeating one after a lost reply is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from tokpay.actors.deploy import LedgerHandles, connect_ledger
+from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
+from tokpay.actors.protocol import HistoryReply, decode, encode
+from tokpay.actors.shard import ShardStats
+from tokpay.client.batching import Batcher
+from tokpay.ledger.errors import ErrorCode, LedgerError
+from tokpay.ledger.limits import (
+    MAX_BATCH,
+    MAX_INFLIGHT_BATCHES,
+    MAX_LOOKUP_IDS,
+    MAX_PENDING_PER_SHARD,
+)
+from tokpay.ledger.model import (
+    Account,
+    AccountOutcome,
+    AccountSpec,
+    BalanceView,
+    HistoryPage,
+    Transfer,
+    TransferOrder,
+    TransferOutcome,
+)
+from tokpay.ledger.routing import shard_of
+
+CALL_ATTEMPTS = 5
+RETRY_BACKOFF_SECONDS = 0.2
+CALL_TIMEOUT_SECONDS = 30.0
+_RETRYABLE = (RayActorError, ActorUnavailableError, ActorDiedError)
+
+T = TypeVar("T")
+
+
+async def _call(handle: Any, method: str, *args: Any) -> Any:
+    """One remote call, repeated on actor loss (every method is safe to repeat)."""
+    for attempt in range(CALL_ATTEMPTS):
+        try:
+            return await asyncio.wait_for(
+                getattr(handle, method).remote(*args), timeout=CALL_TIMEOUT_SECONDS
+            )
+        except _RETRYABLE as error:
+            if attempt == CALL_ATTEMPTS - 1:
+                raise LedgerError(ErrorCode.UNAVAILABLE, f"ledger unavailable: {error}") from error
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * (attempt + 1))
+        except TimeoutError as error:
+            raise LedgerError(ErrorCode.UNAVAILABLE, f"{method} timed out") from error
+    raise LedgerError(ErrorCode.UNAVAILABLE, "unreachable")
+
+
+class LedgerClient:
+    def __init__(self, handles: LedgerHandles) -> None:
+        self.handles = handles
+        self.shard_count = handles.shard_count
+        self.batch_sizes: list[int] = []
+        self._reads = [self._batcher(self._read_batch(s)) for s in range(self.shard_count)]
+        self._orders = [self._batcher(self._order_batch(s)) for s in range(self.shard_count)]
+        self._cross = self._batcher(self._cross_batch)
+        self.batch_observer: Any = None
+
+    def _batcher(self, send: Any) -> Batcher[Any, Any]:
+        return Batcher(
+            send,
+            max_batch=MAX_BATCH,
+            max_pending=MAX_PENDING_PER_SHARD,
+            max_inflight=MAX_INFLIGHT_BATCHES,
+            on_batch=self._observe,
+        )
+
+    def _observe(self, size: int) -> None:
+        if self.batch_observer is not None:
+            self.batch_observer(size)
+
+    def _read_batch(self, shard: int) -> Any:
+        handle = self.handles.shards[shard]
+
+        async def send(ids: list[str]) -> list[BalanceView | None]:
+            return decode(await _call(handle, "balances", encode(ids)), list[BalanceView | None])
+
+        return send
+
+    def _order_batch(self, shard: int) -> Any:
+        handle = self.handles.shards[shard]
+
+        async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
+            return decode(
+                await _call(handle, "apply_orders", encode(orders)), list[TransferOutcome]
+            )
+
+        return send
+
+    async def _cross_batch(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
+        payload = encode(orders)
+        return decode(
+            await _call(self.handles.coordinator, "submit", payload), list[TransferOutcome]
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def balance(self, account_id: str) -> BalanceView | None:
+        result: BalanceView | None = await self._reads[
+            shard_of(account_id, self.shard_count)
+        ].submit(account_id)
+        return result
+
+    async def balances(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
+        if len(account_ids) > MAX_LOOKUP_IDS:
+            raise LedgerError(ErrorCode.TOO_MANY_IDS, f"at most {MAX_LOOKUP_IDS} ids per lookup")
+        groups = group_by_shard(account_ids, lambda a: a, self.shard_count)
+        out: list[BalanceView | None] = [None] * len(account_ids)
+
+        async def one(shard: int, indexed: list[tuple[int, str]]) -> None:
+            views = decode(
+                await _call(
+                    self.handles.shards[shard], "balances", encode([a for _, a in indexed])
+                ),
+                list[BalanceView | None],
+            )
+            for (index, _), view in zip(indexed, views, strict=True):
+                out[index] = view
+
+        await asyncio.gather(*(one(s, g) for s, g in groups.items()))
+        return out
+
+    async def account(self, account_id: str) -> Account | None:
+        shard = self.handles.shards[shard_of(account_id, self.shard_count)]
+        raw = await _call(shard, "account", account_id)
+        return decode(raw, Account) if raw else None
+
+    async def transfer(self, transfer_id: str) -> Transfer | None:
+        raws = await asyncio.gather(
+            *(_call(s, "transfer", transfer_id) for s in self.handles.shards)
+        )
+        for raw in raws:
+            if raw:
+                found: Transfer = decode(raw, Transfer)
+                return found
+        return None
+
+    async def history(self, account_id: str, limit: int, cursor: int | None) -> HistoryPage:
+        shard = self.handles.shards[shard_of(account_id, self.shard_count)]
+        raw = await _call(shard, "history", account_id, limit, cursor)
+        reply: HistoryReply = decode(raw, HistoryReply)
+        if reply.page is None:
+            raise LedgerError(ErrorCode(reply.error or ErrorCode.UNAVAILABLE), reply.detail)
+        return reply.page
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def create_account(self, spec: AccountSpec) -> AccountOutcome:
+        shard = self.handles.shards[shard_of(spec.id, self.shard_count)]
+        raw = await _call(shard, "create_accounts", encode([spec]))
+        outcome: AccountOutcome = decode(raw, list[AccountOutcome])[0]
+        return outcome
+
+    async def submit(self, order: TransferOrder) -> TransferOutcome:
+        shards = {shard_of(a, self.shard_count) for a in order.accounts()}
+        if len(shards) == 1:
+            result: TransferOutcome = await self._orders[shards.pop()].submit(order)
+        else:
+            result = await self._cross.submit(order)
+        return result
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def shard_stats(self) -> list[ShardStats]:
+        raws = await asyncio.gather(*(_call(s, "stats") for s in self.handles.shards))
+        return [decode(raw, ShardStats) for raw in raws]
+
+    async def coordinator_stats(self) -> dict[str, int]:
+        stats: dict[str, int] = await _call(self.handles.coordinator, "stats")
+        return stats
+
+
+def group_by_shard(
+    items: Sequence[T], key: Any, shard_count: int
+) -> dict[int, list[tuple[int, T]]]:
+    """Items by owning shard, each with its position in ``items``."""
+    groups: dict[int, list[tuple[int, T]]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(shard_of(key(item), shard_count), []).append((index, item))
+    return groups
+
+
+class SyncLedgerClient:
+    """Blocking client for Ray client scripts: lists in, lists out, chunked per shard."""
+
+    def __init__(self, handles: LedgerHandles) -> None:
+        self.handles = handles
+        self.shard_count = handles.shard_count
+
+    def balances(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
+        groups = group_by_shard(account_ids, lambda a: a, self.shard_count)
+        calls = []
+        for shard, indexed in groups.items():
+            for start in range(0, len(indexed), MAX_BATCH):
+                chunk = indexed[start : start + MAX_BATCH]
+                ref = self.handles.shards[shard].balances.remote(encode([a for _, a in chunk]))
+                calls.append((chunk, ref))
+        out: list[BalanceView | None] = [None] * len(account_ids)
+        for chunk, raw in zip([c for c, _ in calls], _get([r for _, r in calls]), strict=True):
+            for (index, _), view in zip(chunk, decode(raw, list[BalanceView | None]), strict=True):
+                out[index] = view
+        return out
+
+    def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountOutcome]:
+        groups = group_by_shard(specs, lambda s: s.id, self.shard_count)
+        return self._scatter(
+            groups,
+            len(specs),
+            lambda shard: self.handles.shards[shard].create_accounts,
+            list[AccountOutcome],
+        )
+
+    def submit_many(self, orders: Sequence[TransferOrder]) -> list[TransferOutcome]:
+        """Submit orders: single-shard ones straight to their shard, the rest via 2PC."""
+        local: list[tuple[int, TransferOrder]] = []
+        cross: list[tuple[int, TransferOrder]] = []
+        for index, order in enumerate(orders):
+            shards = {shard_of(a, self.shard_count) for a in order.accounts()}
+            (local if len(shards) == 1 else cross).append((index, order))
+        groups: dict[int, list[tuple[int, TransferOrder]]] = {}
+        for index, order in local:
+            groups.setdefault(shard_of(order.debit, self.shard_count), []).append((index, order))
+        out = self._scatter(
+            groups,
+            len(orders),
+            lambda shard: self.handles.shards[shard].apply_orders,
+            list[TransferOutcome],
+        )
+        if cross:
+            cross_out = self._scatter(
+                {-1: cross},
+                len(orders),
+                lambda _: self.handles.coordinator.submit,
+                list[TransferOutcome],
+            )
+            for index, _ in cross:
+                out[index] = cross_out[index]
+        return out
+
+    def _scatter(
+        self, groups: dict[int, list[tuple[int, Any]]], size: int, method: Any, kind: Any
+    ) -> list[Any]:
+        calls = []
+        for shard, indexed in groups.items():
+            for start in range(0, len(indexed), MAX_BATCH):
+                chunk = indexed[start : start + MAX_BATCH]
+                calls.append((chunk, method(shard).remote(encode([item for _, item in chunk]))))
+        out: list[Any] = [None] * size
+        for (chunk, _), raw in zip(calls, _get([ref for _, ref in calls]), strict=True):
+            for (index, _), result in zip(chunk, decode(raw, kind), strict=True):
+                out[index] = result
+        return out
+
+    def currency_sums(self) -> dict[str, int]:
+        sums: dict[str, int] = {}
+        for shard_sums in _get([s.currency_sums.remote() for s in self.handles.shards]):
+            for currency, amount in shard_sums.items():
+                sums[currency] = sums.get(currency, 0) + amount
+        return sums
+
+
+def _get(refs: list[Any]) -> list[Any]:
+    try:
+        return list(ray.get(refs, timeout=CALL_TIMEOUT_SECONDS))
+    except GetTimeoutError as error:
+        raise LedgerError(ErrorCode.UNAVAILABLE, "ledger call timed out") from error
+    except _RETRYABLE as error:
+        raise LedgerError(ErrorCode.UNAVAILABLE, f"ledger unavailable: {error}") from error
+
+
+def connect(address: str = "auto") -> SyncLedgerClient:
+    """Attach this process to a running TokPay cluster and return a blocking client."""
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+    shard_count: int = ray.get(coordinator.shard_count.remote(), timeout=CALL_TIMEOUT_SECONDS)
+    return SyncLedgerClient(connect_ledger(shard_count))

@@ -1,0 +1,31 @@
+"""Small durability helpers shared by the log and the snapshots: make directory entries stick.
+
+A new, renamed or deleted file is only durable once its directory has been fsynced too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush ``directory``'s entries (creations, renames, deletions) to disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directory(directory: Path, *, fsync: bool) -> None:
+    """Create ``directory`` and any missing parents, making each new entry durable."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        if fsync:
+            fsync_directory(path.parent)
