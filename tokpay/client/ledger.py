@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
@@ -290,5 +290,5 @@ def connect(address: str = "auto") -> SyncLedgerClient:
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-    shard_count: int = ray.get(coordinator.shard_count.remote(), timeout=CALL_TIMEOUT_SECONDS)
+    shard_count = cast(int, ray.get(coordinator.shard_count.remote(), timeout=CALL_TIMEOUT_SECONDS))
     return SyncLedgerClient(connect_ledger(shard_count))
