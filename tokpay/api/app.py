@@ -269,6 +269,14 @@ def _install_routes(api: FastAPI, gateway: Gateway) -> None:
         coordinator = await handlers.ledger.coordinator_stats()
         return Response(render(stats, coordinator), 200, media_type="text/plain; version=0.0.4")
 
+    @api.get(
+        "/v1/ledger/summary",
+        tags=["operations"],
+        summary="Sum of all balances per currency (double entry: always zero)",
+    )
+    async def ledger_summary() -> Response:
+        return _reply(await gateway.require().ledger_summary())
+
     @api.post(
         "/v1/accounts",
         tags=["accounts"],

@@ -41,6 +41,7 @@ from tokpay.ledger.model import (
     TransferKind,
     TransferOrder,
     funding_account_id,
+    is_system_account,
 )
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import effect_on
@@ -211,6 +212,8 @@ class Handlers:
     async def create_topup(self, body: bytes) -> Reply:
         request = decode_body(body, TopupIn)
         validate_account_id(request.account)
+        if is_system_account(request.account):
+            raise LedgerError(ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN, "system accounts cannot be topped up")
         validate_currency(request.currency)
         validate_amount(request.amount, "amount")
         funding = funding_account_id(
@@ -231,6 +234,11 @@ class Handlers:
         if outcome.transfer is None:
             raise LedgerError(ErrorCode(outcome.error or ErrorCode.UNAVAILABLE), outcome.detail)
         return (200 if outcome.replayed else 201), _json.encode(transfer_out(outcome.transfer))
+
+    async def ledger_summary(self) -> Reply:
+        sums = await self.ledger.currency_sums()
+        body = {"currencies": {c: {"sum_of_balances": v} for c, v in sorted(sums.items())}}
+        return 200, _json.encode(body)
 
     async def get_transfer(self, transfer_id: str) -> Reply:
         if not is_valid_id(transfer_id):

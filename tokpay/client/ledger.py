@@ -182,6 +182,16 @@ class LedgerClient:
         raws = await asyncio.gather(*(_call(s, "stats") for s in self.handles.shards))
         return [decode(raw, ShardStats) for raw in raws]
 
+    async def currency_sums(self) -> dict[str, int]:
+        """Sum of all balances per currency across shards: zero, or the ledger is broken."""
+        sums: dict[str, int] = {}
+        for shard_sums in await asyncio.gather(
+            *(_call(s, "currency_sums") for s in self.handles.shards)
+        ):
+            for currency, amount in shard_sums.items():
+                sums[currency] = sums.get(currency, 0) + amount
+        return sums
+
     async def coordinator_stats(self) -> dict[str, int]:
         stats: dict[str, int] = await _call(self.handles.coordinator, "stats")
         return stats
