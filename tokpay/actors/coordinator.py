@@ -137,8 +137,14 @@ class CoordinatorService:
         redelivered = 0
         pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
         if pending:
-            await self._deliver([Decision(t, True) for t in pending], pending)
-            redelivered = len(pending)
+            undelivered = await self._deliver([Decision(t, True) for t in pending], pending)
+            # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
+            done = [t for t in pending if t not in undelivered]
+            if done:
+                for txid in done:
+                    self.pending_commits.pop(txid, None)
+                self._append(CoordinatorDone(txids=done))
+            redelivered = len(done)
         aborted = 0
         for shard in range(self._shard_count):
             txids: list[str] = await self._call_shard(shard, "in_doubt", b"")

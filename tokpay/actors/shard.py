@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
-from tokpay.ledger.errors import LedgerError, check
+from tokpay.ledger.errors import InvariantViolation, LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import (
     AccountSpec,
@@ -146,30 +148,47 @@ class ShardService:
         self._records_since_snapshot = 0
         return sequence
 
+    @contextmanager
+    def _stop_if_broken(self) -> Iterator[None]:
+        """Stop the process when a rule finds a state that must never exist.
+
+        The failing batch may be half applied in memory and is not in the log: serving
+        that state would show effects that can be lost. Ray restarts the actor from the log.
+        """
+        try:
+            yield
+        except InvariantViolation:
+            log.critical("shard %d: invariant violated; stopping", self.ledger.shard, exc_info=True)
+            os._exit(70)
+
     def create_accounts(self, payload: bytes) -> bytes:
         specs = _bounded(decode(payload, list[AccountSpec]))
-        outcomes, created = self.ledger.create_accounts(specs, now_micros())
+        with self._stop_if_broken():
+            outcomes, created = self.ledger.create_accounts(specs, now_micros())
         if created:
             self._append(AccountsCreated(created), len(specs))
         return encode(outcomes)
 
     def apply_orders(self, payload: bytes) -> bytes:
         orders = _bounded(decode(payload, list[TransferOrder]))
-        outcomes, committed = self.ledger.apply_orders(orders, now_micros())
+        with self._stop_if_broken():
+            outcomes, committed = self.ledger.apply_orders(orders, now_micros())
         if committed:
             self._append(TransfersCommitted(committed), len(orders))
         return encode(outcomes)
 
     def prepare(self, payload: bytes) -> bytes:
         requests = _bounded(decode(payload, list[Prepare]))
-        votes, prepared = self.ledger.prepare(requests)
+        with self._stop_if_broken():
+            votes, prepared = self.ledger.prepare(requests)
         if prepared:
             self._append(TxPrepared(prepared), len(requests))
         return encode(votes)
 
     def decide(self, payload: bytes) -> int:
         decisions = _bounded(decode(payload, list[Decision]))
-        applied = self.ledger.decide(decisions)
+        with self._stop_if_broken():
+            applied = self.ledger.decide(decisions)
         if applied:
             self._append(TxDecided(applied), len(decisions))
         return len(applied)

@@ -213,7 +213,9 @@ class Handlers:
         request = decode_body(body, TopupIn)
         validate_account_id(request.account)
         if is_system_account(request.account):
-            raise LedgerError(ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN, "system accounts cannot be topped up")
+            raise LedgerError(
+                ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN, "system accounts cannot be topped up"
+            )
         validate_currency(request.currency)
         validate_amount(request.amount, "amount")
         funding = funding_account_id(

@@ -73,6 +73,10 @@ class Batcher(Generic[Item, Result]):
             if self._on_batch is not None:
                 self._on_batch(len(batch))
             results = await self._send([item for item, _ in batch])
+            # Checked before any waiter is answered: a short or long reply is misaligned,
+            # so no result in it can be trusted to belong to its request.
+            if len(results) != len(batch):
+                raise ValueError(f"{len(results)} results for a batch of {len(batch)}")
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

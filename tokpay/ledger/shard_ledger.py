@@ -193,13 +193,17 @@ class ShardLedger:
                     c for c in order.credits if shard_of(c.account, self.shard_count) == self.shard
                 )
                 check(debit_here or bool(credits_here), f"{request.txid} has no leg on this shard")
-                if debit_here:
-                    existing = self._existing(order)
-                    if existing is not None:
-                        votes.append(Vote(txid=request.txid, ok=False, existing=existing))
-                        continue
-                    self._check_debit(order)
+                # Every participant checks the id, not just the debit shard: a commit stores the
+                # transfer under its id here, and this shard may know another body with that id.
+                existing = self._existing(order)
+                if existing is not None:
+                    votes.append(Vote(txid=request.txid, ok=False, existing=existing))
+                    continue
+                # Credits first, as in apply_orders: _check_debit creates a top-up's funding
+                # account, which must not happen for a vote that logs no record.
                 self._check_credits(order, credits_here)
+                if debit_here:
+                    self._check_debit(order)
             except LedgerError as error:
                 votes.append(
                     Vote(txid=request.txid, ok=False, error=error.code, detail=error.detail)

@@ -1,0 +1,19 @@
+# The two entry points of the README. Both run the idempotent set-up first.
+.PHONY: setup run test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	.venv/bin/tokpay serve $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check tokpay tests bench examples
+	.venv/bin/ruff format --check tokpay tests bench examples
+	.venv/bin/mypy
+
+test: lint
+	.venv/bin/pytest -q
+
+bench: setup
+	.venv/bin/python bench/run_all.py $(ARGS)

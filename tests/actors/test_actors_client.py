@@ -1,0 +1,323 @@
+"""The Python client: batched reads and submissions for scripts, and the per-shard Batcher.
+
+SyncLedgerClient runs against real actors found with ``connect_ledger`` (as a Ray
+client script would); the Batcher tests need no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pytest
+
+from tokpay.actors.deploy import LedgerHandles, connect_ledger
+from tokpay.client import LedgerClient, SyncLedgerClient
+from tokpay.client.batching import Batcher
+from tokpay.ledger.errors import ErrorCode, LedgerError
+from tokpay.ledger.limits import MAX_BATCH, MAX_LOOKUP_IDS
+from tokpay.ledger.model import (
+    AccountSpec,
+    BalanceView,
+    Credit,
+    TransferKind,
+    TransferOrder,
+    funding_account_id,
+)
+from tokpay.ledger.routing import shard_of
+
+SHARDS = 3
+CURRENCY = "EUR"
+HEAVY_SHARD = 0
+HEAVY_ACCOUNTS = MAX_BATCH + 200
+"""Accounts on one shard: more than one batch, so every per-shard path must chunk."""
+LIGHT_ACCOUNTS = 400
+
+
+def ids_on(shard: int, count: int, prefix: str) -> list[str]:
+    found: list[str] = []
+    candidate = 0
+    while len(found) < count:
+        account_id = f"{prefix}-{candidate}"
+        if shard_of(account_id, SHARDS) == shard:
+            found.append(account_id)
+        candidate += 1
+    return found
+
+
+class RecordingHandle:
+    """Forwards calls to an actor handle, noting each call's method and item count."""
+
+    def __init__(self, handle: Any, calls: list[tuple[str, int]]) -> None:
+        self._handle = handle
+        self._calls = calls
+
+    def __getattr__(self, method: str) -> Any:
+        target = getattr(self._handle, method)
+        calls = self._calls
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                items = msgspec.msgpack.decode(args[0]) if args else []
+                calls.append((method, len(items)))
+                return target.remote(*args)
+
+        return Method()
+
+
+def recording(handles: LedgerHandles) -> tuple[LedgerHandles, dict[str, list[tuple[str, int]]]]:
+    calls: dict[str, list[tuple[str, int]]] = {}
+    shards = []
+    for index, shard in enumerate(handles.shards):
+        shards.append(RecordingHandle(shard, calls.setdefault(f"shard-{index}", [])))
+    coordinator = RecordingHandle(handles.coordinator, calls.setdefault("coordinator", []))
+    return LedgerHandles(shards=shards, coordinator=coordinator), calls
+
+
+def topup(account_id: str, amount: int) -> TransferOrder:
+    return TransferOrder(
+        id=f"top-{account_id}",
+        debit=funding_account_id(CURRENCY, shard_of(account_id, SHARDS)),
+        credits=(Credit(account_id, amount),),
+        currency=CURRENCY,
+        kind=TransferKind.TOPUP,
+    )
+
+
+@pytest.fixture(scope="module")
+def ledger(module_ledger_runner: Any, tmp_path_factory: pytest.TempPathFactory) -> LedgerHandles:
+    module_ledger_runner.start(tmp_path_factory.mktemp("ledger-client"), SHARDS)
+    return connect_ledger(SHARDS)
+
+
+@pytest.fixture(scope="module")
+def funded(ledger: LedgerHandles) -> dict[str, int]:
+    """Accounts (heavy on one shard) created and topped up through the sync client."""
+    accounts = ids_on(HEAVY_SHARD, HEAVY_ACCOUNTS, "cl")
+    for shard in range(SHARDS):
+        if shard != HEAVY_SHARD:
+            accounts += ids_on(shard, LIGHT_ACCOUNTS, "cl")
+    amounts = {a: 10 + index for index, a in enumerate(accounts)}
+    recorded, calls = recording(ledger)
+    client = SyncLedgerClient(recorded)
+    specs = [AccountSpec(id=a, currency=CURRENCY, owner=f"{a}@example.com") for a in accounts]
+    created = client.create_accounts(specs)
+    assert [o.account.id if o.account else None for o in created] == accounts
+    assert all(o.created for o in created)
+    funded = client.submit_many([topup(a, amounts[a]) for a in accounts])
+    assert all(o.transfer is not None for o in funded)
+    heavy = [n for m, n in calls[f"shard-{HEAVY_SHARD}"] if m == "create_accounts"]
+    assert sorted(heavy) == sorted([MAX_BATCH, HEAVY_ACCOUNTS - MAX_BATCH])
+    assert calls["coordinator"] == []  # top-ups never need two-phase commit
+    return amounts
+
+
+def test_balances_of_3000_ids_come_back_in_request_order(
+    ledger: LedgerHandles, funded: dict[str, int]
+) -> None:
+    rng = random.Random(1)
+    known = rng.sample(sorted(funded), 2_000)
+    unknown = ids_on(HEAVY_SHARD, 990, "nobody") + ["nobody-else"] * 10
+    request = known + unknown
+    rng.shuffle(request)
+    assert len(request) == 3_000
+
+    recorded, calls = recording(ledger)
+    views = SyncLedgerClient(recorded).balances(request)
+    expected = [BalanceView(a, funded[a], CURRENCY) if a in funded else None for a in request]
+    assert views == expected
+    heavy_reads = [n for _, n in calls[f"shard-{HEAVY_SHARD}"]]
+    assert len(heavy_reads) >= 2 and max(heavy_reads) <= MAX_BATCH
+    assert sum(n for c in calls.values() for _, n in c) == 3_000
+    assert SyncLedgerClient(ledger).balances([]) == []
+
+
+def test_submit_many_chunks_by_max_batch_and_keeps_order(
+    ledger: LedgerHandles, funded: dict[str, int]
+) -> None:
+    rng = random.Random(2)
+    heavy = [a for a in funded if shard_of(a, SHARDS) == HEAVY_SHARD]
+    everyone = sorted(funded)
+    orders: list[TransferOrder] = []
+    for index in range(1_300):  # single-shard, all on the heavy shard
+        debit, credit = rng.sample(heavy, 2)
+        orders.append(_pay(f"sm-local-{index}", debit, [(credit, rng.randint(1, 5))]))
+    for index in range(1_700):  # mostly cross-shard
+        debit, *credits = rng.sample(everyone, rng.randint(2, 4))
+        orders.append(_pay(f"sm-mixed-{index}", debit, [(c, rng.randint(1, 5)) for c in credits]))
+    rng.shuffle(orders)
+    before = SyncLedgerClient(ledger).balances(everyone)
+
+    recorded, calls = recording(ledger)
+    outcomes = SyncLedgerClient(recorded).submit_many(orders)
+
+    assert len(outcomes) == len(orders)
+    committed = []
+    for order, outcome in zip(orders, outcomes, strict=True):
+        if outcome.transfer is not None:
+            assert outcome.transfer.order == order and not outcome.replayed
+            committed.append(order)
+        else:
+            assert outcome.error == ErrorCode.INSUFFICIENT_FUNDS, outcome
+    assert len(committed) > 2_500
+    coordinator_chunks = [n for _, n in calls["coordinator"]]
+    heavy_chunks = [n for _, n in calls[f"shard-{HEAVY_SHARD}"]]
+    assert len(coordinator_chunks) >= 2 and max(coordinator_chunks) <= MAX_BATCH
+    assert len(heavy_chunks) >= 2 and max(heavy_chunks) <= MAX_BATCH
+    assert sum(n for c in calls.values() for _, n in c) == len(orders)
+
+    expected = {v.account_id: v.balance for v in before if v is not None}
+    for order in committed:
+        expected[order.debit] -= order.total
+        for leg in order.credits:
+            expected[leg.account] += leg.amount
+    after = SyncLedgerClient(ledger).balances(everyone)
+    assert {v.account_id: v.balance for v in after if v is not None} == expected
+    assert all(total == 0 for total in SyncLedgerClient(ledger).currency_sums().values())
+
+
+def test_async_lookup_refuses_more_than_max_lookup_ids(ledger: LedgerHandles) -> None:
+    with pytest.raises(LedgerError) as refused:
+        asyncio.run(LedgerClient(ledger).balances([f"x{i}" for i in range(MAX_LOOKUP_IDS + 1)]))
+    assert refused.value.code == ErrorCode.TOO_MANY_IDS
+
+
+def _pay(transfer_id: str, debit: str, credits: Sequence[tuple[str, int]]) -> TransferOrder:
+    return TransferOrder(
+        id=transfer_id,
+        debit=debit,
+        credits=tuple(Credit(a, n) for a, n in credits),
+        currency=CURRENCY,
+    )
+
+
+# -- Batcher ---------------------------------------------------------------------------------
+
+
+class Target:
+    """A fake shard: records batch sizes; optionally waits for ``gate`` before answering."""
+
+    def __init__(self, *, gated: bool = False, fail: BaseException | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event() if gated else None
+        self.fail = fail
+
+    async def send(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(0.001)
+        if self.fail is not None:
+            raise self.fail
+        return [item * 2 for item in items]
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(1_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+def test_batcher_coalesces_concurrent_submits() -> None:
+    async def main() -> None:
+        target = Target()
+        observed: list[int] = []
+        batcher: Batcher[int, int] = Batcher(
+            target.send, max_batch=100, max_pending=10_000, max_inflight=2, on_batch=observed.append
+        )
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(1_000)))
+        assert results == [i * 2 for i in range(1_000)]
+        assert [len(b) for b in target.batches] == [100] * 10
+        assert observed == [100] * 10
+        assert sorted(i for b in target.batches for i in b) == list(range(1_000))
+
+        one_turn = Target()
+        wide: Batcher[int, int] = Batcher(
+            one_turn.send, max_batch=MAX_BATCH, max_pending=10_000, max_inflight=4
+        )
+        assert await asyncio.gather(*(wide.submit(i) for i in range(500))) == [
+            i * 2 for i in range(500)
+        ]
+        assert [len(b) for b in one_turn.batches] == [500]
+
+    asyncio.run(main())
+
+
+def test_batcher_grows_batches_while_the_target_is_busy() -> None:
+    async def main() -> None:
+        target = Target(gated=True)
+        batcher: Batcher[int, int] = Batcher(
+            target.send, max_batch=MAX_BATCH, max_pending=10_000, max_inflight=1
+        )
+        first = asyncio.ensure_future(batcher.submit(0))
+        await _until(lambda: len(target.batches) == 1)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 301)]
+        await _until(lambda: batcher.pending == 300)
+        assert len(target.batches) == 1  # nothing leaves while the one slot is busy
+        assert target.gate is not None
+        target.gate.set()
+        assert await first == 0
+        assert await asyncio.gather(*rest) == [i * 2 for i in range(1, 301)]
+        assert [len(b) for b in target.batches] == [1, 300]
+
+    asyncio.run(main())
+
+
+def test_batcher_overflow_is_an_immediate_overloaded_error() -> None:
+    async def main() -> None:
+        target = Target(gated=True)
+        batcher: Batcher[int, int] = Batcher(
+            target.send, max_batch=MAX_BATCH, max_pending=10, max_inflight=1
+        )
+        busy = asyncio.ensure_future(batcher.submit(0))
+        await _until(lambda: len(target.batches) == 1)
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 11)]
+        await _until(lambda: batcher.pending == 10)
+        with pytest.raises(LedgerError) as refused:
+            await asyncio.wait_for(batcher.submit(99), timeout=1.0)
+        assert refused.value.code == ErrorCode.OVERLOADED
+        assert refused.value.status == 429
+        assert batcher.pending == 10  # the refused request took no place in the queue
+        assert target.gate is not None
+        target.gate.set()
+        assert await busy == 0
+        assert await asyncio.gather(*waiting) == [i * 2 for i in range(1, 11)]
+        assert await batcher.submit(7) == 14  # room again once the queue drained
+
+    asyncio.run(main())
+
+
+def test_batcher_failure_reaches_every_waiter_and_the_batcher_recovers() -> None:
+    async def main() -> None:
+        boom = RuntimeError("shard exploded")
+        target = Target(fail=boom)
+        batcher: Batcher[int, int] = Batcher(
+            target.send, max_batch=30, max_pending=1_000, max_inflight=2
+        )
+        results = await asyncio.gather(
+            *(batcher.submit(i) for i in range(100)), return_exceptions=True
+        )
+        assert all(r is boom for r in results)
+        assert [len(b) for b in target.batches] == [30, 30, 30, 10]
+
+        target.fail = None
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
+
+        async def short_answer(items: list[int]) -> list[int]:
+            return items[:-1]  # one result missing: every waiter must hear of it
+
+        broken: Batcher[int, int] = Batcher(
+            short_answer, max_batch=100, max_pending=100, max_inflight=1
+        )
+        mismatched = await asyncio.gather(
+            *(broken.submit(i) for i in range(10)), return_exceptions=True
+        )
+        assert all(isinstance(r, ValueError) for r in mismatched)
+
+    asyncio.run(main())

@@ -1,0 +1,791 @@
+"""Property tests of the money rules across several shards, against a reference model.
+
+A small in-test cluster drives S ``ShardLedger`` objects the way the shard actors and the
+coordinator do: single-shard orders through ``apply_orders`` on the owning shard, the
+rest through two-phase commit (prepare on every participant, commit iff all voted yes).
+A reference model, written here from the rules and not from the code, predicts every
+vote and outcome and the full state; after every step the two must agree, the sum of
+each currency must be zero, and no user account may be overdrawn, even counting holds.
+Every state-changing call's return value is logged (msgpack, as the shard's log does),
+so the same runs also check snapshots and replay.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokpay.ledger.errors import ErrorCode
+from tokpay.ledger.model import (
+    Account,
+    AccountSpec,
+    Credit,
+    Decision,
+    Prepare,
+    Prepared,
+    Transfer,
+    TransferKind,
+    TransferOrder,
+    TransferOutcome,
+    Vote,
+    funding_account_id,
+)
+from tokpay.ledger.routing import shard_of
+from tokpay.ledger.shard_ledger import ShardLedger, ShardSnapshot
+
+T0 = 1_700_000_000_000_000
+CURRENCIES = ("USD", "EUR")
+encode = msgspec.msgpack.encode
+
+
+def other_currency(currency: str) -> str:
+    return CURRENCIES[1 - CURRENCIES.index(currency)]
+
+
+def ids_on_shard(shard: int, shard_count: int, count: int, prefix: str) -> list[str]:
+    ids: list[str] = []
+    n = 0
+    while len(ids) < count:
+        candidate = f"{prefix}{n}"
+        if shard_of(candidate, shard_count) == shard:
+            ids.append(candidate)
+        n += 1
+    return ids
+
+
+# -- the reference model ----------------------------------------------------------------------
+
+
+@dataclass
+class RefAccount:
+    currency: str
+    overdraft: bool
+    balance: int = 0
+    held_debit: int = 0
+    held_credit: int = 0
+
+
+@dataclass
+class RefVote:
+    """What one shard must answer: ``ok``, a replay of ``existing``, or one of ``codes``."""
+
+    ok: bool
+    codes: frozenset[str] = frozenset()
+    existing: Transfer | None = None
+
+
+class Reference:
+    """The rules, restated: per shard, which transfer ids it knows and which it holds."""
+
+    def __init__(self, shard_count: int) -> None:
+        self.shard_count = shard_count
+        self.accounts: dict[str, RefAccount] = {}
+        self.transfers: list[dict[str, Transfer]] = [{} for _ in range(shard_count)]
+        self.in_progress: list[dict[str, str]] = [{} for _ in range(shard_count)]
+        self.prepared: list[dict[str, Prepared]] = [{} for _ in range(shard_count)]
+        self.history: dict[str, list[str]] = {}
+
+    def shard(self, account_id: str) -> int:
+        return shard_of(account_id, self.shard_count)
+
+    @staticmethod
+    def stateless(order: TransferOrder) -> frozenset[str]:
+        """Codes the order earns whatever the state (only the kinds the generators make)."""
+        codes: set[str] = set()
+        if any(c.amount <= 0 for c in order.credits):
+            codes.add(ErrorCode.INVALID_AMOUNT)
+        if any(c.account == order.debit for c in order.credits):
+            codes.add(ErrorCode.SELF_TRANSFER)
+        if len({c.account for c in order.credits}) != len(order.credits):
+            codes.add(ErrorCode.DUPLICATE_CREDIT_ACCOUNT)
+        if order.kind == TransferKind.PAYMENT and any(
+            a.startswith("sys:") for a in order.accounts()
+        ):
+            codes.add(ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN)
+        if order.kind == TransferKind.TOPUP and any(
+            c.account.startswith("sys:") for c in order.credits
+        ):
+            codes.add(ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN)
+        return frozenset(codes)
+
+    def vote(self, order: TransferOrder, shard: int) -> RefVote:
+        stateless = self.stateless(order)
+        if stateless:
+            return RefVote(ok=False, codes=stateless)
+        known = self.transfers[shard].get(order.id)
+        if known is not None:
+            if known.order == order:
+                return RefVote(ok=False, existing=known)
+            return RefVote(ok=False, codes=frozenset({ErrorCode.TRANSFER_ID_CONFLICT}))
+        if order.id in self.in_progress[shard]:
+            return RefVote(ok=False, codes=frozenset({ErrorCode.TRANSFER_ID_CONFLICT}))
+        codes: set[str] = set()
+        for credit in order.credits:
+            if self.shard(credit.account) != shard:
+                continue
+            account = self.accounts.get(credit.account)
+            if account is None:
+                codes.add(ErrorCode.ACCOUNT_NOT_FOUND)
+            elif account.currency != order.currency:
+                codes.add(ErrorCode.CURRENCY_MISMATCH)
+        if self.shard(order.debit) == shard and order.kind == TransferKind.PAYMENT:
+            debit = self.accounts.get(order.debit)
+            if debit is None:
+                codes.add(ErrorCode.ACCOUNT_NOT_FOUND)
+            elif debit.currency != order.currency:
+                codes.add(ErrorCode.CURRENCY_MISMATCH)
+            elif not debit.overdraft and debit.balance - debit.held_debit < order.total:
+                codes.add(ErrorCode.INSUFFICIENT_FUNDS)
+        return RefVote(ok=not codes, codes=frozenset(codes))
+
+    def _apply(
+        self, transfer: Transfer, shard: int, debit_here: bool, credits: tuple[Credit, ...]
+    ) -> None:
+        order = transfer.order
+        if debit_here:
+            if order.debit not in self.accounts:
+                # The top-up funding account appears with the first top-up it pays.
+                self.accounts[order.debit] = RefAccount(order.currency, overdraft=True)
+            self.accounts[order.debit].balance -= order.total
+            self.history.setdefault(order.debit, []).append(order.id)
+        for credit in credits:
+            self.accounts[credit.account].balance += credit.amount
+            self.history.setdefault(credit.account, []).append(order.id)
+        self.transfers[shard][order.id] = transfer
+
+    def commit_single(self, transfer: Transfer) -> None:
+        self._apply(transfer, self.shard(transfer.order.debit), True, transfer.order.credits)
+
+    def record_for(self, txid: str, transfer: Transfer, shard: int) -> Prepared:
+        order = transfer.order
+        return Prepared(
+            txid=txid,
+            transfer=transfer,
+            debit_here=self.shard(order.debit) == shard,
+            credits_here=tuple(c for c in order.credits if self.shard(c.account) == shard),
+        )
+
+    def prepare(self, record: Prepared, shard: int) -> None:
+        order = record.transfer.order
+        if record.debit_here:
+            self.accounts[order.debit].held_debit += order.total
+        for credit in record.credits_here:
+            self.accounts[credit.account].held_credit += credit.amount
+        self.prepared[shard][record.txid] = record
+        self.in_progress[shard][order.id] = record.txid
+
+    def decide(self, txid: str, commit: bool, shard: int) -> bool:
+        record = self.prepared[shard].pop(txid, None)
+        if record is None:
+            return False
+        order = record.transfer.order
+        if record.debit_here:
+            self.accounts[order.debit].held_debit -= order.total
+        for credit in record.credits_here:
+            self.accounts[credit.account].held_credit -= credit.amount
+        del self.in_progress[shard][order.id]
+        if commit:
+            self._apply(record.transfer, shard, record.debit_here, record.credits_here)
+        return True
+
+
+# -- the cluster under test ---------------------------------------------------------------------
+
+
+@dataclass
+class Tx:
+    txid: str
+    transfer: Transfer
+    shards: list[int]
+    votes: dict[int, Vote] = field(default_factory=dict)
+
+    @property
+    def all_yes(self) -> bool:
+        return all(v.ok for v in self.votes.values())
+
+
+RECORD_TYPES: dict[str, Any] = {
+    "accounts": list[Account],
+    "transfers": list[Transfer],
+    "prepared": list[Prepared],
+    "decided": list[Decision],
+}
+
+
+class Runner:
+    """S ledgers, a 2PC driver, the log of each shard, and the reference they must match."""
+
+    def __init__(self, shard_count: int, currencies: list[str], overdraft_first: bool) -> None:
+        self.shard_count = shard_count
+        self.ledgers = [ShardLedger(s, shard_count) for s in range(shard_count)]
+        self.logs: list[list[tuple[str, bytes]]] = [[] for _ in range(shard_count)]
+        self.ref = Reference(shard_count)
+        self.now = T0
+        self.next_id = 0
+        self.next_tx = 0
+        self.orders: list[TransferOrder] = []
+        self.open: list[Tx] = []
+        users: list[str] = []
+        ghosts: list[str] = []
+        for shard in range(shard_count):
+            users += ids_on_shard(shard, shard_count, 2, f"user-{shard}-")
+            ghosts += ids_on_shard(shard, shard_count, 1, f"ghost-{shard}-")
+        self.users = users
+        self.ghosts = ghosts
+        specs = [
+            AccountSpec(
+                id=user,
+                currency=currencies[i % len(currencies)],
+                owner=f"{user}@example.com",
+                allow_overdraft=overdraft_first and i == 0,
+            )
+            for i, user in enumerate(users)
+        ]
+        for spec in specs:
+            shard = shard_of(spec.id, shard_count)
+            outcomes, created = self.ledgers[shard].create_accounts([spec], self.tick())
+            assert outcomes[0].created and [a.id for a in created] == [spec.id]
+            self._log(shard, "accounts", created)
+            self.ref.accounts[spec.id] = RefAccount(spec.currency, spec.allow_overdraft)
+        self.check()
+
+    # -- plumbing --
+
+    def tick(self) -> int:
+        self.now += 1
+        return self.now
+
+    def fresh_id(self) -> str:
+        self.next_id += 1
+        return f"o{self.next_id}"
+
+    def _log(self, shard: int, kind: str, items: list[Any]) -> None:
+        # Encoded at once, as the shard's log does: returned accounts are live objects.
+        if items:
+            self.logs[shard].append((kind, encode(items)))
+
+    def participants(self, order: TransferOrder) -> list[int]:
+        debit_shard = shard_of(order.debit, self.shard_count)
+        others = {shard_of(a, self.shard_count) for a in order.accounts()} - {debit_shard}
+        return [debit_shard, *sorted(others)]
+
+    # -- single-shard orders and two-phase commit --
+
+    def submit(self, order: TransferOrder, lose_vote: bool = False) -> TransferOutcome:
+        self.orders.append(order)
+        shards = self.participants(order)
+        if len(shards) > 1:
+            tx = self.prepare(order)
+            return self.decide(tx, commit=not lose_vote)
+        return self.apply_batch(shards[0], [order])[0]
+
+    def submit_batch(self, orders: list[TransferOrder]) -> None:
+        """One ``apply_orders`` call per shard for the single-shard orders, then the rest."""
+        by_shard: dict[int, list[TransferOrder]] = {}
+        for order in orders:
+            shards = self.participants(order)
+            if len(shards) == 1:
+                self.orders.append(order)
+                by_shard.setdefault(shards[0], []).append(order)
+        for shard, group in by_shard.items():
+            self.apply_batch(shard, group)
+        for order in orders:
+            if len(self.participants(order)) > 1:
+                self.submit(order)
+
+    def apply_batch(self, shard: int, orders: list[TransferOrder]) -> list[TransferOutcome]:
+        now = self.tick()
+        outcomes, committed = self.ledgers[shard].apply_orders(orders, now)
+        self._log(shard, "transfers", committed)
+        assert len(outcomes) == len(orders)
+        expected_committed: list[Transfer] = []
+        for order, outcome in zip(orders, outcomes, strict=True):
+            # Predicted in batch order: each order sees what the ones before it did.
+            expected = self.ref.vote(order, shard)
+            if expected.ok:
+                transfer = Transfer(order=order, created_at=now)
+                assert outcome == TransferOutcome(transfer=transfer)
+                expected_committed.append(transfer)
+                self.ref.commit_single(transfer)
+            elif expected.existing is not None:
+                assert outcome == TransferOutcome(transfer=expected.existing, replayed=True)
+            else:
+                assert outcome.error in expected.codes, (outcome, expected)
+                assert outcome.transfer is None and not outcome.replayed
+        assert committed == expected_committed
+        return outcomes
+
+    def prepare(self, order: TransferOrder) -> Tx:
+        self.next_tx += 1
+        transfer = Transfer(order=order, created_at=self.tick())
+        tx = Tx(f"tx{self.next_tx}", transfer, self.participants(order))
+        for shard in tx.shards:
+            expected = self.ref.vote(order, shard)
+            votes, prepared = self.ledgers[shard].prepare(
+                [Prepare(txid=tx.txid, transfer=tx.transfer)]
+            )
+            self._log(shard, "prepared", prepared)
+            (vote,) = votes
+            assert vote.txid == tx.txid
+            tx.votes[shard] = vote
+            if expected.ok:
+                record = self.ref.record_for(tx.txid, tx.transfer, shard)
+                assert vote == Vote(txid=tx.txid, ok=True)
+                assert prepared == [record]
+                self.ref.prepare(record, shard)
+            elif expected.existing is not None:
+                assert vote == Vote(txid=tx.txid, ok=False, existing=expected.existing)
+                assert prepared == []
+            else:
+                assert not vote.ok and vote.error in expected.codes, (vote, expected)
+                assert vote.existing is None and prepared == []
+        return tx
+
+    def decide(self, tx: Tx, commit: bool) -> TransferOutcome:
+        commit = commit and tx.all_yes
+        decision = Decision(tx.txid, commit)
+        for shard in tx.shards:
+            changes = self.ref.decide(tx.txid, commit, shard)
+            applied = self.ledgers[shard].decide([decision])
+            assert applied == ([decision] if changes else [])
+            self._log(shard, "decided", applied)
+            # A decision delivered twice changes nothing the second time.
+            assert self.ledgers[shard].decide([decision]) == []
+        if commit:
+            return TransferOutcome(transfer=tx.transfer)
+        for shard in tx.shards:
+            vote = tx.votes[shard]
+            if vote.existing is not None:
+                return TransferOutcome(transfer=vote.existing, replayed=True)
+            if not vote.ok:
+                return TransferOutcome(error=vote.error, detail=vote.detail)
+        return TransferOutcome(error=ErrorCode.UNAVAILABLE, detail="a vote was lost")
+
+    # -- the operations the strategies draw --
+
+    def step(self, op: tuple[Any, ...]) -> None:
+        kind = op[0]
+        if kind == "topup":
+            _, target_index, amount, flaw = op
+            target = self.users[target_index % len(self.users)]
+            currency = self.ref.accounts[target].currency
+            if flaw == "ghost":
+                target = self.ghosts[target_index % len(self.ghosts)]
+            elif flaw == "sys":
+                target = funding_account_id("EUR", 0)
+            elif flaw == "currency":
+                currency = other_currency(currency)
+            self.submit(
+                TransferOrder(
+                    id=self.fresh_id(),
+                    debit=funding_account_id(currency, shard_of(target, self.shard_count)),
+                    credits=(Credit(target, amount),),
+                    currency=currency,
+                    kind=TransferKind.TOPUP,
+                )
+            )
+        elif kind in ("pay", "prepare"):
+            _, debit_index, legs, flaw, lose_vote = op
+            order = self._payment(self.fresh_id(), debit_index, legs, flaw)
+            if kind == "pay":
+                self.submit(order, lose_vote)
+            else:
+                self.orders.append(order)
+                self.open.append(self.prepare(order))
+        elif kind == "squeeze":
+            # Exactly what the debit can still spend, or one more: the edge that holds guard.
+            _, debit_index, payee_index, over, hold = op
+            held = [tx.transfer.order.debit for tx in self.open]
+            held = [a for a in held if a in self.users]
+            if held and debit_index % 3:
+                # Mostly spend from an account that has money promised to an open transaction.
+                debit_index = self.users.index(held[debit_index % len(held)])
+            debit = self.users[debit_index % len(self.users)]
+            ref = self.ref.accounts[debit]
+            amount = max(1, ref.balance - ref.held_debit + over)
+            order = self._payment(self.fresh_id(), debit_index, [(payee_index, amount)], "none")
+            if hold:
+                self.orders.append(order)
+                self.open.append(self.prepare(order))
+            else:
+                self.submit(order)
+        elif kind == "batch":
+            orders: list[TransferOrder] = []
+            for debit_index, legs, flaw, repeat in op[1]:
+                if repeat and orders:
+                    orders.append(orders[-1])
+                else:
+                    orders.append(self._payment(self.fresh_id(), debit_index, legs, flaw))
+            self.submit_batch(orders)
+        elif kind == "again" and self.orders:
+            self.submit(self.orders[op[1] % len(self.orders)])
+        elif kind == "conflict" and self.orders:
+            original = self.orders[op[1] % len(self.orders)]
+            first, *rest = original.credits
+            changed = (Credit(first.account, first.amount + 1), *rest)
+            self.submit(msgspec.structs.replace(original, credits=changed))
+        elif kind == "steal" and self.orders:
+            # Another client picks an id already in use, for a different transfer.
+            _, order_index, debit_index, legs, flaw = op
+            taken = self.orders[order_index % len(self.orders)].id
+            self.submit(self._payment(taken, debit_index, legs, flaw))
+        elif kind == "decide" and self.open:
+            _, tx_index, commit = op
+            self.decide(self.open.pop(tx_index % len(self.open)), commit)
+        elif kind == "retry" and self.open:
+            # A second coordinator attempt at a transfer that is still in doubt.
+            tx = self.open[op[1] % len(self.open)]
+            self.open.append(self.prepare(tx.transfer.order))
+        self.check()
+
+    def _payment(
+        self, id: str, debit_index: int, legs: list[tuple[int, int]], flaw: str
+    ) -> TransferOrder:
+        """A payment between users of one currency, then spoiled by ``flaw`` if not "none"."""
+        debit = self.users[debit_index % len(self.users)]
+        currency = self.ref.accounts[debit].currency
+        payees = [u for u in self.users if u != debit and self.ref.accounts[u].currency == currency]
+        payees = payees or [u for u in self.users if u != debit]
+        credits: list[Credit] = []
+        for index, amount in legs:
+            payee = payees[index % len(payees)]
+            if all(c.account != payee for c in credits):
+                credits.append(Credit(payee, amount))
+        ghost = self.ghosts[legs[0][0] % len(self.ghosts)]
+        if flaw == "ghost":
+            credits[-1] = Credit(ghost, credits[-1].amount)
+        elif flaw == "debit-ghost":
+            debit = ghost
+        elif flaw == "self":
+            credits.append(Credit(debit, 1))
+        elif flaw == "dup":
+            credits.append(credits[0])
+        elif flaw == "zero":
+            credits[0] = Credit(credits[0].account, 0)
+        elif flaw == "currency":
+            currency = other_currency(currency)
+        elif flaw == "sys":
+            credits.append(Credit(funding_account_id(currency, 0), 1))
+        return TransferOrder(id=id, debit=debit, credits=tuple(credits), currency=currency)
+
+    def finish(self, rng: random.Random) -> None:
+        """Decide everything still in doubt, in random order, each commit or abort at random."""
+        rng.shuffle(self.open)
+        while self.open:
+            self.decide(self.open.pop(), rng.random() < 0.5)
+            self.check()
+        assert all(ledger.in_doubt() == [] for ledger in self.ledgers)
+
+    # -- what must hold after every step --
+
+    def check(self) -> None:
+        sums: dict[str, int] = {}
+        for ledger in self.ledgers:
+            ledger.check_invariants()
+            for account in ledger.accounts.values():
+                sums[account.currency] = sums.get(account.currency, 0) + account.balance
+                if not account.allow_overdraft:
+                    assert account.balance >= 0, account
+                    # Holds stop a second spend: what is promised away is really there.
+                    assert account.balance - account.held_debit >= 0, account
+        assert all(total == 0 for total in sums.values()), sums
+
+        ref = self.ref
+        for shard, ledger in enumerate(self.ledgers):
+            mine = {a: r for a, r in ref.accounts.items() if ref.shard(a) == shard}
+            assert set(ledger.accounts) == set(mine)
+            for account_id, expected in mine.items():
+                account = ledger.accounts[account_id]
+                assert (
+                    account.currency,
+                    account.allow_overdraft,
+                    account.balance,
+                    account.held_debit,
+                    account.held_credit,
+                ) == (
+                    expected.currency,
+                    expected.overdraft,
+                    expected.balance,
+                    expected.held_debit,
+                    expected.held_credit,
+                ), account_id
+            assert list(ledger.transfers.items()) == list(ref.transfers[shard].items())
+            assert ledger.history == {a: h for a, h in ref.history.items() if ref.shard(a) == shard}
+            assert ledger.prepared == ref.prepared[shard]
+            assert ledger._prepared_transfer_ids == ref.in_progress[shard]
+            # History pages add up to the balance of every account.
+            for account_id in ledger.history:
+                page = ledger.history_page(account_id, 200)
+                assert (
+                    sum(effect for _, effect in page.items) == ledger.accounts[account_id].balance
+                )
+
+
+# -- strategies -----------------------------------------------------------------------------
+
+INDEX = st.integers(0, 63)
+LEGS = st.lists(st.tuples(INDEX, st.integers(1, 200)), min_size=1, max_size=3)
+# Mostly well-formed orders, so that money really moves; each flaw now and then.
+FLAW = st.sampled_from(
+    ["none"] * 8 + ["ghost", "debit-ghost", "self", "dup", "zero", "currency", "sys"]
+)
+TOPUP_FLAW = st.sampled_from(["none"] * 6 + ["ghost", "sys", "currency"])
+LOST_VOTE = st.sampled_from([False] * 4 + [True])
+
+TOPUP = st.tuples(st.just("topup"), INDEX, st.integers(1, 1_000), TOPUP_FLAW)
+PAY = st.tuples(st.just("pay"), INDEX, LEGS, FLAW, LOST_VOTE)
+AGAIN = st.tuples(st.just("again"), INDEX)
+CONFLICT = st.tuples(st.just("conflict"), INDEX)
+STEAL = st.tuples(st.just("steal"), INDEX, INDEX, LEGS, FLAW)
+PREPARE = st.tuples(st.just("prepare"), INDEX, LEGS, FLAW, st.just(False))
+DECIDE = st.tuples(st.just("decide"), INDEX, st.booleans())
+RETRY = st.tuples(st.just("retry"), INDEX)
+BATCH = st.tuples(
+    st.just("batch"),
+    st.lists(st.tuples(INDEX, LEGS, FLAW, st.sampled_from([False] * 3 + [True])), max_size=8),
+)
+SQUEEZE = st.tuples(st.just("squeeze"), INDEX, INDEX, st.integers(0, 1), st.booleans())
+SQUEEZE_NOW = st.tuples(st.just("squeeze"), INDEX, INDEX, st.integers(0, 1), st.just(False))
+
+STREAM_OPS = st.one_of(TOPUP, PAY, PAY, PAY, BATCH, SQUEEZE_NOW, AGAIN, CONFLICT, STEAL)
+INTERLEAVED_OPS = st.one_of(
+    TOPUP, PAY, BATCH, PREPARE, PREPARE, SQUEEZE, SQUEEZE, DECIDE, DECIDE, AGAIN, RETRY, STEAL
+)
+
+SHARD_COUNTS = st.integers(1, 4)
+SETUP = st.tuples(st.lists(st.sampled_from(CURRENCIES), min_size=1, max_size=3), st.booleans())
+
+
+def new_runner(shard_count: int, setup: tuple[list[str], bool], seed: list[int]) -> Runner:
+    """A runner whose users start with the given top-ups (so that holds have money to hold)."""
+    runner = Runner(shard_count, *setup)
+    for i, amount in enumerate(seed):
+        runner.step(("topup", i, amount, "none"))
+    return runner
+
+
+SEED = st.lists(st.integers(100, 1_000), min_size=8, max_size=8)
+
+
+# -- (a) random streams ----------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(SHARD_COUNTS, SETUP, SEED, st.lists(STREAM_OPS, min_size=5, max_size=40))
+def test_streams_keep_money_conserved_and_match_the_reference(
+    shard_count: int,
+    setup: tuple[list[str], bool],
+    seed: list[int],
+    ops: list[tuple[Any, ...]],
+) -> None:
+    runner = new_runner(shard_count, setup, seed)
+    for op in ops:
+        runner.step(op)
+    assert runner.open == []
+    assert all(ledger.in_doubt() == [] for ledger in runner.ledgers)
+
+
+# -- (b) interleaved two-phase commit ----------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(2, 4),
+    SETUP,
+    SEED,
+    st.lists(INTERLEAVED_OPS, min_size=5, max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_interleaved_transactions_hold_funds_until_decided(
+    shard_count: int,
+    setup: tuple[list[str], bool],
+    seed: list[int],
+    ops: list[tuple[Any, ...]],
+    rng: random.Random,
+) -> None:
+    runner = new_runner(shard_count, setup, seed)
+    for op in ops:
+        runner.step(op)
+    runner.finish(rng)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(2, 4),
+    SETUP,
+    SEED,
+    st.lists(st.one_of(PREPARE, SQUEEZE.map(lambda op: (*op[:4], True))), min_size=2, max_size=10),
+    st.randoms(use_true_random=False),
+)
+def test_prepare_all_then_decide_in_random_order(
+    shard_count: int,
+    setup: tuple[list[str], bool],
+    seed: list[int],
+    prepares: list[tuple[Any, ...]],
+    rng: random.Random,
+) -> None:
+    """Every transaction is in doubt at once before any decision arrives."""
+    runner = new_runner(shard_count, setup, seed)
+    for op in prepares:
+        runner.step(op)
+    assert len(runner.open) == len(prepares)
+    runner.finish(rng)
+
+
+# -- (c) snapshots -------------------------------------------------------------------------------
+
+
+def round_trip(ledger: ShardLedger) -> ShardLedger:
+    decoded = msgspec.msgpack.decode(encode(ledger.snapshot()), type=ShardSnapshot)
+    return ShardLedger.from_snapshot(decoded)
+
+
+def assert_same_state(restored: ShardLedger, original: ShardLedger) -> None:
+    assert (restored.shard, restored.shard_count) == (original.shard, original.shard_count)
+    assert restored.accounts == original.accounts
+    assert list(restored.accounts) == list(original.accounts)
+    assert list(restored.transfers.items()) == list(original.transfers.items())
+    assert restored.history == original.history
+    assert restored.prepared == original.prepared
+    assert restored.in_doubt() == original.in_doubt()
+    assert restored._prepared_transfer_ids == original._prepared_transfer_ids
+    assert encode(restored.snapshot()) == encode(original.snapshot())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    SHARD_COUNTS,
+    SETUP,
+    SEED,
+    st.lists(INTERLEAVED_OPS, min_size=5, max_size=30),
+    st.lists(INTERLEAVED_OPS, max_size=15),
+    st.randoms(use_true_random=False),
+)
+def test_snapshot_round_trip_keeps_everything_including_prepared(
+    shard_count: int,
+    setup: tuple[list[str], bool],
+    seed: list[int],
+    before: list[tuple[Any, ...]],
+    after: list[tuple[Any, ...]],
+    rng: random.Random,
+) -> None:
+    runner = new_runner(shard_count, setup, seed)
+    for op in before:
+        runner.step(op)
+    restored = copy.deepcopy(runner)
+    restored.ledgers = [round_trip(ledger) for ledger in runner.ledgers]
+    for original, again in zip(runner.ledgers, restored.ledgers, strict=True):
+        assert_same_state(again, original)
+    # The restored ledgers behave exactly like the originals from here on.
+    for op in after:
+        runner.step(op)
+        restored.step(op)
+    runner.finish(copy.deepcopy(rng))
+    restored.finish(rng)
+    for original, again in zip(runner.ledgers, restored.ledgers, strict=True):
+        assert_same_state(again, original)
+
+
+# -- (d) replay from the log -----------------------------------------------------------------------
+
+
+def replay(ledger: ShardLedger, records: list[tuple[str, bytes]]) -> None:
+    for kind, payload in records:
+        items = msgspec.msgpack.decode(payload, type=RECORD_TYPES[kind])
+        if kind == "accounts":
+            ledger.replay_accounts(items)
+        elif kind == "transfers":
+            ledger.replay_transfers(items)
+        elif kind == "prepared":
+            ledger.replay_prepared(items)
+        else:
+            assert ledger.decide(items) == items
+    ledger.check_invariants()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    SHARD_COUNTS,
+    SETUP,
+    SEED,
+    st.lists(INTERLEAVED_OPS, min_size=5, max_size=40),
+    st.integers(0, 40),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_replaying_the_log_rebuilds_the_same_state(
+    shard_count: int,
+    setup: tuple[list[str], bool],
+    seed: list[int],
+    ops: list[tuple[Any, ...]],
+    snapshot_at: int,
+    decide_all: bool,
+    rng: random.Random,
+) -> None:
+    runner = new_runner(shard_count, setup, seed)
+    snapshots: list[tuple[bytes, int]] = []
+    for index, op in enumerate(ops):
+        if index == snapshot_at:
+            snapshots = [
+                (encode(ledger.snapshot()), len(log))
+                for ledger, log in zip(runner.ledgers, runner.logs, strict=True)
+            ]
+        runner.step(op)
+    if decide_all:
+        runner.finish(rng)
+    for shard, original in enumerate(runner.ledgers):
+        # From the whole log...
+        rebuilt = ShardLedger(shard, shard_count)
+        replay(rebuilt, runner.logs[shard])
+        assert_same_state(rebuilt, original)
+        # ...and from a snapshot plus the records after it, as recovery does.
+        if snapshots:
+            payload, position = snapshots[shard]
+            recovered = ShardLedger.from_snapshot(
+                msgspec.msgpack.decode(payload, type=ShardSnapshot)
+            )
+            replay(recovered, runner.logs[shard][position:])
+            assert_same_state(recovered, original)
+
+
+# -- a few hand-written scenarios the properties rely on ------------------------------------------
+
+
+def test_cross_shard_id_reuse_is_a_conflict_on_the_credit_shard() -> None:
+    """A credit-only shard that already knows the id must refuse, not overwrite its record."""
+    runner = Runner(2, ["USD"], False)
+    a, b, c, _ = runner.users  # two on shard 0, two on shard 1
+    for target in (a, c):
+        runner.step(("topup", runner.users.index(target), 100, "none"))
+    local = runner.submit(TransferOrder(id="X", debit=a, credits=(Credit(b, 30),), currency="USD"))
+    assert local.error is None
+    reused = runner.submit(TransferOrder(id="X", debit=c, credits=(Credit(b, 5),), currency="USD"))
+    assert reused.error == ErrorCode.TRANSFER_ID_CONFLICT
+    assert runner.ledgers[0].transfer("X") == local.transfer
+    assert [e for _, e in runner.ledgers[0].history_page(a).items] == [-30, 100]
+    runner.check()
+
+
+def test_in_doubt_transfer_blocks_its_id_on_every_shard() -> None:
+    runner = Runner(2, ["USD"], False)
+    a, _, c, _ = runner.users
+    runner.step(("topup", runner.users.index(a), 100, "none"))
+    order = TransferOrder(id="P", debit=a, credits=(Credit(c, 40),), currency="USD")
+    runner.orders.append(order)
+    first = runner.prepare(order)
+    assert first.all_yes
+    second = runner.prepare(order)
+    assert [v.error for v in second.votes.values()] == [ErrorCode.TRANSFER_ID_CONFLICT] * 2
+    runner.decide(second, commit=True)  # all-no: decided as an abort
+    assert runner.ledgers[0].account(a).held_debit == 40
+    assert runner.ledgers[1].account(c).held_credit == 40
+    runner.decide(first, commit=True)
+    assert runner.ledgers[0].account(a).balance == 60
+    assert runner.ledgers[1].account(c).balance == 40
+    runner.check()
