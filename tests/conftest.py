@@ -6,6 +6,7 @@ that server started (gateway workers, Ray's GCS, raylet, actors) and nothing els
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,10 +89,8 @@ class ServerProcess:
             if not pids:
                 break
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.2)
         self.process.wait(timeout=10)
         self.process = None
@@ -100,10 +99,8 @@ class ServerProcess:
         if self.process is None:
             return
         self.process.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill_hard()
 
 
