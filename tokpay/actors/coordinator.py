@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from tokpay.actors.channel import ShardChannel
 from tokpay.actors.naming import shard_actor_name
 from tokpay.actors.protocol import (
     CoordinatorCommit,
@@ -353,15 +354,31 @@ class CoordinatorActor:
     def __init__(self, shard_count: int, data_dir: str, fsync: bool = True) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self._shards: dict[int, Any] = {}
+        self._channels: dict[int, ShardChannel] = {}
         self._shard_count = shard_count
         self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def _call(self, shard: int, method: str, payload: bytes) -> Any:
+    def _handle(self, shard: int) -> Any:
         handle = self._shards.get(shard)
         if handle is None:
             handle = self._shards[shard] = ray.get_actor(shard_actor_name(shard))
-        remote = getattr(handle, method)
+        return handle
+
+    async def _call(self, shard: int, method: str, payload: bytes) -> Any:
+        if method in ("prepare", "decide"):
+            # PREPARE and COMMIT go over the shard's direct channel, one batch per call.
+            channel = self._channels.get(shard)
+            if channel is None:
+                handle = self._handle(shard)
+
+                async def lookup() -> tuple[str, int]:
+                    address: tuple[str, int] = await handle.channel_address.remote()
+                    return address
+
+                channel = self._channels[shard] = ShardChannel(lookup)
+            return await channel.call(method, payload)
+        remote = getattr(self._handle(shard), method)
         return await (remote.remote() if method == "in_doubt" else remote.remote(payload))
 
     async def start(self) -> dict[str, int]:

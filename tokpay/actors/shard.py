@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any
 import msgspec
 import ray
 
+from tokpay.actors.channel import ChannelServer
 from tokpay.actors.protocol import (
     AccountsCreated,
     HistoryReply,
@@ -248,55 +250,89 @@ def _bounded(items: list[Any]) -> list[Any]:
     return items
 
 
+CHANNEL_METHODS = frozenset({"balances", "apply_orders", "prepare", "decide"})
+"""The hot-path methods also served on the direct channel (2PC included)."""
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=1)  # type: ignore[call-overload]
 class ShardActor:
-    """Ray shell around ShardService; one call at a time, restarted on crash."""
+    """Ray shell around ShardService; restarted on crash.
+
+    Ray calls and the direct channel's threads take one lock, so the service
+    still runs one request at a time and no read sees an unlogged change.
+    """
 
     def __init__(self, shard: int, shard_count: int, data_dir: str, fsync: bool = True) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        self._lock = threading.Lock()
         self._service = ShardService(shard, shard_count, Path(data_dir), fsync=fsync)
+        self._channel = ChannelServer(self._dispatch)
+
+    def _dispatch(self, method: str, payload: bytes) -> bytes:
+        if method not in CHANNEL_METHODS:
+            raise ValueError(f"{method!r} is not served on the channel")
+        with self._lock:
+            result = getattr(self._service, method)(payload)
+        return result if isinstance(result, bytes) else encode(result)
 
     def ready(self) -> int:
         return self._service.ledger.shard
 
+    def channel_address(self) -> tuple[str, int]:
+        return self._channel.address
+
     def create_accounts(self, payload: bytes) -> bytes:
-        return self._service.create_accounts(payload)
+        with self._lock:
+            return self._service.create_accounts(payload)
 
     def apply_orders(self, payload: bytes) -> bytes:
-        return self._service.apply_orders(payload)
+        with self._lock:
+            return self._service.apply_orders(payload)
 
     def prepare(self, payload: bytes) -> bytes:
-        return self._service.prepare(payload)
+        with self._lock:
+            return self._service.prepare(payload)
 
     def decide(self, payload: bytes) -> int:
-        return self._service.decide(payload)
+        with self._lock:
+            return self._service.decide(payload)
 
     def balances(self, payload: bytes) -> bytes:
-        return self._service.balances(payload)
+        with self._lock:
+            return self._service.balances(payload)
 
     def account(self, account_id: str) -> bytes:
-        return self._service.account(account_id)
+        with self._lock:
+            return self._service.account(account_id)
 
     def transfer(self, transfer_id: str) -> bytes:
-        return self._service.transfer(transfer_id)
+        with self._lock:
+            return self._service.transfer(transfer_id)
 
     def history(self, account_id: str, limit: int, cursor: int | None) -> bytes:
-        return self._service.history(account_id, limit, cursor)
+        with self._lock:
+            return self._service.history(account_id, limit, cursor)
 
     def in_doubt(self) -> list[str]:
-        return self._service.in_doubt()
+        with self._lock:
+            return self._service.in_doubt()
 
     def currency_sums(self) -> dict[str, int]:
-        return self._service.currency_sums()
+        with self._lock:
+            return self._service.currency_sums()
 
     def all_balances(self) -> dict[str, int]:
-        return self._service.all_balances()
+        with self._lock:
+            return self._service.all_balances()
 
     def check_invariants(self) -> bool:
-        return self._service.check_invariants()
+        with self._lock:
+            return self._service.check_invariants()
 
     def stats(self) -> bytes:
-        return self._service.current_stats()
+        with self._lock:
+            return self._service.current_stats()
 
     def write_snapshot(self) -> int:
-        return self._service.write_snapshot()
+        with self._lock:
+            return self._service.write_snapshot()

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from tokpay.actors.channel import ShardChannel
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
 from tokpay.actors.protocol import HistoryReply, decode, encode
@@ -67,7 +68,8 @@ class LedgerClient:
     def __init__(self, handles: LedgerHandles) -> None:
         self.handles = handles
         self.shard_count = handles.shard_count
-        self.batch_sizes: list[int] = []
+        # The hot paths (balance reads, single-shard transfers) use the direct channel.
+        self._channels = [self._channel(s) for s in range(self.shard_count)]
         self._reads = [self._batcher(self._read_batch(s)) for s in range(self.shard_count)]
         self._orders = [self._batcher(self._order_batch(s)) for s in range(self.shard_count)]
         self._cross = self._batcher(self._cross_batch)
@@ -86,21 +88,28 @@ class LedgerClient:
         if self.batch_observer is not None:
             self.batch_observer(size)
 
-    def _read_batch(self, shard: int) -> Any:
+    def _channel(self, shard: int) -> ShardChannel:
         handle = self.handles.shards[shard]
 
+        async def lookup() -> tuple[str, int]:
+            address: tuple[str, int] = await _call(handle, "channel_address")
+            return address
+
+        return ShardChannel(lookup)
+
+    def _read_batch(self, shard: int) -> Any:
+        channel = self._channels[shard]
+
         async def send(ids: list[str]) -> list[BalanceView | None]:
-            return decode(await _call(handle, "balances", encode(ids)), list[BalanceView | None])
+            return decode(await channel.call("balances", encode(ids)), list[BalanceView | None])
 
         return send
 
     def _order_batch(self, shard: int) -> Any:
-        handle = self.handles.shards[shard]
+        channel = self._channels[shard]
 
         async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
-            return decode(
-                await _call(handle, "apply_orders", encode(orders)), list[TransferOutcome]
-            )
+            return decode(await channel.call("apply_orders", encode(orders)), list[TransferOutcome])
 
         return send
 
@@ -126,9 +135,7 @@ class LedgerClient:
 
         async def one(shard: int, indexed: list[tuple[int, str]]) -> None:
             views = decode(
-                await _call(
-                    self.handles.shards[shard], "balances", encode([a for _, a in indexed])
-                ),
+                await self._channels[shard].call("balances", encode([a for _, a in indexed])),
                 list[BalanceView | None],
             )
             for (index, _), view in zip(indexed, views, strict=True):

@@ -38,7 +38,7 @@ MAX_BATCH: Final = 1_024
 MAX_PENDING_PER_SHARD: Final = 20_000
 """Requests one gateway process queues for one shard before answering 429."""
 
-MAX_INFLIGHT_BATCHES: Final = 4
+MAX_INFLIGHT_BATCHES: Final = 1
 """Batches one gateway process keeps in flight to one shard."""
 
 MAX_BODY_BYTES: Final = 64 * 1024
