@@ -44,7 +44,6 @@ from tokpay.ledger.model import (
     is_system_account,
 )
 from tokpay.ledger.routing import shard_of
-from tokpay.ledger.shard_ledger import effect_on
 from tokpay.ledger.validation import (
     is_valid_id,
     validate_account_id,
@@ -258,19 +257,7 @@ class Handlers:
         page = await self.ledger.history(account_id, limit, cursor)
         items = []
         for transfer, effect in page.items:
-            out = transfer_out(transfer)
-            items.append(
-                HistoryItemOut(
-                    id=out.id,
-                    kind=out.kind,
-                    effect=effect_on(transfer, account_id) if effect is None else effect,
-                    from_=out.from_,
-                    to=out.to,
-                    amount=out.amount,
-                    currency=out.currency,
-                    memo=out.memo,
-                    created_at=out.created_at,
-                )
-            )
+            fields = msgspec.structs.asdict(transfer_out(transfer))
+            items.append(HistoryItemOut(**fields, effect=effect))
         next_cursor = None if page.next_cursor is None else _encode_cursor(page.next_cursor)
         return 200, _json.encode(HistoryOut(items, next_cursor))

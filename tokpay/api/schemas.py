@@ -62,17 +62,9 @@ class TransferOut(msgspec.Struct):
     created_at: str = ""
 
 
-class HistoryItemOut(msgspec.Struct):
-    id: str
-    kind: str
-    effect: int
-    """Signed change to this account's balance."""
-    from_: str = msgspec.field(name="from")
-    to: list[LegOut] = []
-    amount: int = 0
-    currency: str = ""
-    memo: str = ""
-    created_at: str = ""
+class HistoryItemOut(TransferOut):
+    effect: int = 0
+    """Signed change this transfer made to the listed account's balance."""
 
 
 class HistoryOut(msgspec.Struct):
