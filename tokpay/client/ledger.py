@@ -68,8 +68,10 @@ class LedgerClient:
     def __init__(self, handles: LedgerHandles) -> None:
         self.handles = handles
         self.shard_count = handles.shard_count
-        # The hot paths (balance reads, single-shard transfers) use the direct channel.
-        self._channels = [self._channel(s) for s in range(self.shard_count)]
+        # The hot paths use the direct channel: one connection per shard for reads and
+        # one for writes, so a read never queues behind another batch's fsync.
+        self._read_channels = [self._channel(s) for s in range(self.shard_count)]
+        self._write_channels = [self._channel(s) for s in range(self.shard_count)]
         self._reads = [self._batcher(self._read_batch(s)) for s in range(self.shard_count)]
         self._orders = [self._batcher(self._order_batch(s)) for s in range(self.shard_count)]
         self._cross = self._batcher(self._cross_batch)
@@ -98,7 +100,7 @@ class LedgerClient:
         return ShardChannel(lookup)
 
     def _read_batch(self, shard: int) -> Any:
-        channel = self._channels[shard]
+        channel = self._read_channels[shard]
 
         async def send(ids: list[str]) -> list[BalanceView | None]:
             return decode(await channel.call("balances", encode(ids)), list[BalanceView | None])
@@ -106,7 +108,7 @@ class LedgerClient:
         return send
 
     def _order_batch(self, shard: int) -> Any:
-        channel = self._channels[shard]
+        channel = self._write_channels[shard]
 
         async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
             return decode(await channel.call("apply_orders", encode(orders)), list[TransferOutcome])
@@ -135,7 +137,7 @@ class LedgerClient:
 
         async def one(shard: int, indexed: list[tuple[int, str]]) -> None:
             views = decode(
-                await self._channels[shard].call("balances", encode([a for _, a in indexed])),
+                await self._read_channels[shard].call("balances", encode([a for _, a in indexed])),
                 list[BalanceView | None],
             )
             for (index, _), view in zip(indexed, views, strict=True):
