@@ -12,7 +12,9 @@ restarted shard listens on a new port, so a stale connection simply fails.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 import socket
 import struct
 import threading
@@ -64,7 +66,10 @@ class ChannelServer:
     def __init__(self, dispatch: Dispatch, host: str = "127.0.0.1") -> None:
         self._dispatch = dispatch
         self._listener = socket.create_server((host, 0))
-        self.address = (host, self._listener.getsockname()[1])
+        # A caller proves it got the address through Ray (which authenticates it)
+        # by sending this token first; anything else on the port is dropped.
+        self._token = secrets.token_bytes(32)
+        self.address = (host, self._listener.getsockname()[1], self._token)
         self._connections = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="channel-accept", daemon=True).start()
@@ -84,6 +89,8 @@ class ChannelServer:
 
     def _serve(self, connection: socket.socket) -> None:
         try:
+            if not hmac.compare_digest(read_frame(connection), self._token):
+                return
             while True:
                 method, payload = msgspec.msgpack.decode(
                     read_frame(connection), type=tuple[str, bytes]
@@ -109,7 +116,10 @@ CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.2
 REQUEST_TIMEOUT_SECONDS = 30.0
 
-AddressLookup = Callable[[], Awaitable[tuple[str, int]]]
+ChannelAddress = tuple[str, int, bytes]
+"""(host, port, token) as the shard registers it with Ray."""
+
+AddressLookup = Callable[[], Awaitable[ChannelAddress]]
 
 
 class ShardChannel:
@@ -141,8 +151,9 @@ class ShardChannel:
 
     async def _round_trip(self, request: bytes) -> bytes:
         if self._writer is None or self._reader is None:
-            host, port = await self._lookup()
+            host, port, token = await self._lookup()
             self._reader, self._writer = await asyncio.open_connection(host, port)
+            self._writer.write(frame(token))
         self._writer.write(request)
         (length,) = FRAME_HEADER.unpack(await self._reader.readexactly(FRAME_HEADER.size))
         if length > MAX_FRAME_BYTES:

@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from tokpay.actors.channel import ShardChannel
+from tokpay.actors.channel import ChannelAddress, ShardChannel
 from tokpay.actors.naming import shard_actor_name
 from tokpay.actors.protocol import (
     CoordinatorCommit,
@@ -372,8 +372,8 @@ class CoordinatorActor:
             if channel is None:
                 handle = self._handle(shard)
 
-                async def lookup() -> tuple[str, int]:
-                    address: tuple[str, int] = await handle.channel_address.remote()
+                async def lookup() -> ChannelAddress:
+                    address: ChannelAddress = await handle.channel_address.remote()
                     return address
 
                 channel = self._channels[shard] = ShardChannel(lookup)

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import ray
 
-from tokpay.actors.channel import ChannelServer
+from tokpay.actors.channel import ChannelAddress, ChannelServer
 from tokpay.actors.protocol import (
     AccountsCreated,
     HistoryReply,
@@ -278,7 +278,7 @@ class ShardActor:
     def ready(self) -> int:
         return self._service.ledger.shard
 
-    def channel_address(self) -> tuple[str, int]:
+    def channel_address(self) -> ChannelAddress:
         return self._channel.address
 
     def create_accounts(self, payload: bytes) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from tokpay.actors.channel import ShardChannel
+from tokpay.actors.channel import ChannelAddress, ShardChannel
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
 from tokpay.actors.protocol import HistoryReply, decode, encode
@@ -93,8 +93,8 @@ class LedgerClient:
     def _channel(self, shard: int) -> ShardChannel:
         handle = self.handles.shards[shard]
 
-        async def lookup() -> tuple[str, int]:
-            address: tuple[str, int] = await _call(handle, "channel_address")
+        async def lookup() -> ChannelAddress:
+            address: ChannelAddress = await _call(handle, "channel_address")
             return address
 
         return ShardChannel(lookup)
