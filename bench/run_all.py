@@ -86,7 +86,9 @@ class Server:
                     continue
 
 
-def open_accounts(per_shard: int, shards: int, hot_balance: int) -> dict[int, list[str]]:
+def open_accounts(
+    address: str, per_shard: int, shards: int, hot_balance: int
+) -> dict[int, list[str]]:
     from tokpay.client import connect
     from tokpay.ledger.model import (
         AccountSpec,
@@ -97,7 +99,7 @@ def open_accounts(per_shard: int, shards: int, hot_balance: int) -> dict[int, li
     )
     from tokpay.ledger.routing import shard_of
 
-    ledger = connect()
+    ledger = connect(address)
     by_shard: dict[int, list[str]] = {s: [] for s in range(shards)}
     n = 0
     while min(len(v) for v in by_shard.values()) < per_shard:
@@ -126,10 +128,10 @@ def open_accounts(per_shard: int, shards: int, hot_balance: int) -> dict[int, li
     return by_shard
 
 
-def ray_client_reads(names: list[str], total: int) -> float:
+def ray_client_reads(address: str, names: list[str], total: int) -> float:
     from tokpay.client import connect
 
-    ledger = connect()
+    ledger = connect(address)
     ids = [random.choice(names) for _ in range(total)]
     ledger.balances(ids[:1000])
     started = time.perf_counter()
@@ -255,6 +257,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: run `make setup` (installs it from Debian)")
 
+    # The server's Ray cluster uses token authentication; a driver given an explicit
+    # address presents the token only if told so before Ray is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     work = Path(tempfile.mkdtemp(prefix="tokpay-bench-"))
     results: dict[str, dict[str, Any]] = {}
     steps = ["start", "seed", "ceiling", "reads", "lookup", "ray reads", "transfers", "hot", "half"]
@@ -269,7 +274,8 @@ def main() -> None:
         progress.advance(task)
         try:
             step("seeding accounts")
-            by_shard = open_accounts(args.accounts_per_shard, args.shards, 10**11)
+            address = (work / "data" / "run" / "ray-address").read_text()
+            by_shard = open_accounts(address, args.accounts_per_shard, args.shards, 10**11)
             names = [a for accounts in by_shard.values() for a in accounts]
             progress.advance(task)
             c, s = args.connections, args.seconds
@@ -284,7 +290,7 @@ def main() -> None:
             results["lookup"]["balances_per_s"] = results["lookup"]["rate"] * 1000
             progress.advance(task)
             step("Ray client batched reads")
-            results["ray_reads"] = {"rate": ray_client_reads(names, 200_000)}
+            results["ray_reads"] = {"rate": ray_client_reads(address, names, 200_000)}
             progress.advance(task)
             step("transfers, uniform")
             results["transfers"] = wrk(server.url, "/", lua_transfers(by_shard, 0.3, None), c, s)

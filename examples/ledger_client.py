@@ -1,21 +1,35 @@
 """Ray client script: batch reads and transfers against a running ``tokpay serve``.
 
-Run ``make run`` in one terminal, then ``.venv/bin/python examples/ledger_client.py``.
+Run ``make run`` in one terminal, then ``.venv/bin/python examples/ledger_client.py [DATA_DIR]``.
 It attaches to the local Ray cluster the server started, opens a few accounts,
 tops them up, pays around in one batch and reads all balances in one batch.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
-
-from tokpay.client import connect
-from tokpay.ledger.model import AccountSpec, Credit, TransferKind, TransferOrder, funding_account_id
-from tokpay.ledger.routing import shard_of
+from pathlib import Path
 
 
 def main() -> None:
-    ledger = connect()
+    # `tokpay serve` runs Ray with token authentication; a driver given an explicit
+    # address presents the token only if told so before Ray is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from tokpay.client import connect
+    from tokpay.ledger.model import (
+        AccountSpec,
+        Credit,
+        TransferKind,
+        TransferOrder,
+        funding_account_id,
+    )
+    from tokpay.ledger.routing import shard_of
+
+    # `tokpay serve` writes its Ray address here; "auto" would pick the newest cluster.
+    address_file = Path(sys.argv[1] if len(sys.argv) > 1 else "var/tokpay") / "run" / "ray-address"
+    ledger = connect(address_file.read_text() if address_file.exists() else "auto")
     run = uuid.uuid4().hex[:6]
     names = [f"example-{run}-{n}" for n in range(10)]
     specs = [AccountSpec(id=n, currency="USD", owner=f"{n}@example.com") for n in names]

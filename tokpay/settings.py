@@ -10,7 +10,6 @@ class Settings(BaseSettings):
 
     ray_address: str = "auto"
     """Ray cluster the gateway attaches to."""
-    shards: int = 4
     data_dir: Path = Path("var/tokpay")
     fsync: bool = True
     """Turning fsync off voids the durability contract; only benchmarks of the ceiling do it."""

@@ -11,9 +11,9 @@ import pytest
 from tokpay.actors.channel import (
     FRAME_HEADER,
     MAX_FRAME_BYTES,
+    ActorChannel,
     ChannelAddress,
     ChannelServer,
-    ShardChannel,
     frame,
 )
 from tokpay.ledger.errors import LedgerError
@@ -42,7 +42,7 @@ def test_calls_round_trip_and_errors_are_reported() -> None:
         return server.address
 
     async def scenario() -> None:
-        channel = ShardChannel(lookup)
+        channel = ActorChannel(lookup)
         assert await channel.call("echo", b"abc") == b"cba"
         results = await asyncio.gather(*(channel.call("echo", bytes([n])) for n in range(50)))
         assert results == [bytes([n]) for n in range(50)]
@@ -75,7 +75,7 @@ def test_a_restarted_peer_is_found_again_through_lookup() -> None:
         return servers[-1].address
 
     async def scenario() -> None:
-        channel = ShardChannel(lookup)
+        channel = ActorChannel(lookup)
         assert await channel.call("echo", b"12") == b"21"
         servers.append(ChannelServer(_echo))  # the "restarted" shard, on a new port
         servers[0]._listener.close()

@@ -21,7 +21,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=80),
     st.sampled_from(["USD", "EUR", "fuzz-payer", "fuzz-payee", "sys:funding:USD:0", ""]),
 )

@@ -123,8 +123,12 @@ class Reference:
             if known.order == order:
                 return RefVote(ok=False, existing=known)
             return RefVote(ok=False, codes=frozenset({ErrorCode.TRANSFER_ID_CONFLICT}))
-        if order.id in self.in_progress[shard]:
-            return RefVote(ok=False, codes=frozenset({ErrorCode.TRANSFER_ID_CONFLICT}))
+        txid = self.in_progress[shard].get(order.id)
+        if txid is not None:
+            # Same body mid-commit: retry later; another body under the id: conflict.
+            same = self.prepared[shard][txid].transfer.order == order
+            code = ErrorCode.UNAVAILABLE if same else ErrorCode.TRANSFER_ID_CONFLICT
+            return RefVote(ok=False, codes=frozenset({code}))
         codes: set[str] = set()
         for credit in order.credits:
             if self.shard(credit.account) != shard:
@@ -781,7 +785,7 @@ def test_in_doubt_transfer_blocks_its_id_on_every_shard() -> None:
     first = runner.prepare(order)
     assert first.all_yes
     second = runner.prepare(order)
-    assert [v.error for v in second.votes.values()] == [ErrorCode.TRANSFER_ID_CONFLICT] * 2
+    assert [v.error for v in second.votes.values()] == [ErrorCode.UNAVAILABLE] * 2
     runner.decide(second, commit=True)  # all-no: decided as an abort
     assert runner.ledgers[0].account(a).held_debit == 40
     assert runner.ledgers[1].account(c).held_credit == 40

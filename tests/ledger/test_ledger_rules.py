@@ -417,11 +417,15 @@ def test_check_invariants_stops_holds_that_disagree_with_prepared(ledger: ShardL
         ledger.check_invariants()
 
 
-def test_wrong_shard_is_an_invariant_violation_not_a_refusal() -> None:
+def test_wrong_shard_is_refused_without_stopping_the_shard() -> None:
+    # A caller with a stale shard map gets a retryable refusal; the shard carries on.
     ledger = ShardLedger(0, 2)
     foreign = next(f"u{i}" for i in range(100) if shard_of(f"u{i}", 2) == 1)
-    with pytest.raises(InvariantViolation):
-        ledger.create_accounts([AccountSpec(id=foreign, currency="USD", owner="o")], T0)
+    outcomes, created = ledger.create_accounts(
+        [AccountSpec(id=foreign, currency="USD", owner="o")], T0
+    )
+    assert outcomes[0].error == ErrorCode.UNAVAILABLE and created == []
+    assert ledger.accounts == {}
     with pytest.raises(InvariantViolation):
         ShardLedger(2, 2)
 
@@ -507,5 +511,5 @@ def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> No
     votes, prepared = ledger.prepare(
         [Prepare(txid="tx-2", transfer=Transfer(order=order, created_at=T0))]
     )
-    assert votes[0].error == ErrorCode.TRANSFER_ID_CONFLICT and prepared == []
+    assert votes[0].error == ErrorCode.UNAVAILABLE and prepared == []
     assert ledger.account("alice").held_debit == 1

@@ -485,9 +485,12 @@ def test_transfer_id_conflict_with_a_prepared_transfer() -> None:
         [Prepare(txid="tx-1", transfer=Transfer(order=held, created_at=NOW))]
     )
     assert votes[0].ok and len(prepared) == 1
-    # Same id while in progress: a conflict even with an identical body.
-    assert_order_refused(ledger, held, ErrorCode.TRANSFER_ID_CONFLICT)
-    assert_prepare_refused(ledger, held, ErrorCode.TRANSFER_ID_CONFLICT)
+    # Same id and body while in progress: retry later. Another body: a conflict.
+    assert_order_refused(ledger, held, ErrorCode.UNAVAILABLE)
+    assert_prepare_refused(ledger, held, ErrorCode.UNAVAILABLE)
+    other = payment(credits=(("bob", 11),), id="pay-1")
+    assert_order_refused(ledger, other, ErrorCode.TRANSFER_ID_CONFLICT)
+    assert_prepare_refused(ledger, other, ErrorCode.TRANSFER_ID_CONFLICT)
 
 
 # -- account specs -------------------------------------------------------------------------

@@ -33,6 +33,9 @@ MAX_CONNECTIONS = 256
 
 Dispatch = Callable[[str, bytes], bytes]
 
+ChannelAddress = tuple[str, int, bytes]
+"""(host, port, token) as the server registers it with Ray."""
+
 
 class ChannelError(Exception):
     """The peer broke the framing or refused the request."""
@@ -58,6 +61,16 @@ def read_frame(sock: socket.socket) -> bytes:
 
 def frame(payload: bytes) -> bytes:
     return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def _refusal(method: str, error: Exception) -> bytes:
+    """A failed request's reply: the LedgerError's code, or internal_error."""
+    if isinstance(error, LedgerError):
+        body = (str(error.code), error.detail)
+    else:
+        log.exception("channel request %s failed", method, exc_info=error)
+        body = (str(ErrorCode.INTERNAL_ERROR), f"{method} failed: {error!r}")
+    return msgspec.msgpack.encode((False, msgspec.msgpack.encode(body)))
 
 
 class ChannelServer:
@@ -98,8 +111,7 @@ class ChannelServer:
                 try:
                     reply = msgspec.msgpack.encode((True, self._dispatch(method, payload)))
                 except Exception as error:
-                    log.exception("channel request %s failed", method)
-                    reply = msgspec.msgpack.encode((False, repr(error).encode()))
+                    reply = _refusal(method, error)
                 connection.sendall(frame(reply))
         except (ConnectionError, OSError, ChannelError, msgspec.DecodeError):
             pass
@@ -109,6 +121,56 @@ class ChannelServer:
                 self._connections -= 1
 
 
+AsyncDispatch = Callable[[str, bytes], Awaitable[bytes]]
+
+
+async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
+    (length,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
+    if length > MAX_FRAME_BYTES:
+        raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    return await reader.readexactly(length)
+
+
+class AsyncChannelServer:
+    """The same channel served from an asyncio loop (the coordinator's async actor).
+
+    Each connection's requests are awaited one after another; connections run
+    side by side, so two gateways' batches overlap inside the coordinator.
+    """
+
+    def __init__(self, dispatch: AsyncDispatch) -> None:
+        self._dispatch = dispatch
+        self._token = secrets.token_bytes(32)
+        self._server: asyncio.Server | None = None
+        self.address: ChannelAddress | None = None
+
+    async def start(self, host: str = "127.0.0.1") -> ChannelAddress:
+        if self.address is None:
+            self._server = await asyncio.start_server(self._serve, host, 0)
+            port = self._server.sockets[0].getsockname()[1]
+            self.address = (host, port, self._token)
+        return self.address
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if not hmac.compare_digest(await _read_frame_async(reader), self._token):
+                return
+            while True:
+                method, payload = msgspec.msgpack.decode(
+                    await _read_frame_async(reader), type=tuple[str, bytes]
+                )
+                try:
+                    reply = msgspec.msgpack.encode((True, await self._dispatch(method, payload)))
+                except Exception as error:
+                    reply = _refusal(method, error)
+                writer.write(frame(reply))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ChannelError, msgspec.DecodeError):
+            pass
+        finally:
+            writer.close()
+
+
 # -- caller side ------------------------------------------------------------------------
 
 
@@ -116,13 +178,10 @@ CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.2
 REQUEST_TIMEOUT_SECONDS = 30.0
 
-ChannelAddress = tuple[str, int, bytes]
-"""(host, port, token) as the shard registers it with Ray."""
-
 AddressLookup = Callable[[], Awaitable[ChannelAddress]]
 
 
-class ShardChannel:
+class ActorChannel:
     def __init__(self, lookup: AddressLookup) -> None:
         self._lookup = lookup
         self._reader: asyncio.StreamReader | None = None
@@ -137,17 +196,18 @@ class ShardChannel:
                     return await asyncio.wait_for(
                         self._round_trip(request), REQUEST_TIMEOUT_SECONDS
                     )
-                except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
-                    log.warning("shard channel %s failed (try %d): %r", method, attempt + 1, error)
-                    self._close()
-                    await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
                 except LedgerError:
                     raise
                 except Exception as error:
-                    log.warning("shard channel %s: %r", method, error)
+                    log.warning("channel %s failed (try %d): %r", method, attempt + 1, error)
                     self._close()
-                    await asyncio.sleep(RETRY_BACKOFF_SECONDS * (attempt + 1))
-        raise LedgerError(ErrorCode.UNAVAILABLE, "the shard is not reachable; retry later")
+                    await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
+                except BaseException:
+                    # Cancelled mid round trip: the reply may still arrive on this
+                    # connection and must never be read as the answer to another call.
+                    self._close()
+                    raise
+        raise LedgerError(ErrorCode.UNAVAILABLE, "the ledger is not reachable; retry later")
 
     async def _round_trip(self, request: bytes) -> bytes:
         if self._writer is None or self._reader is None:
@@ -162,7 +222,8 @@ class ShardChannel:
             await self._reader.readexactly(length), type=tuple[bool, bytes]
         )
         if not ok:
-            raise LedgerError(ErrorCode.INTERNAL_ERROR, f"shard refused: {result.decode()}")
+            code, detail = msgspec.msgpack.decode(result, type=tuple[str, str])
+            raise LedgerError(ErrorCode(code), detail)
         return result
 
     def _close(self) -> None:

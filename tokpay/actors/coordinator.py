@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from tokpay.actors.channel import ChannelAddress, ShardChannel
+from tokpay.actors.channel import ActorChannel, AsyncChannelServer, ChannelAddress
 from tokpay.actors.naming import shard_actor_name
 from tokpay.actors.protocol import (
     CoordinatorCommit,
@@ -30,7 +30,7 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
-from tokpay.ledger.errors import ErrorCode, LedgerError
+from tokpay.ledger.errors import ErrorCode, LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
 from tokpay.ledger.routing import shard_of
@@ -40,10 +40,11 @@ from tokpay.wal import WalFatalIOError, WriteAheadLog, read_latest_snapshot, wri
 log = logging.getLogger("tokpay.coordinator")
 
 COORDINATOR_EPOCH = 1
-DECIDE_ATTEMPTS = 40
-"""Tries to deliver a decision before leaving it to the periodic sweep (~20 s in all)."""
+DECIDE_ATTEMPTS = 10
+"""Tries to deliver a decision before leaving it to the periodic sweep."""
 DECIDE_BACKOFF_SECONDS = 0.5
 SWEEP_INTERVAL_SECONDS = 2.0
+SHARD_CALL_TIMEOUT_SECONDS = 10.0
 SNAPSHOT_EVERY_RECORDS = 20_000
 
 ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
@@ -76,6 +77,11 @@ class CoordinatorService:
         if found is not None:
             snapshot_sequence, payload = found
             self.pending_commits = decode(payload, dict[str, list[int]])
+        check(
+            self._wal.last_sequence >= snapshot_sequence,
+            f"coordinator log ends at {self._wal.last_sequence}, before its snapshot at "
+            f"{snapshot_sequence}; refusing to start on a lost or replaced log",
+        )
         for record in self._wal.records(after_sequence=snapshot_sequence):
             self._replay(decode(record.payload, CoordinatorRecord))
         self._records_since_snapshot = 0
@@ -135,30 +141,28 @@ class CoordinatorService:
 
     async def resolve_in_doubt(self) -> dict[str, int]:
         """Re-deliver logged commits and abort every in-doubt transaction without one."""
-        redelivered = 0
-        pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
-        if pending:
-            undelivered = await self._deliver([Decision(t, True) for t in pending], pending)
-            # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
-            done = [t for t in pending if t not in undelivered]
-            if done:
-                for txid in done:
-                    self.pending_commits.pop(txid, None)
-                self._append(CoordinatorDone(txids=done))
-            redelivered = len(done)
+        redelivered = await self._redeliver_pending()
         aborted = 0
         for shard in range(self._shard_count):
-            txids: list[str] = await self._call_shard(shard, "in_doubt", b"")
-            decisions = [
-                Decision(t, t in self.pending_commits)
-                for t in txids
-                if t not in self._inflight_txids
-            ]
-            aborted += sum(1 for d in decisions if not d.commit)
-            for start in range(0, len(decisions), MAX_BATCH):
-                await self._call_shard(
-                    shard, "decide", encode(decisions[start : start + MAX_BATCH])
+            # Each shard on its own, bounded in time: one unreachable shard must not
+            # keep the others' holds frozen. The next sweep retries it.
+            try:
+                txids: list[str] = await asyncio.wait_for(
+                    self._call_shard(shard, "in_doubt", b""), SHARD_CALL_TIMEOUT_SECONDS
                 )
+                decisions = [
+                    Decision(t, t in self.pending_commits)
+                    for t in txids
+                    if t not in self._inflight_txids
+                ]
+                for start in range(0, len(decisions), MAX_BATCH):
+                    chunk = encode(decisions[start : start + MAX_BATCH])
+                    await asyncio.wait_for(
+                        self._call_shard(shard, "decide", chunk), SHARD_CALL_TIMEOUT_SECONDS
+                    )
+                aborted += sum(1 for d in decisions if not d.commit)
+            except Exception as error:
+                log.warning("in-doubt resolution on shard %d failed: %r", shard, error)
         if redelivered or aborted:
             log.info(
                 "in-doubt resolution: %d commits re-delivered, %d aborted", redelivered, aborted
@@ -263,12 +267,45 @@ class CoordinatorService:
             else:
                 outcomes[tx.index] = TransferOutcome(transfer=tx.transfer)
         if done:
-            # Not fsynced on purpose: losing it only means recovery re-sends the decision.
+            # If this record is lost, recovery merely re-sends decisions already applied.
             for txid in done:
                 self.pending_commits.pop(txid, None)
             self._append(CoordinatorDone(txids=done))
         self.committed += len(done)
         self.aborted += len(aborts)
+        await self._confirm_replays(aborts, outcomes)
+
+    async def _confirm_replays(
+        self, aborts: list[_Tx], outcomes: list[TransferOutcome | None]
+    ) -> None:
+        """Answer "already committed" only once every logged commit reached every shard.
+
+        The debit shard knowing a transfer does not mean its credits were applied: an
+        earlier attempt's decision may still be undelivered to a credit shard. Reads
+        after an acknowledgement must see all legs, so deliver first, else ask to retry.
+        """
+        replays = [tx for tx in aborts if (o := outcomes[tx.index]) is not None and o.replayed]
+        if not replays:
+            return
+        await self._redeliver_pending()
+        if any(t not in self._inflight_txids for t in self.pending_commits):
+            for tx in replays:
+                outcomes[tx.index] = _unavailable(
+                    "the transfer committed and is still being applied; retry with the same id"
+                )
+
+    async def _redeliver_pending(self) -> int:
+        pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
+        if not pending:
+            return 0
+        undelivered = await self._deliver([Decision(t, True) for t in pending], pending)
+        # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
+        done = [t for t in pending if t not in undelivered]
+        if done:
+            for txid in done:
+                self.pending_commits.pop(txid, None)
+            self._append(CoordinatorDone(txids=done))
+        return len(done)
 
     async def _prepare_on(self, shard: int, group: list[_Tx]) -> None:
         for start in range(0, len(group), MAX_BATCH):
@@ -288,7 +325,9 @@ class CoordinatorService:
                     for tx in chunk
                 ]
             for tx, vote in zip(chunk, votes, strict=True):
-                tx.votes[shard] = vote
+                # A vote counts only for the transaction it names.
+                if vote.txid == tx.txid:
+                    tx.votes[shard] = vote
 
     async def _deliver(
         self, decisions: list[Decision], participants: dict[str, list[int]]
@@ -354,10 +393,24 @@ class CoordinatorActor:
     def __init__(self, shard_count: int, data_dir: str, fsync: bool = True) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self._shards: dict[int, Any] = {}
-        self._channels: dict[int, ShardChannel] = {}
+        self._channels: dict[int, ActorChannel] = {}
         self._shard_count = shard_count
         self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
         self._sweeper: asyncio.Task[None] | None = None
+        self._channel_server = AsyncChannelServer(self._dispatch)
+        # After a Ray restart nobody else calls start(): recovery and the in-doubt
+        # sweep must not wait for the next cross-shard transfer to begin.
+        ray.get_runtime_context().current_actor.start.remote()
+
+    async def _dispatch(self, method: str, payload: bytes) -> bytes:
+        if method != "submit":
+            raise ValueError(f"{method!r} is not served on the channel")
+        return await self.submit(payload)
+
+    async def channel_address(self) -> ChannelAddress:
+        """Where gateways submit cross-shard batches without a Ray call each."""
+        await self.start()
+        return await self._channel_server.start()
 
     def _handle(self, shard: int) -> Any:
         handle = self._shards.get(shard)
@@ -376,7 +429,7 @@ class CoordinatorActor:
                     address: ChannelAddress = await handle.channel_address.remote()
                     return address
 
-                channel = self._channels[shard] = ShardChannel(lookup)
+                channel = self._channels[shard] = ActorChannel(lookup)
             return await channel.call(method, payload)
         remote = getattr(self._handle(shard), method)
         return await (remote.remote() if method == "in_doubt" else remote.remote(payload))

@@ -40,7 +40,7 @@ from tokpay.ledger.model import (
     TransferOrder,
 )
 from tokpay.ledger.shard_ledger import ShardLedger, ShardSnapshot
-from tokpay.wal import WalFatalIOError, WriteAheadLog, read_latest_snapshot, write_snapshot
+from tokpay.wal import WriteAheadLog, read_latest_snapshot, write_snapshot
 
 log = logging.getLogger("tokpay.shard")
 
@@ -77,6 +77,11 @@ class ShardService:
         self._snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.ledger, snapshot_sequence = self._load_snapshot(shard, shard_count)
         self._wal = WriteAheadLog.open(self._root / "wal", fsync=fsync)
+        check(
+            self._wal.last_sequence >= snapshot_sequence,
+            f"shard {shard}: log ends at {self._wal.last_sequence}, before its snapshot at "
+            f"{snapshot_sequence}; refusing to start on a lost or replaced log",
+        )
         replayed = 0
         for record in self._wal.records(after_sequence=snapshot_sequence):
             self._replay(decode(record.payload, ShardRecord))
@@ -124,9 +129,10 @@ class ShardService:
         started = time.perf_counter()
         try:
             self._wal.append(SINGLE_NODE_EPOCH, encode(record))
-        except WalFatalIOError:
-            # The page cache may have dropped the dirty pages: never retry an fsync.
-            # Stop the process; Ray restarts the actor, which recovers from the log.
+        except Exception:
+            # The batch is applied in memory but not durable. A failed fsync may have
+            # dropped dirty pages, so never retry it: stop, and let Ray restart the
+            # actor from the log (WalFatalIOError and any other refusal alike).
             log.critical("shard %d: log write failed; stopping", self.ledger.shard, exc_info=True)
             os._exit(70)
         elapsed = time.perf_counter() - started
@@ -141,7 +147,13 @@ class ShardService:
                 break
         self._records_since_snapshot += 1
         if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
-            self.write_snapshot()
+            try:
+                self.write_snapshot()
+            except Exception:
+                # The batch is already durable in the log; a failed snapshot only means
+                # a longer replay. Never report the committed batch as failed.
+                log.exception("shard %d: snapshot failed; will retry later", self.ledger.shard)
+                self._records_since_snapshot = 0
 
     def write_snapshot(self) -> int:
         sequence = self._wal.last_sequence

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokpay.actors.deploy import connect_ledger
-from tokpay.actors.naming import NAMESPACE
+from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
 from tokpay.api import schemas
 from tokpay.api.handlers import Handlers, Reply, problem
 from tokpay.api.metrics import BATCH_SIZE, observe_request, render
@@ -156,6 +156,14 @@ class HotPathRouter:
             return await run(self.gateway.require())
         except LedgerError as error:
             return problem(error, path)
+        except Exception:
+            log.exception("unexpected error on %s", path)
+            detail = "unexpected server error; retry with the same id"
+            return problem(LedgerError(ErrorCode.INTERNAL_ERROR, detail), path)
+
+
+def get_coordinator() -> Any:
+    return ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
 
 
 def _schema_ref(name: str) -> dict[str, str]:
@@ -208,10 +216,12 @@ def create_app(settings: Settings | None = None, *, connect: bool = True) -> Hot
                     log_to_driver=False,
                     logging_level=logging.WARNING,
                 )
-            client = LedgerClient(connect_ledger(settings.shards))
+            # The cluster's own shard count, not a setting that could disagree with it.
+            shard_count = await get_coordinator().shard_count.remote()
+            client = LedgerClient(connect_ledger(shard_count))
             client.batch_observer = BATCH_SIZE.observe
             gateway.handlers = Handlers(client)
-            log.info("gateway attached to %d shards", settings.shards)
+            log.info("gateway attached to %d shards", shard_count)
         yield
 
     api = FastAPI(

@@ -126,7 +126,8 @@ def _encode_cursor(position: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("h") or not raw[1:].isdigit() or len(raw) > 20:
+        digits = raw[1:]
+        if not raw.startswith("h") or not (digits.isascii() and digits.isdigit()) or len(raw) > 20:
             raise ValueError(raw)
         return int(raw[1:])
     except (ValueError, UnicodeDecodeError):
@@ -138,7 +139,8 @@ def _decode_cursor(cursor: str) -> int:
 def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # isascii(): str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise LedgerError(
             ErrorCode.INVALID_LIMIT, f"limit must be an integer in 1..{MAX_PAGE_SIZE}"
         )

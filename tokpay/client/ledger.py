@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from tokpay.actors.channel import ChannelAddress, ShardChannel
+from tokpay.actors.channel import ActorChannel, ChannelAddress
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
 from tokpay.actors.protocol import HistoryReply, decode, encode
@@ -24,6 +24,7 @@ from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
     MAX_BATCH,
+    MAX_CONCURRENT_LOOKUPS,
     MAX_INFLIGHT_BATCHES,
     MAX_LOOKUP_IDS,
     MAX_PENDING_PER_SHARD,
@@ -72,9 +73,17 @@ class LedgerClient:
         # one for writes, so a read never queues behind another batch's fsync.
         self._read_channels = [self._channel(s) for s in range(self.shard_count)]
         self._write_channels = [self._channel(s) for s in range(self.shard_count)]
+        coordinator = handles.coordinator
+
+        async def coordinator_address() -> ChannelAddress:
+            address: ChannelAddress = await _call(coordinator, "channel_address")
+            return address
+
+        self._coordinator_channel = ActorChannel(coordinator_address)
         self._reads = [self._batcher(self._read_batch(s)) for s in range(self.shard_count)]
         self._orders = [self._batcher(self._order_batch(s)) for s in range(self.shard_count)]
         self._cross = self._batcher(self._cross_batch)
+        self._lookups = 0
         self.batch_observer: Any = None
 
     def _batcher(self, send: Any) -> Batcher[Any, Any]:
@@ -90,14 +99,14 @@ class LedgerClient:
         if self.batch_observer is not None:
             self.batch_observer(size)
 
-    def _channel(self, shard: int) -> ShardChannel:
+    def _channel(self, shard: int) -> ActorChannel:
         handle = self.handles.shards[shard]
 
         async def lookup() -> ChannelAddress:
             address: ChannelAddress = await _call(handle, "channel_address")
             return address
 
-        return ShardChannel(lookup)
+        return ActorChannel(lookup)
 
     def _read_batch(self, shard: int) -> Any:
         channel = self._read_channels[shard]
@@ -116,10 +125,8 @@ class LedgerClient:
         return send
 
     async def _cross_batch(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
-        payload = encode(orders)
-        return decode(
-            await _call(self.handles.coordinator, "submit", payload), list[TransferOutcome]
-        )
+        raw = await self._coordinator_channel.call("submit", encode(orders))
+        return decode(raw, list[TransferOutcome])
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -132,6 +139,18 @@ class LedgerClient:
     async def balances(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
         if len(account_ids) > MAX_LOOKUP_IDS:
             raise LedgerError(ErrorCode.TOO_MANY_IDS, f"at most {MAX_LOOKUP_IDS} ids per lookup")
+        if self._lookups >= MAX_CONCURRENT_LOOKUPS:
+            raise LedgerError(
+                ErrorCode.OVERLOADED,
+                f"more than {MAX_CONCURRENT_LOOKUPS} batched lookups are in progress; retry later",
+            )
+        self._lookups += 1
+        try:
+            return await self._lookup(account_ids)
+        finally:
+            self._lookups -= 1
+
+    async def _lookup(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
         groups = group_by_shard(account_ids, lambda a: a, self.shard_count)
         out: list[BalanceView | None] = [None] * len(account_ids)
 

@@ -28,6 +28,9 @@ MAX_OWNER_LENGTH: Final = 254
 MAX_LOOKUP_IDS: Final = 1_000
 """Account ids in one batched balance lookup."""
 
+MAX_CONCURRENT_LOOKUPS: Final = 64
+"""Batched lookups one gateway process runs at once before answering 429."""
+
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
 """History page sizes."""

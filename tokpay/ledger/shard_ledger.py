@@ -107,10 +107,7 @@ class ShardLedger:
         for spec in specs:
             try:
                 validate_account_spec(spec)
-                check(
-                    shard_of(spec.id, self.shard_count) == self.shard,
-                    f"account {spec.id!r} routed to the wrong shard {self.shard}",
-                )
+                self._require_here(spec.id)
                 existing = self.accounts.get(spec.id)
                 if existing is not None:
                     if _spec_of(existing) != spec:
@@ -155,10 +152,7 @@ class ShardLedger:
                     outcomes.append(TransferOutcome(transfer=existing, replayed=True))
                     continue
                 for account_id in order.accounts():
-                    check(
-                        shard_of(account_id, self.shard_count) == self.shard,
-                        f"order {order.id!r} has account {account_id!r} of another shard",
-                    )
+                    self._require_here(account_id)
                 self._check_credits(order, order.credits)
                 self._check_debit(order)
                 transfer = Transfer(order=order, created_at=now)
@@ -294,6 +288,15 @@ class ShardLedger:
 
     # -- private helpers -------------------------------------------------------------------
 
+    def _require_here(self, account_id: str) -> None:
+        # A caller with a wrong shard map is refused, not a reason to stop the shard.
+        if shard_of(account_id, self.shard_count) != self.shard:
+            raise LedgerError(
+                ErrorCode.UNAVAILABLE,
+                f"account {account_id!r} does not live on shard {self.shard}; "
+                "the caller's shard map is stale",
+            )
+
     def _existing(self, order: TransferOrder) -> Transfer | None:
         """The committed transfer this order replays, or None; raises on a conflicting body."""
         existing = self.transfers.get(order.id)
@@ -305,9 +308,17 @@ class ShardLedger:
                     f"{_first_difference(existing.order, order)}",
                 )
             return existing
-        if order.id in self._prepared_transfer_ids:
+        txid = self._prepared_transfer_ids.get(order.id)
+        if txid is not None:
+            if self.prepared[txid].transfer.order != order:
+                raise LedgerError(
+                    ErrorCode.TRANSFER_ID_CONFLICT,
+                    f"transfer {order.id!r} is in progress with a different body",
+                )
+            # The same transfer is mid-commit (e.g. a decision still being delivered):
+            # the client should retry, not conclude that its id was taken.
             raise LedgerError(
-                ErrorCode.TRANSFER_ID_CONFLICT, f"transfer {order.id!r} is already in progress"
+                ErrorCode.UNAVAILABLE, f"transfer {order.id!r} is being committed; retry shortly"
             )
         return None
 

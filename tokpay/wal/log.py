@@ -10,6 +10,7 @@ files and bytes only: what a body means is the caller's business.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -23,6 +24,8 @@ import google_crc32c
 import msgspec
 
 from tokpay.wal._files import fsync_directory, make_directory
+
+_log = logging.getLogger("tokpay.wal")
 
 MAX_RECORD_BYTES: int = 16 * 1024 * 1024
 """Largest body one record may carry; a bigger one raises ``RecordTooLarge``."""
@@ -517,6 +520,9 @@ def _cut_torn_tail(
     tail = stream.read(remaining)
     if _contains_valid_frame(tail, 1):
         raise _corruption(path, offset, f"{problem}, with valid records after it")
+    # Loud on purpose: dropping a tail is right after a crash mid-append, and an
+    # operator should still see that it happened and where.
+    _log.warning("%s: truncating a torn final record at offset %d (%s)", path, offset, problem)
     try:
         os.truncate(path, offset)
         if fsync:
