@@ -285,9 +285,18 @@ class CoordinatorService:
         after an acknowledgement must see all legs, so deliver first, else ask to retry.
         """
         replays = [tx for tx in aborts if (o := outcomes[tx.index]) is not None and o.replayed]
+        waiting = [
+            tx
+            for tx in aborts
+            if (o := outcomes[tx.index]) is not None and o.error == ErrorCode.UNAVAILABLE
+        ]
+        if not replays and not waiting:
+            return
+        # A retry of a transfer that is mid-commit: push the logged decisions out now
+        # rather than at the next sweep, so the client's following retry settles.
+        await self._redeliver_pending()
         if not replays:
             return
-        await self._redeliver_pending()
         if any(t not in self._inflight_txids for t in self.pending_commits):
             for tx in replays:
                 outcomes[tx.index] = _unavailable(
