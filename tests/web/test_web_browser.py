@@ -1,11 +1,14 @@
 """The web app in a real Chromium, logging in at the real dev OpenID provider.
 
-Screenshots of the main pages go to docs/screenshots/ (shown in the README).
+Screenshots of the main pages go to a temporary folder, or to the folder named by
+TOKPAY_SCREENSHOTS (``make screenshots`` refreshes docs/screenshots/ for the README).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 from tests.conftest import ServerProcess
 from tests.web.conftest import new_email
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("TOKPAY_SCREENSHOTS") or tempfile.mkdtemp(prefix="tokpay-shots-"))
 PHONE = {"width": 390, "height": 844}
 
 

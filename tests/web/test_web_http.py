@@ -184,3 +184,33 @@ def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
     csv = payee.get("/transactions.csv")
     assert csv.headers["content-type"].startswith("text/csv")
     assert "received" in csv.text and "7.00" in csv.text and "twice?" in csv.text
+
+
+def test_ledger_refusal_on_confirm_moves_nothing(server: ServerProcess) -> None:
+    payer, _ = _logged_in(server, "short")
+    payee, payee_email = _logged_in(server, "rich")
+    _top_up(payer, "3.00")
+    form = payer.get("/pay").text
+    data = {
+        "csrf_token": csrf_of(form),
+        "transfer_id": field_of(form, "transfer_id"),
+        "email": payee_email,
+        "amount": "3.01",
+    }
+    # Skipping the review step: the ledger itself refuses the overdraft.
+    response = payer.post("/pay/confirm", data=data)
+    assert "Not enough money in your wallet" in response.text
+    assert _balance(payer) == "$3.00"
+    assert _balance(payee) == "$0.00"
+
+
+def test_transactions_page_and_filter(server: ServerProcess) -> None:
+    client, _ = _logged_in(server, "pages")
+    for cents in range(1, 13):
+        _top_up(client, f"0.{cents:02d}")
+    first = client.get("/transactions?filter=topup&page=1")
+    assert "Page 1 of 2 (12 transactions)" in first.text
+    assert "$0.12" in first.text and "$0.01</td>" not in first.text
+    second = client.get("/transactions?filter=topup&page=2")
+    assert "$0.01</td>" in second.text
+    assert "No transactions match." in client.get("/transactions?filter=sent").text
