@@ -187,6 +187,24 @@ def test_payment_refusals_move_nothing(
     assert payee.balance() == "$0.00"
 
 
+def test_double_click_and_refresh_pay_once(people: Any, server: ServerProcess) -> None:
+    payee = people("once-payee")
+    payee.log_in()
+    payer = people("once-payer")
+    payer.log_in()
+    payer.top_up("10.00")
+    payer.page.wait_for_selector("text=Added $10.00")
+    payer.fill_payment([(payee.email, "4.00")])
+    payer.page.get_by_role("button", name="Review payment").click()
+    payer.page.get_by_role("button", name="Pay $4.00").dblclick()
+    payer.page.wait_for_selector("text=You paid $4.00 to 1 person.")
+    payer.page.reload()  # the browser posts the confirmation again
+    payer.page.wait_for_selector("text=You paid $4.00 to 1 person.")
+    assert payer.balance() == "$6.00"
+    payee.page.reload()
+    assert payee.balance() == "$4.00"
+
+
 def test_phone_layout_and_logout(people: Any, server: ServerProcess) -> None:
     phone = people("phone", viewport=PHONE, is_mobile=True, has_touch=True)
     phone.log_in()
