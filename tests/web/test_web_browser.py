@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import ServerProcess
 from tests.web.conftest import new_email
@@ -128,22 +129,18 @@ def test_pay_two_people_in_one_payment(people: Any, server: ServerProcess) -> No
     assert alice.balance() == "$82.66"
     table = alice.page.inner_text("#transactions")
     assert bob.email in table and carol.email in table and "-$17.34" in table
-    alice.page.wait_for_function(
-        "Number(document.getElementById('balance-chart').dataset.points) >= 3"
-    )
+    # Start, top-up, payment, now: the chart drew all four points.
+    expect(alice.page.locator("#balance-chart")).to_have_attribute("data-points", "4")
     alice.page.screenshot(path=SHOTS / "dashboard.png", full_page=True)
 
     # Filters and search narrow the table in place.
     alice.page.select_option("#tx-filter", "topup")
-    alice.page.wait_for_function(
-        "document.querySelectorAll('#transactions tbody tr.tx-sent').length === 0"
-    )
+    expect(alice.page.locator("#transactions tbody tr.tx-sent")).to_have_count(0)
     assert alice.page.locator("#transactions tbody tr.tx-topup").count() == 1
     alice.page.select_option("#tx-filter", "all")
+    expect(alice.page.locator("#transactions tbody tr.tx-sent")).to_have_count(1)
     alice.page.fill("#tx-search", carol.email[:8])
-    alice.page.wait_for_function(
-        "document.querySelectorAll('#transactions tbody tr.tx-topup').length === 0"
-    )
+    expect(alice.page.locator("#transactions tbody tr.tx-topup")).to_have_count(0)
     assert alice.page.locator("#transactions tbody tr.tx-sent").count() == 1
 
     bob.page.reload()

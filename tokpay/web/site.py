@@ -34,6 +34,18 @@ from tokpay.web.store import User, WebStore
 HERE = Path(__file__).parent
 PAGE_SIZE = 10
 SKIP_SESSION = ("/v1", "/static", "/livez", "/healthz", "/metrics", "/openapi.json", "/docs")
+# Pages load only this server's own scripts and styles (the vendored htmx and
+# Chart.js included; Chart.js sets inline styles on its canvas), and no other
+# site may frame them.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 FILTERS = {"all": "All", "sent": "Sent", "received": "Received", "topup": "Top-ups"}
 
 
@@ -72,7 +84,9 @@ class WebContext:
         context.setdefault("user", None)
         # Only signed-in pages carry forms; anonymous visits do not start a session.
         context["csrf_token"] = csrf_token(request) if context["user"] is not None else ""
-        return self.templates.TemplateResponse(request, name, context, status_code=status)
+        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
 
 def csrf_token(request: Request) -> str:
@@ -215,7 +229,7 @@ def _router(web: WebContext) -> APIRouter:
         entries = await wallet.entries(web.ledger(), web.store, user)
         page = int(query["page"]) if query.get("page", "").isdigit() else 1
         table = _table(entries, query.get("filter", "all"), query.get("q", ""), page)
-        return web.render(request, "_transactions.html", user=user, **table)
+        return web.render(request, "_tx_results.html", user=user, **table)
 
     @router.get("/transactions.csv")
     async def transactions_csv(request: Request) -> Response:
