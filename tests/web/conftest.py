@@ -30,10 +30,10 @@ def new_email(name: str) -> str:
     return f"{name}-{secrets.token_hex(4)}@example.com"
 
 
-def login_http(client: httpx.Client, email: str) -> httpx.Response:
+def login_http(client: httpx.Client, email: str, start: str = "/auth/start") -> httpx.Response:
     """The authorization-code flow by hand: our /auth/start, the provider's login and
     consent forms, back to our callback. Returns the final (dashboard) response."""
-    response = client.get("/auth/start", follow_redirects=True)
+    response = client.get(start, follow_redirects=True)
     for prompt, fields in (("login", {"login": email, "password": "any"}), ("consent", {})):
         match = _FORM.search(response.text)
         if match is None or f'value="{prompt}"' not in response.text:

@@ -214,3 +214,15 @@ def test_transactions_page_and_filter(server: ServerProcess) -> None:
     second = client.get("/transactions?filter=topup&page=2")
     assert "$0.01</td>" in second.text
     assert "No transactions match." in client.get("/transactions?filter=sent").text
+
+
+def test_login_returns_to_the_page_asked_for_and_only_to_this_site(server: ServerProcess) -> None:
+    for start, landed in (
+        ("/auth/start?next=/pay", "/pay"),
+        ("/auth/start?next=//evil.example/x", "/dashboard"),
+        ("/auth/start?next=https://evil.example/", "/dashboard"),
+    ):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            page = login_http(client, new_email("next"), start)
+            assert page.url.path == landed, start
+            assert page.url.host == "127.0.0.1"

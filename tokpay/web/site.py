@@ -132,7 +132,9 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
 
     @api.exception_handler(Forbidden)
     async def forbidden(request: Request, error: Forbidden) -> Response:
-        return web.render(request, "error.html", 403, message=str(error))
+        user_id = request.session.get("user_id")
+        user = web.store.user(user_id) if isinstance(user_id, str) else None
+        return web.render(request, "error.html", 403, message=str(error), user=user)
 
 
 def _router(web: WebContext) -> APIRouter:
@@ -157,6 +159,7 @@ def _router(web: WebContext) -> APIRouter:
         return web.render(
             request,
             "login.html",
+            next=_local_path(request.query_params.get("next", "")),
             error=error,
             configured=bool(web.settings.oidc_issuer),
             issuer=web.settings.oidc_issuer,
@@ -167,6 +170,7 @@ def _router(web: WebContext) -> APIRouter:
         client = web.oauth.create_client("tokpay")
         if client is None:
             return RedirectResponse("/login?error=no-issuer", status_code=303)
+        request.session["after_login"] = _local_path(request.query_params.get("next", ""))
         redirect_uri = str(request.url_for("auth_callback"))
         response: Response = await client.authorize_redirect(request, redirect_uri)
         return response
@@ -190,10 +194,11 @@ def _router(web: WebContext) -> APIRouter:
             return RedirectResponse("/login?error=unverified-email", status_code=303)
         user = web.store.enrol(email)
         await wallet.open_wallet(web.ledger(), user)
+        after_login = _local_path(str(request.session.get("after_login", "")))
         request.session.clear()
         request.session["user_id"] = user.id
         rotate_session(request.scope)
-        return RedirectResponse("/dashboard", status_code=303)
+        return RedirectResponse(after_login, status_code=303)
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
@@ -383,6 +388,13 @@ def _router(web: WebContext) -> APIRouter:
         return web.render(request, "pay.html", **await _pay_context(user, plan))
 
     return router
+
+
+def _local_path(path: str) -> str:
+    """A page of this site to return to after login; anything else is the dashboard."""
+    if path.startswith("/") and not path.startswith(("//", "/\\")) and path.isprintable():
+        return path
+    return "/dashboard"
 
 
 def _decimal(cents: int) -> str:
