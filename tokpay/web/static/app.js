@@ -38,7 +38,7 @@
         animation: false,
         parsing: { xAxisKey: "x", yAxisKey: "y" },
         scales: {
-          x: { type: "time", bounds: "ticks", ticks: { maxTicksLimit: 6 }, time: { minUnit: "minute", tooltipFormat: "yyyy-MM-dd HH:mm:ss" } },
+          x: { type: "time", ticks: { maxTicksLimit: 6 }, time: { minUnit: "second", tooltipFormat: "yyyy-MM-dd HH:mm:ss" } },
           y: { beginAtZero: true, ticks: { callback: (v) => money(v) } },
         },
         plugins: { legend: { display: false }, tooltip: { callbacks: { label: (c) => money(c.parsed.y) } } },
