@@ -119,7 +119,10 @@ def serve(
     finally:
         if identity is not None:
             identity.terminate()
-            identity.wait(timeout=10)
+            try:
+                identity.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                identity.kill()
         del handles
         ray.shutdown()
     raise typer.Exit(code)
@@ -166,6 +169,9 @@ def _start_dev_identity_provider(host: str, port: int) -> subprocess.Popen[bytes
             break
         except OSError:
             time.sleep(0.1)
+    if process.poll() is not None:
+        console.print("[red]The dev OpenID provider did not start; login will not work.[/red]")
+        return None
     os.environ.update(
         {
             "TOKPAY_OIDC_ISSUER": issuer,

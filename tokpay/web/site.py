@@ -232,7 +232,8 @@ def _router(web: WebContext) -> APIRouter:
         query = request.query_params
         _check_account(user, query.get("account"))
         entries = await wallet.entries(web.ledger(), web.store, user)
-        page = int(query["page"]) if query.get("page", "").isdigit() else 1
+        raw_page = query.get("page", "")
+        page = int(raw_page) if raw_page.isdigit() and len(raw_page) <= 6 else 1
         table = _table(entries, query.get("filter", "all"), query.get("q", ""), page)
         return web.render(request, "_tx_results.html", user=user, **table)
 
