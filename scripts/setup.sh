@@ -11,6 +11,10 @@ STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 
 need_apt=()
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# Node runs the dev OpenID provider; npm installs the web app's browser assets.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
     echo "setup: installing system packages: ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -29,3 +33,20 @@ if [ ! -f "$STAMP" ]; then
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
 fi
+
+# Web assets and the dev OpenID provider, pinned by package-lock.json; the files
+# the browser loads are copied into the app's static dir (no CDN at run time).
+NPM_STAMP="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+if [ ! -f "$NPM_STAMP" ]; then
+    echo "setup: installing npm packages (package-lock.json)"
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$NPM_STAMP"
+fi
+VENDOR="tokpay/web/static/vendor"
+mkdir -p "$VENDOR"
+for asset in \
+    node_modules/htmx.org/dist/htmx.min.js \
+    node_modules/chart.js/dist/chart.umd.min.js \
+    node_modules/chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js; do
+    cmp -s "$asset" "$VENDOR/$(basename "$asset")" || cp "$asset" "$VENDOR/"
+done

@@ -29,6 +29,7 @@ console = Console(stderr=True)
 
 RAY_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 RAY_CPUS = 2
+DEV_IDP_START_SECONDS = 15.0
 
 
 class Server(StrEnum):
@@ -103,6 +104,7 @@ def serve(
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
     )
+    identity = _start_dev_identity_provider(host, port)
     _print_summary(host, port, data_dir, shard_count, workers, server, fsync)
     # The gateway runs in a child process that never initialised Ray: servers fork
     # their workers, and a fork of a Ray driver is not a working driver.
@@ -117,9 +119,70 @@ def serve(
         gateway_process.send_signal(signal.SIGINT)
         code = gateway_process.wait()
     finally:
+        if identity is not None:
+            identity.terminate()
+            try:
+                identity.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                identity.kill()
         del handles
         ray.shutdown()
     raise typer.Exit(code)
+
+
+def _start_dev_identity_provider(host: str, port: int) -> subprocess.Popen[bytes] | None:
+    """Start the dev OpenID provider (npm ``oidc-provider``) unless an issuer is configured.
+
+    It accepts any login, so it binds to 127.0.0.1 only; the gateway learns of it
+    through TOKPAY_OIDC_* in the environment its workers inherit.
+    """
+    import secrets
+    import socket
+    import time
+
+    from tokpay.settings import Settings
+
+    settings = Settings()
+    if settings.oidc_issuer:
+        return None
+    script = Path(__file__).parent / "web" / "devidp" / "provider.mjs"
+    node = shutil.which("node")
+    if node is None or not (Path(__file__).parent.parent / "node_modules").is_dir():
+        console.print("[red]No issuer configured and no Node/npm packages for the dev login.[/red]")
+        return None
+    idp_port = settings.dev_oidc_port
+    if idp_port == 0:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            idp_port = sock.getsockname()[1]
+    issuer = f"http://127.0.0.1:{idp_port}"
+    secret = secrets.token_urlsafe(24)
+    hosts = dict.fromkeys(
+        [host if host not in {"0.0.0.0", "::"} else "127.0.0.1", "127.0.0.1", "localhost"]
+    )
+    redirects = ",".join(f"http://{h}:{port}/auth/callback" for h in hosts)
+    process = subprocess.Popen(
+        [node, str(script), issuer, settings.oidc_client_id, secret, redirects]
+    )
+    deadline = time.monotonic() + DEV_IDP_START_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", idp_port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    if process.poll() is not None:
+        console.print("[red]The dev OpenID provider did not start; login will not work.[/red]")
+        return None
+    os.environ.update(
+        {
+            "TOKPAY_OIDC_ISSUER": issuer,
+            "TOKPAY_OIDC_CLIENT_SECRET": secret,
+            "TOKPAY_OIDC_DEV": "true",
+        }
+    )
+    console.print(f"Dev login: OpenID provider at {issuer} (any email, any password)")
+    return process
 
 
 @app.command()
@@ -136,6 +199,7 @@ def gateway(
     answers about 24,000 requests/s with 2 granian workers and about 1,400/s with
     2 uvicorn workers (uvicorn's multi-worker mode stalls ~40 ms per request).
     """
+    os.environ["TOKPAY_BIND_HOST"] = host
     if server is Server.granian:
         from granian.constants import Interfaces
         from granian.server import Server as Granian
@@ -167,6 +231,7 @@ def _print_summary(
     host: str, port: int, data_dir: Path, shards: int, workers: int, server: Server, fsync: bool
 ) -> None:
     table = Table(title="TokPay (single node)", show_header=False)
+    table.add_row("Web app", f"http://{host}:{port}/")
     table.add_row("API", f"http://{host}:{port}/v1")
     table.add_row("API docs", f"http://{host}:{port}/docs")
     table.add_row("Health / metrics", f"http://{host}:{port}/healthz  /metrics")

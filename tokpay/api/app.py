@@ -31,6 +31,8 @@ from tokpay.client.ledger import LedgerClient
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BODY_BYTES
 from tokpay.settings import Settings
+from tokpay.web.guard import ApiKeyGuard
+from tokpay.web.site import install_web
 
 log = logging.getLogger("tokpay.api")
 
@@ -201,8 +203,14 @@ def _reply(reply: Reply, path: str | None = None) -> Response:
     )
 
 
-def create_app(settings: Settings | None = None, *, connect: bool = True) -> HotPathRouter:
-    """The gateway's ASGI app; with ``connect`` it attaches to the Ray cluster on startup."""
+def create_app(
+    settings: Settings | None = None, *, connect: bool = True
+) -> HotPathRouter | ApiKeyGuard:
+    """The gateway's ASGI app; with ``connect`` it attaches to the Ray cluster on startup.
+
+    The web app (``tokpay.web``) shares the FastAPI app; ``/v1`` sits behind the API
+    key guard unless this is a development server bound only to loopback.
+    """
     settings = settings or Settings()
     gateway = Gateway()
 
@@ -239,7 +247,9 @@ def create_app(settings: Settings | None = None, *, connect: bool = True) -> Hot
     _install_error_handlers(api)
     _install_routes(api, gateway)
     _install_schemas(api)
-    return HotPathRouter(api, gateway)
+    install_web(api, settings, lambda: gateway.require().ledger)
+    router = HotPathRouter(api, gateway)
+    return ApiKeyGuard(router, settings.api_key) if settings.api_key_required() else router
 
 
 def _install_error_handlers(api: FastAPI) -> None:
@@ -406,7 +416,7 @@ def _install_schemas(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]
 
 
-def app_from_environment() -> HotPathRouter:
+def app_from_environment() -> HotPathRouter | ApiKeyGuard:
     """Factory for ASGI servers started with one import string (uvicorn/granian workers)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return create_app(Settings())

@@ -1,0 +1,58 @@
+"""The /v1 API key rule, in-process: who needs a key, and what a refusal looks like."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tokpay.settings import Settings
+from tokpay.web.guard import ApiKeyGuard
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize(
+    ("environment", "host", "key", "required"),
+    [
+        ("development", "127.0.0.1", "", False),
+        ("development", "localhost", "", False),
+        ("development", "0.0.0.0", "", True),
+        ("production", "127.0.0.1", "", True),
+        ("development", "127.0.0.1", "k", True),
+    ],
+)
+def test_who_needs_a_key(environment: str, host: str, key: str, required: bool) -> None:
+    settings = Settings(environment=environment, bind_host=host, api_key=key)  # type: ignore[arg-type]
+    assert settings.api_key_required() is required
+
+
+def _get(app: Any, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get(path, headers=headers or {})
+
+    # A thread of its own: Playwright's sync API may hold this thread's event loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, get()).result()
+
+
+@pytest.mark.parametrize("key", ["secret-key", ""])
+def test_v1_refused_without_the_right_bearer(key: str) -> None:
+    guard = ApiKeyGuard(_ok, key)
+    missing = _get(guard, "/v1/accounts/a/balance")
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "unauthorized"
+    wrong = _get(guard, "/v1/transfers", {"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    right = _get(guard, "/v1/transfers", {"Authorization": f"Bearer {key}"})
+    assert right.status_code == (200 if key else 401)
+    assert _get(guard, "/dashboard").status_code == 200
