@@ -113,6 +113,8 @@ def serve(
         "--host", host, "--port", str(port), "--workers", str(workers), "--server", server.value,
     ]  # fmt: skip
     gateway_process = subprocess.Popen(command)
+    # SIGTERM (systemd, docker stop, kill) shuts down as cleanly as Ctrl+C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = gateway_process.wait()
     except KeyboardInterrupt:
@@ -128,6 +130,10 @@ def serve(
         del handles
         ray.shutdown()
     raise typer.Exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _start_dev_identity_provider(host: str, port: int) -> subprocess.Popen[bytes] | None:
