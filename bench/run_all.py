@@ -19,14 +19,11 @@ Prints a Markdown table; ``--json`` also writes the raw figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,51 +36,10 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
+from tokpay.localserver import LocalServer
+
 HERE = Path(__file__).resolve().parent
 console = Console(stderr=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, data_dir: Path, shards: int, workers: int, fsync: bool) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "tokpay.cli", "serve", "--port", str(self.port),
-            "--data-dir", str(data_dir), "--shards", str(shards), "--workers", str(workers),
-            "--fsync" if fsync else "--no-fsync",
-        ]  # fmt: skip
-        self.log = (data_dir.parent / "server.log").open("wb")
-        self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        raise RuntimeError("server did not become healthy")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=20)
-        sid = self.process.pid
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getsid(int(entry.name)) == sid:
-                        os.kill(int(entry.name), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    continue
 
 
 def open_accounts(
@@ -270,7 +226,8 @@ def main() -> None:
             progress.update(task, description=name)
 
         step("starting server")
-        server = Server(work / "data", args.shards, args.workers, fsync=True)
+        server = LocalServer(work / "data", shards=args.shards, workers=args.workers)
+        server.start()
         progress.advance(task)
         try:
             step("seeding accounts")

@@ -34,7 +34,6 @@ from tokpay.ledger.errors import ErrorCode, LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
 from tokpay.ledger.routing import shard_of
-from tokpay.ledger.validation import validate_order
 from tokpay.wal import WalFatalIOError, WriteAheadLog, read_latest_snapshot, write_snapshot
 
 log = logging.getLogger("tokpay.coordinator")
@@ -87,8 +86,9 @@ class CoordinatorService:
         self._records_since_snapshot = 0
         self._inflight_txids: set[str] = set()
         self._inflight_orders: dict[str, tuple[TransferOrder, asyncio.Future[TransferOutcome]]] = {}
-        self._recovered: asyncio.Event | None = None
-        self._recovery_lock: asyncio.Lock | None = None
+        self._recovered = False
+        # asyncio.Lock binds to a loop only when first used, so it can be made here.
+        self._recovery_lock = asyncio.Lock()
         self.committed = 0
         self.aborted = 0
         log.info(
@@ -126,18 +126,12 @@ class CoordinatorService:
         return encode(await self._submit(orders))
 
     async def ensure_recovered(self) -> None:
-        if self._recovered is None:
-            self._recovered = asyncio.Event()
-            self._recovery_lock = asyncio.Lock()
-        if self._recovered.is_set():
+        if self._recovered:
             return
-        assert_lock = self._recovery_lock
-        if assert_lock is None:
-            raise RuntimeError("recovery lock missing")
-        async with assert_lock:
-            if not self._recovered.is_set():
+        async with self._recovery_lock:
+            if not self._recovered:
                 await self.resolve_in_doubt()
-                self._recovered.set()
+                self._recovered = True
 
     async def resolve_in_doubt(self) -> dict[str, int]:
         """Re-deliver logged commits and abort every in-doubt transaction without one."""
@@ -186,11 +180,8 @@ class CoordinatorService:
         txs: list[_Tx] = []
         now = time.time_ns() // 1_000
         for index, order in enumerate(orders):
-            try:
-                validate_order(order, self._shard_count)
-            except LedgerError as error:
-                outcomes[index] = TransferOutcome(error=error.code, detail=error.detail)
-                continue
+            # No validation pass here: the gateway validated at the edge, and every
+            # participant validates again before it votes (a refusal comes back as a vote).
             running = self._inflight_orders.get(order.id)
             if running is not None:
                 waiters.append((index, order, running[1]))

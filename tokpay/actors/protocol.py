@@ -6,26 +6,11 @@ the shape, so a malformed message fails at the boundary, not deep inside a rule.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from tokpay.ledger.model import (
-    Account,
-    AccountOutcome,
-    AccountSpec,
-    BalanceView,
-    Decision,
-    HistoryPage,
-    Prepare,
-    Prepared,
-    Transfer,
-    TransferOrder,
-    TransferOutcome,
-    Vote,
-)
-
-T = TypeVar("T")
+from tokpay.ledger.model import Account, Decision, HistoryPage, Prepared, Transfer
 
 
 class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,44 +61,12 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-class _Codec:
-    def __init__(self) -> None:
-        self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
-
-    def decode(self, data: bytes, kind: type[T]) -> T:
-        decoder = self._decoders.get(kind)
-        if decoder is None:
-            decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
-        result: T = decoder.decode(data)
-        return result
-
-
-_codec = _Codec()
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
 def decode(data: bytes, kind: Any) -> Any:
-    return _codec.decode(data, kind)
-
-
-__all__ = [
-    "AccountOutcome",
-    "AccountSpec",
-    "AccountsCreated",
-    "BalanceView",
-    "CoordinatorCommit",
-    "CoordinatorDone",
-    "CoordinatorRecord",
-    "Decision",
-    "HistoryPage",
-    "HistoryReply",
-    "Prepare",
-    "ShardRecord",
-    "TransferOrder",
-    "TransferOutcome",
-    "TransfersCommitted",
-    "TxDecided",
-    "TxPrepared",
-    "Vote",
-    "decode",
-    "encode",
-]
+    """``data`` as ``kind``; one decoder per type, built on first use."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    return decoder.decode(data)

@@ -139,7 +139,6 @@ class HotPathRouter:
             status, body = await self._answer(submit, path)
             await _send_reply(send, status, body)
         else:
-            status = 500
             captured: dict[str, int] = {}
 
             async def capture(message: Message) -> None:
@@ -196,7 +195,7 @@ def _responses(ok: int, name: str, *failures: int) -> dict[int | str, dict[str, 
     return out
 
 
-def _reply(reply: Reply, path: str | None = None) -> Response:
+def _reply(reply: Reply) -> Response:
     status, body = reply
     return Response(
         body, status, media_type="application/json" if status < 400 else "application/problem+json"

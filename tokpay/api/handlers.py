@@ -173,8 +173,7 @@ class Handlers:
         return 200, _json.encode(account_out(account))
 
     async def get_balance(self, account_id: str) -> Reply:
-        if not is_valid_id(account_id):
-            validate_account_id(account_id)
+        validate_account_id(account_id)
         view = await self.ledger.balance(account_id)
         if view is None:
             raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")

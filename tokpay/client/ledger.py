@@ -51,18 +51,19 @@ T = TypeVar("T")
 
 async def _call(handle: Any, method: str, *args: Any) -> Any:
     """One remote call, repeated on actor loss (every method is safe to repeat)."""
-    for attempt in range(CALL_ATTEMPTS):
+    attempt = 0
+    while True:
         try:
             return await asyncio.wait_for(
                 getattr(handle, method).remote(*args), timeout=CALL_TIMEOUT_SECONDS
             )
         except _RETRYABLE as error:
-            if attempt == CALL_ATTEMPTS - 1:
+            attempt += 1
+            if attempt == CALL_ATTEMPTS:
                 raise LedgerError(ErrorCode.UNAVAILABLE, f"ledger unavailable: {error}") from error
-            await asyncio.sleep(RETRY_BACKOFF_SECONDS * (attempt + 1))
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
         except TimeoutError as error:
             raise LedgerError(ErrorCode.UNAVAILABLE, f"{method} timed out") from error
-    raise LedgerError(ErrorCode.UNAVAILABLE, "unreachable")
 
 
 class LedgerClient:
@@ -244,17 +245,12 @@ class SyncLedgerClient:
 
     def balances(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
         groups = group_by_shard(account_ids, lambda a: a, self.shard_count)
-        calls = []
-        for shard, indexed in groups.items():
-            for start in range(0, len(indexed), MAX_BATCH):
-                chunk = indexed[start : start + MAX_BATCH]
-                ref = self.handles.shards[shard].balances.remote(encode([a for _, a in chunk]))
-                calls.append((chunk, ref))
-        out: list[BalanceView | None] = [None] * len(account_ids)
-        for chunk, raw in zip([c for c, _ in calls], _get([r for _, r in calls]), strict=True):
-            for (index, _), view in zip(chunk, decode(raw, list[BalanceView | None]), strict=True):
-                out[index] = view
-        return out
+        return self._scatter(
+            groups,
+            len(account_ids),
+            lambda shard: self.handles.shards[shard].balances,
+            list[BalanceView | None],
+        )
 
     def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountOutcome]:
         groups = group_by_shard(specs, lambda s: s.id, self.shard_count)

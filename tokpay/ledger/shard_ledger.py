@@ -17,6 +17,7 @@ from tokpay.ledger.model import (
     AccountOutcome,
     AccountSpec,
     BalanceView,
+    Credit,
     Decision,
     HistoryPage,
     Prepare,
@@ -26,7 +27,6 @@ from tokpay.ledger.model import (
     TransferOutcome,
     Vote,
     funding_account_id,
-    is_system_account,
 )
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.validation import validate_account_spec, validate_order
@@ -355,10 +355,8 @@ class ShardLedger:
                 ErrorCode.BALANCE_LIMIT_EXCEEDED, f"{debit.id!r} would pass the limit"
             )
 
-    def _check_credits(self, order: TransferOrder, credits: tuple[object, ...]) -> None:
-        for credit in order.credits:
-            if credit not in credits:
-                continue
+    def _check_credits(self, order: TransferOrder, credits: tuple[Credit, ...]) -> None:
+        for credit in credits:
             account = self.accounts.get(credit.account)
             if account is None:
                 raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {credit.account!r}")
@@ -392,7 +390,7 @@ class ShardLedger:
         self._prepared_transfer_ids.pop(order.id, None)
 
     def _commit_legs(
-        self, transfer: Transfer, *, debit_here: bool, credits_here: tuple[object, ...]
+        self, transfer: Transfer, *, debit_here: bool, credits_here: tuple[Credit, ...]
     ) -> None:
         order = transfer.order
         accounts = self.accounts
@@ -405,10 +403,9 @@ class ShardLedger:
                 f"transfer {order.id!r} overdrew {debit.id!r}",
             )
             history.setdefault(debit.id, []).append(order.id)
-        for credit in order.credits:
-            if credit in credits_here:
-                accounts[credit.account].balance += credit.amount
-                history.setdefault(credit.account, []).append(order.id)
+        for credit in credits_here:
+            accounts[credit.account].balance += credit.amount
+            history.setdefault(credit.account, []).append(order.id)
         self.transfers[order.id] = transfer
 
 
@@ -434,7 +431,3 @@ def _first_difference(old: TransferOrder, new: TransferOrder) -> str:
         if getattr(old, field) != getattr(new, field):
             return f" (field {field!r} differs)"
     return ""
-
-
-def is_user_account(account: Account) -> bool:
-    return not is_system_account(account.id)
