@@ -81,5 +81,6 @@ def test_retry_during_partial_delivery_is_never_a_false_ack_or_conflict(
         assert shards[0].in_doubt() == [] and shards[1].in_doubt() == []
         again = decode(await coordinator.submit(encode([order])), list[TransferOutcome])[0]
         assert again.replayed and balances() == (90, 10)
+        assert sum(sum(s.currency_sums().values()) for s in shards) == 0
 
     asyncio.run(scenario())

@@ -60,6 +60,8 @@ def test_random_bodies_never_cause_a_server_error(http: httpx.Client, path: str,
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["code"]
         assert _state(http) == before
+    for figures in http.get("/v1/ledger/summary").json()["currencies"].values():
+        assert figures["sum_of_balances"] == 0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

@@ -57,6 +57,15 @@ def field_of(html: str, name: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture(autouse=True)
+def books_balance(server: ServerProcess) -> Iterator[None]:
+    """After every web test, however money moved, the sum of all balances is zero."""
+    yield
+    summary = httpx.get(f"{server.url}/v1/ledger/summary", timeout=30).json()
+    for currency, figures in summary["currencies"].items():
+        assert figures["sum_of_balances"] == 0, currency
+
+
 @pytest.fixture
 def web(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
