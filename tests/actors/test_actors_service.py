@@ -160,9 +160,9 @@ def test_snapshot_drops_old_segments_and_restart_matches(
 
         @classmethod
         def open(
-            cls, directory: Path, *, segment_bytes: int = 2048, fsync: bool = True
+            cls, directory: Path, *, segment_bytes: int = 2048, fsync: bool = True, floor: int = 0
         ) -> WriteAheadLog:
-            return super().open(directory, segment_bytes=segment_bytes, fsync=fsync)
+            return super().open(directory, segment_bytes=segment_bytes, fsync=fsync, floor=floor)
 
     monkeypatch.setattr(shard_module, "WriteAheadLog", SmallSegmentLog)
     wal_dir = tmp_path / f"shard-{SHARD}" / "wal"

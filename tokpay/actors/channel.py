@@ -18,6 +18,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -39,6 +40,15 @@ ChannelAddress = tuple[str, int, bytes]
 
 class ChannelError(Exception):
     """The peer broke the framing or refused the request."""
+
+
+class NotPrimary(Exception):
+    """This replica may not serve the request now: it is a backup, fenced, without a
+    read lease, or without an in-sync backup. The caller looks the primary up again
+    and retries (every request on the channel is safe to repeat)."""
+
+
+NOT_PRIMARY_CODE = "not_primary"
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -67,6 +77,8 @@ def _refusal(method: str, error: Exception) -> bytes:
     """A failed request's reply: the LedgerError's code, or internal_error."""
     if isinstance(error, LedgerError):
         body = (str(error.code), error.detail)
+    elif isinstance(error, NotPrimary):
+        body = (NOT_PRIMARY_CODE, str(error))
     else:
         log.exception("channel request %s failed", method, exc_info=error)
         body = (str(ErrorCode.INTERNAL_ERROR), f"{method} failed: {error!r}")
@@ -174,14 +186,23 @@ class AsyncChannelServer:
 # -- caller side ------------------------------------------------------------------------
 
 
-CONNECT_ATTEMPTS = 5
-RETRY_BACKOFF_SECONDS = 0.2
-REQUEST_TIMEOUT_SECONDS = 30.0
+RETRY_BUDGET_SECONDS = 15.0
+"""How long a call keeps retrying (reconnecting, finding a new primary) before 503.
+
+Covers a failover: lease wait, promotion and a new backup take a few seconds."""
+RETRY_BACKOFF_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+REQUEST_TIMEOUT_SECONDS = 5.0
 
 AddressLookup = Callable[[], Awaitable[ChannelAddress]]
 
 
 class ActorChannel:
+    """One connection to whoever currently serves a shard (or the coordinator).
+
+    ``lookup`` says where that is; it is asked again after any failure, so a
+    failover is a reconnect. Every request on the channel is safe to repeat.
+    """
+
     def __init__(self, lookup: AddressLookup) -> None:
         self._lookup = lookup
         self._reader: asyncio.StreamReader | None = None
@@ -191,7 +212,9 @@ class ActorChannel:
     async def call(self, method: str, payload: bytes) -> bytes:
         request = frame(msgspec.msgpack.encode((method, payload)))
         async with self._lock:
-            for attempt in range(CONNECT_ATTEMPTS):
+            deadline = time.monotonic() + RETRY_BUDGET_SECONDS
+            attempt = 0
+            while True:
                 try:
                     return await asyncio.wait_for(
                         self._round_trip(request), REQUEST_TIMEOUT_SECONDS
@@ -199,9 +222,14 @@ class ActorChannel:
                 except LedgerError:
                     raise
                 except Exception as error:
-                    log.warning("channel %s failed (try %d): %r", method, attempt + 1, error)
                     self._close()
-                    await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
+                    pause = RETRY_BACKOFF_SECONDS[min(attempt, len(RETRY_BACKOFF_SECONDS) - 1)]
+                    attempt += 1
+                    if attempt == 1 or attempt % 10 == 0:
+                        log.warning("channel %s failed (try %d): %r", method, attempt, error)
+                    if time.monotonic() + pause > deadline:
+                        break
+                    await asyncio.sleep(pause)
                 except BaseException:
                     # Cancelled mid round trip: the reply may still arrive on this
                     # connection and must never be read as the answer to another call.
@@ -223,6 +251,8 @@ class ActorChannel:
         )
         if not ok:
             code, detail = msgspec.msgpack.decode(result, type=tuple[str, str])
+            if code == NOT_PRIMARY_CODE:
+                raise NotPrimary(detail)
             raise LedgerError(ErrorCode(code), detail)
         return result
 

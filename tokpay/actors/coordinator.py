@@ -10,8 +10,10 @@ one call per participant shard per incoming batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,8 +23,13 @@ from typing import Any
 
 import ray
 
-from tokpay.actors.channel import ActorChannel, AsyncChannelServer, ChannelAddress
-from tokpay.actors.naming import shard_actor_name
+from tokpay.actors.channel import ActorChannel, AsyncChannelServer, ChannelAddress, NotPrimary
+from tokpay.actors.directory import (
+    ControllerDirectory,
+    Directory,
+    NamedActorDirectory,
+    shard_group,
+)
 from tokpay.actors.protocol import (
     CoordinatorCommit,
     CoordinatorDone,
@@ -30,11 +37,26 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
+from tokpay.actors.replica import (
+    HeartbeatAnswer,
+    HeartbeatReport,
+    ReplicaSpec,
+    ReplicaStatus,
+    replica_root,
+    start_heartbeat,
+)
+from tokpay.actors.replication import Install, ReplicatedLog, ReplicationFailed, Role, ShippedRecord
 from tokpay.ledger.errors import ErrorCode, LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
 from tokpay.ledger.routing import shard_of
-from tokpay.wal import WalFatalIOError, WriteAheadLog, read_latest_snapshot, write_snapshot
+from tokpay.wal import (
+    SequenceGap,
+    WalFatalIOError,
+    WriteAheadLog,
+    read_latest_snapshot,
+    write_snapshot,
+)
 
 log = logging.getLogger("tokpay.coordinator")
 
@@ -61,14 +83,24 @@ class _Tx:
 
 class CoordinatorService:
     def __init__(
-        self, shard_count: int, data_dir: Path, call_shard: ShardCall, *, fsync: bool = True
+        self,
+        shard_count: int,
+        data_dir: Path,
+        call_shard: ShardCall,
+        *,
+        fsync: bool = True,
+        epoch: int = COORDINATOR_EPOCH,
+        replicated: bool = False,
+        root: Path | None = None,
+        wal_floor: int = 0,
     ) -> None:
         self._shard_count = shard_count
         self._call_shard = call_shard
-        root = data_dir / "coordinator"
+        root = root if root is not None else data_dir / "coordinator"
         self._snapshot_dir = root / "snapshots"
         self._snapshot_dir.mkdir(parents=True, exist_ok=True)
-        self._wal = WriteAheadLog.open(root / "wal", fsync=fsync)
+        self._wal = WriteAheadLog.open(root / "wal", fsync=fsync, floor=wal_floor)
+        self.log = ReplicatedLog(self._wal, epoch, required=replicated)
         # Commit decisions not yet applied by every participant: txid -> participant shards.
         self.pending_commits: dict[str, list[int]] = {}
         snapshot_sequence = 0
@@ -104,11 +136,21 @@ class CoordinatorService:
                 self.pending_commits.pop(txid, None)
 
     def _append(self, record: CoordinatorRecord) -> None:
+        """Durable here and on the backup, or ``ReplicationFailed``.
+
+        After a failure nothing is delivered from memory (``can_act`` is False) until a
+        new backup is installed from this state or the backup is promoted instead.
+        """
         try:
-            self._wal.append(COORDINATOR_EPOCH, encode(record))
+            self.log.append(encode(record))
+        except ReplicationFailed:
+            raise
         except WalFatalIOError:
             log.critical("coordinator: log write failed; stopping", exc_info=True)
             os._exit(70)
+        self._after_append()
+
+    def _after_append(self) -> None:
         self._records_since_snapshot += 1
         if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
             sequence = self._wal.last_sequence
@@ -119,6 +161,7 @@ class CoordinatorService:
     # -- public --------------------------------------------------------------------------
 
     async def submit(self, payload: bytes) -> bytes:
+        self.log.check_writable()
         await self.ensure_recovered()
         orders = decode(payload, list[TransferOrder])
         if len(orders) > MAX_BATCH:
@@ -133,8 +176,41 @@ class CoordinatorService:
                 await self.resolve_in_doubt()
                 self._recovered = True
 
+    def can_act(self) -> bool:
+        """Whether decisions may go out: every logged commit is on both replicas."""
+        try:
+            self.log.check_writable()
+        except NotPrimary:
+            return False
+        return True
+
+    def follow(self, payload: bytes) -> bytes:
+        """Backup: append the primary's record verbatim, then apply it."""
+        shipped = decode(payload, ShippedRecord)
+        if shipped.epoch != self.log.epoch:
+            raise NotPrimary(f"record of epoch {shipped.epoch} refused at {self.log.epoch}")
+        try:
+            self._wal.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
+        except SequenceGap as error:
+            raise NotPrimary(f"out of order: {error}") from error
+        except WalFatalIOError:
+            log.critical("coordinator backup: log write failed; stopping", exc_info=True)
+            os._exit(70)
+        self._replay(decode(shipped.payload, CoordinatorRecord))
+        self._after_append()
+        return b""
+
+    def snapshot_payload(self) -> bytes:
+        return encode(self.pending_commits)
+
+    def close(self) -> None:
+        self.log.detach(self.log.epoch)
+        self._wal.close()
+
     async def resolve_in_doubt(self) -> dict[str, int]:
         """Re-deliver logged commits and abort every in-doubt transaction without one."""
+        if not self.can_act():
+            return {"redelivered": 0, "aborted": 0}
         redelivered = await self._redeliver_pending()
         aborted = 0
         for shard in range(self._shard_count):
@@ -238,11 +314,21 @@ class CoordinatorService:
             # The in-memory map changes first so a snapshot taken by _append includes it.
             for tx in commits:
                 self.pending_commits[tx.txid] = tx.shards
-            self._append(
-                CoordinatorCommit(
-                    txids=[tx.txid for tx in commits], participants=[tx.shards for tx in commits]
+            try:
+                self._append(
+                    CoordinatorCommit(
+                        txids=[tx.txid for tx in commits],
+                        participants=[tx.shards for tx in commits],
+                    )
                 )
-            )
+            except ReplicationFailed:
+                # Not durable on two machines: send nothing. The participants keep the
+                # holds until a new backup carries this decision or a promoted backup
+                # (which never saw it) aborts them.
+                for tx in txs:
+                    if outcomes[tx.index] is None:
+                        outcomes[tx.index] = _unavailable("the coordinator lost its backup; retry")
+                return
         decisions = [Decision(tx.txid, True) for tx in commits] + [
             Decision(tx.txid, False) for tx in aborts
         ]
@@ -261,7 +347,8 @@ class CoordinatorService:
             # If this record is lost, recovery merely re-sends decisions already applied.
             for txid in done:
                 self.pending_commits.pop(txid, None)
-            self._append(CoordinatorDone(txids=done))
+            with contextlib.suppress(ReplicationFailed):
+                self._append(CoordinatorDone(txids=done))
         self.committed += len(done)
         self.aborted += len(aborts)
         await self._confirm_replays(aborts, outcomes)
@@ -295,6 +382,8 @@ class CoordinatorService:
                 )
 
     async def _redeliver_pending(self) -> int:
+        if not self.can_act():
+            return 0
         pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
         if not pending:
             return 0
@@ -304,7 +393,8 @@ class CoordinatorService:
         if done:
             for txid in done:
                 self.pending_commits.pop(txid, None)
-            self._append(CoordinatorDone(txids=done))
+            with contextlib.suppress(ReplicationFailed):
+                self._append(CoordinatorDone(txids=done))
         return len(done)
 
     async def _prepare_on(self, shard: int, group: list[_Tx]) -> None:
@@ -388,72 +478,200 @@ def _follow(order: TransferOrder, first: TransferOutcome) -> TransferOutcome:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)  # type: ignore[call-overload]
 class CoordinatorActor:
-    """Async Ray shell around CoordinatorService; finds shards by name."""
+    """Async Ray shell around CoordinatorService; one copy, or one replica of two.
 
-    def __init__(self, shard_count: int, data_dir: str, fsync: bool = True) -> None:
+    Shards are reached on their direct channels, found through ``directory``: by
+    actor name on a single node, through the controller's routes in a cluster.
+    """
+
+    def __init__(
+        self,
+        shard_count: int,
+        data_dir: str,
+        fsync: bool = True,
+        replica: ReplicaSpec | None = None,
+    ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        self._shards: dict[int, Any] = {}
         self._channels: dict[int, ActorChannel] = {}
         self._shard_count = shard_count
-        self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
+        self._fsync = fsync
+        self._replica = replica
+        self._directory: Directory = (
+            NamedActorDirectory(shard_count) if replica is None else ControllerDirectory()
+        )
         self._sweeper: asyncio.Task[None] | None = None
+        self._service: CoordinatorService | None = None
+        if replica is None:
+            self._role = Role.PRIMARY
+            self._epoch = COORDINATOR_EPOCH
+            self._root = Path(data_dir) / "coordinator"
+            self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
+        else:
+            self._role = Role(replica.role)
+            self._epoch = replica.epoch
+            self._root = replica_root(replica.name)
+            if self._role is Role.PRIMARY:
+                self._service = self._new_service(replica.epoch)
+        self._host = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
         self._channel_server = AsyncChannelServer(self._dispatch)
-        # After a Ray restart nobody else calls start(): recovery and the in-doubt
-        # sweep must not wait for the next cross-shard transfer to begin.
-        ray.get_runtime_context().current_actor.start.remote()
+        if replica is not None:
+            self._heartbeat = start_heartbeat(replica, self._report, self._on_answer)
+        if self._role is Role.PRIMARY:
+            # After a Ray restart nobody else calls start(): recovery and the in-doubt
+            # sweep must not wait for the next cross-shard transfer to begin.
+            ray.get_runtime_context().current_actor.start.remote()
+
+    def _new_service(self, epoch: int, wal_floor: int = 0) -> CoordinatorService:
+        return CoordinatorService(
+            self._shard_count,
+            self._root.parent,
+            self._call,
+            fsync=self._fsync,
+            epoch=epoch,
+            replicated=True,
+            root=self._root,
+            wal_floor=wal_floor,
+        )
+
+    # -- roles -----------------------------------------------------------------------------
+
+    def _report(self) -> HeartbeatReport:
+        service = self._service
+        return HeartbeatReport(
+            name=self._replica.name if self._replica else "",
+            epoch=self._epoch,
+            role=str(self._role),
+            sequence=service.log.last_sequence if service else 0,
+            broken=bool(service and service.log.broken),
+        )
+
+    def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
+        if answer.fence:
+            self._fence()
+
+    def _fence(self) -> None:
+        if self._role is not Role.FENCED:
+            log.warning("coordinator fenced at epoch %d", self._epoch)
+        self._role = Role.FENCED
+        if self._service is not None:
+            self._service.log.detach(self._epoch)
+
+    def _primary(self) -> CoordinatorService:
+        if self._role is not Role.PRIMARY or self._service is None:
+            raise NotPrimary(f"this coordinator replica is {self._role}")
+        return self._service
 
     async def _dispatch(self, method: str, payload: bytes) -> bytes:
-        if method != "submit":
-            raise ValueError(f"{method!r} is not served on the channel")
-        return await self.submit(payload)
+        if method == "submit":
+            return await self.submit(payload)
+        if method == "replicate":
+            if self._role is not Role.BACKUP or self._service is None:
+                raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
+            return self._service.follow(payload)
+        if method == "install":
+            return self._install(payload)
+        if method == "stats":
+            return encode(await self.stats())
+        raise ValueError(f"{method!r} is not served on the channel")
+
+    def _install(self, payload: bytes) -> bytes:
+        install = decode(payload, Install)
+        if self._role is not Role.BACKUP or install.epoch != self._epoch:
+            raise NotPrimary(f"install of epoch {install.epoch} refused at {self._epoch}")
+        if self._service is not None:
+            self._service.close()
+            self._service = None
+        shutil.rmtree(self._root, ignore_errors=True)
+        (self._root / "snapshots").mkdir(parents=True)
+        write_snapshot(
+            self._root / "snapshots", install.sequence, install.snapshot, fsync=self._fsync
+        )
+        self._service = self._new_service(install.epoch, wal_floor=install.sequence)
+        log.info("coordinator backup installed at sequence %d", install.sequence)
+        return b""
+
+    async def promote(self, epoch: int) -> bool:
+        if self._role is not Role.BACKUP or self._service is None or epoch <= self._epoch:
+            return False
+        self._epoch = epoch
+        self._service.log.detach(epoch)
+        self._role = Role.PRIMARY
+        log.warning("coordinator promoted to primary at epoch %d", epoch)
+        return True
+
+    async def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
+        service = self._primary()
+        if epoch < self._epoch:
+            raise NotPrimary(f"attach of epoch {epoch} refused at epoch {self._epoch}")
+        self._epoch = epoch
+        sequence = service.log.attach(epoch, address, service.snapshot_payload())
+        log.info("coordinator backup attached at epoch %d, sequence %d", epoch, sequence)
+        # Decisions held back while the log was broken can go out now.
+        await self.start()
+        return sequence
+
+    async def fence(self) -> bool:
+        self._fence()
+        return True
+
+    async def replica_status(self) -> ReplicaStatus:
+        service = self._service
+        return ReplicaStatus(
+            role=str(self._role),
+            epoch=self._epoch,
+            sequence=service.log.last_sequence if service else 0,
+            lease=self._role is Role.PRIMARY,
+            broken=service.log.broken if service else None,
+            pid=os.getpid(),
+        )
+
+    async def ready(self) -> bool:
+        return True
+
+    # -- the service -------------------------------------------------------------------------
 
     async def channel_address(self) -> ChannelAddress:
-        """Where gateways submit cross-shard batches without a Ray call each."""
-        await self.start()
-        return await self._channel_server.start()
-
-    def _handle(self, shard: int) -> Any:
-        handle = self._shards.get(shard)
-        if handle is None:
-            handle = self._shards[shard] = ray.get_actor(shard_actor_name(shard))
-        return handle
+        """Where gateways submit cross-shard batches (and a primary ships its records)."""
+        if self._role is Role.PRIMARY:
+            await self.start()
+        return await self._channel_server.start(self._host)
 
     async def _call(self, shard: int, method: str, payload: bytes) -> Any:
-        if method in ("prepare", "decide"):
-            # PREPARE and COMMIT go over the shard's direct channel, one batch per call.
-            channel = self._channels.get(shard)
-            if channel is None:
-                handle = self._handle(shard)
+        channel = self._channels.get(shard)
+        if channel is None:
+            directory = self._directory
+            group = shard_group(shard)
 
-                async def lookup() -> ChannelAddress:
-                    address: ChannelAddress = await handle.channel_address.remote()
-                    return address
+            async def lookup() -> ChannelAddress:
+                return await directory.address(group)
 
-                channel = self._channels[shard] = ActorChannel(lookup)
-            return await channel.call(method, payload)
-        remote = getattr(self._handle(shard), method)
-        return await (remote.remote() if method == "in_doubt" else remote.remote(payload))
+            channel = self._channels[shard] = ActorChannel(lookup)
+        raw = await channel.call(method, payload)
+        return decode(raw, list[str]) if method == "in_doubt" else raw
 
     async def start(self) -> dict[str, int]:
-        await self._service.ensure_recovered()
+        service = self._primary()
+        await service.ensure_recovered()
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._service.sweep_forever())
-        return {"pending_commits": len(self._service.pending_commits)}
+            self._sweeper = asyncio.get_running_loop().create_task(service.sweep_forever())
+        return {"pending_commits": len(service.pending_commits)}
 
     async def submit(self, payload: bytes) -> bytes:
+        service = self._primary()
         if self._sweeper is None:
             await self.start()
-        return await self._service.submit(payload)
+        return await service.submit(payload)
 
     async def resolve_in_doubt(self) -> dict[str, int]:
-        return await self._service.resolve_in_doubt()
+        return await self._primary().resolve_in_doubt()
 
     async def shard_count(self) -> int:
         return self._shard_count
 
     async def stats(self) -> dict[str, int]:
+        service = self._primary()
         return {
-            "committed": self._service.committed,
-            "aborted": self._service.aborted,
-            "pending_commits": len(self._service.pending_commits),
+            "committed": service.committed,
+            "aborted": service.aborted,
+            "pending_commits": len(service.pending_commits),
         }

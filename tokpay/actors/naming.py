@@ -8,3 +8,6 @@ def shard_actor_name(shard: int) -> str:
 
 
 COORDINATOR_NAME = "tokpay-coordinator"
+
+CONTROLLER_NAME = "tokpay-controller"
+"""The detached controller of a replicated cluster (absent in the single-node default)."""

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokpay.actors.deploy import connect_ledger
-from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
+from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE
 from tokpay.api import schemas
 from tokpay.api.handlers import Handlers, Reply, problem
 from tokpay.api.metrics import BATCH_SIZE, observe_request, render
@@ -167,6 +167,14 @@ def get_coordinator() -> Any:
     return ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
 
 
+def find_controller() -> Any:
+    """The replicated cluster's controller, or None on the single-node default."""
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
 def _schema_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -224,8 +232,13 @@ def create_app(
                     logging_level=logging.WARNING,
                 )
             # The cluster's own shard count, not a setting that could disagree with it.
-            shard_count = await get_coordinator().shard_count.remote()
-            client = LedgerClient(connect_ledger(shard_count))
+            controller = find_controller()
+            if controller is not None:
+                shard_count = await controller.shard_count.remote()
+                client = LedgerClient.for_cluster(shard_count)
+            else:
+                shard_count = await get_coordinator().shard_count.remote()
+                client = LedgerClient(connect_ledger(shard_count))
             client.batch_observer = BATCH_SIZE.observe
             gateway.handlers = Handlers(client)
             log.info("gateway attached to %d shards", shard_count)

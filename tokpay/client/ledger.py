@@ -17,7 +17,14 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from tokpay.actors.channel import ActorChannel, ChannelAddress
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
-from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
+from tokpay.actors.directory import (
+    COORDINATOR_GROUP,
+    ControllerDirectory,
+    Directory,
+    NamedActorDirectory,
+    shard_group,
+)
+from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE
 from tokpay.actors.protocol import HistoryReply, decode, encode
 from tokpay.actors.shard import ShardStats
 from tokpay.client.batching import Batcher
@@ -49,43 +56,43 @@ _RETRYABLE = (RayActorError, ActorUnavailableError, ActorDiedError)
 T = TypeVar("T")
 
 
-async def _call(handle: Any, method: str, *args: Any) -> Any:
-    """One remote call, repeated on actor loss (every method is safe to repeat)."""
-    attempt = 0
-    while True:
-        try:
-            return await asyncio.wait_for(
-                getattr(handle, method).remote(*args), timeout=CALL_TIMEOUT_SECONDS
-            )
-        except _RETRYABLE as error:
-            attempt += 1
-            if attempt == CALL_ATTEMPTS:
-                raise LedgerError(ErrorCode.UNAVAILABLE, f"ledger unavailable: {error}") from error
-            await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
-        except TimeoutError as error:
-            raise LedgerError(ErrorCode.UNAVAILABLE, f"{method} timed out") from error
-
-
 class LedgerClient:
-    def __init__(self, handles: LedgerHandles) -> None:
+    """Asynchronous client on the direct channels, found through a ``Directory``.
+
+    ``LedgerClient(handles)`` serves the single-node default (actors by name);
+    ``LedgerClient.for_cluster(n)`` a replicated cluster (routes from the controller,
+    looked up again after any failure, so a failover is a reconnect and a retry).
+    """
+
+    def __init__(
+        self,
+        handles: LedgerHandles | None = None,
+        *,
+        directory: Directory | None = None,
+        shard_count: int | None = None,
+    ) -> None:
         self.handles = handles
-        self.shard_count = handles.shard_count
-        # The hot paths use the direct channel: one connection per shard for reads and
-        # one for writes, so a read never queues behind another batch's fsync.
-        self._read_channels = [self._channel(s) for s in range(self.shard_count)]
-        self._write_channels = [self._channel(s) for s in range(self.shard_count)]
-        coordinator = handles.coordinator
-
-        async def coordinator_address() -> ChannelAddress:
-            address: ChannelAddress = await _call(coordinator, "channel_address")
-            return address
-
-        self._coordinator_channel = ActorChannel(coordinator_address)
-        self._reads = [self._batcher(self._read_batch(s)) for s in range(self.shard_count)]
-        self._orders = [self._batcher(self._order_batch(s)) for s in range(self.shard_count)]
+        if handles is not None:
+            shard_count = handles.shard_count
+        if shard_count is None:
+            raise ValueError("give handles or a shard count")
+        self.shard_count = shard_count
+        self.directory: Directory = directory or NamedActorDirectory(shard_count)
+        # One connection per shard for reads, one for writes and one for the rest, so a
+        # read never queues behind another batch's fsync (nor a history page).
+        self._read_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
+        self._write_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
+        self._misc_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
+        self._coordinator_channel = self._channel(COORDINATOR_GROUP)
+        self._reads = [self._batcher(self._read_batch(s)) for s in range(shard_count)]
+        self._orders = [self._batcher(self._order_batch(s)) for s in range(shard_count)]
         self._cross = self._batcher(self._cross_batch)
         self._lookups = 0
         self.batch_observer: Any = None
+
+    @classmethod
+    def for_cluster(cls, shard_count: int) -> LedgerClient:
+        return cls(directory=ControllerDirectory(), shard_count=shard_count)
 
     def _batcher(self, send: Any) -> Batcher[Any, Any]:
         return Batcher(
@@ -100,14 +107,16 @@ class LedgerClient:
         if self.batch_observer is not None:
             self.batch_observer(size)
 
-    def _channel(self, shard: int) -> ActorChannel:
-        handle = self.handles.shards[shard]
+    def _channel(self, group: str) -> ActorChannel:
+        directory = self.directory
 
         async def lookup() -> ChannelAddress:
-            address: ChannelAddress = await _call(handle, "channel_address")
-            return address
+            return await directory.address(group)
 
         return ActorChannel(lookup)
+
+    async def _misc(self, shard: int, method: str, payload: bytes = b"") -> bytes:
+        return await self._misc_channels[shard].call(method, payload)
 
     def _read_batch(self, shard: int) -> Any:
         channel = self._read_channels[shard]
@@ -167,13 +176,14 @@ class LedgerClient:
         return out
 
     async def account(self, account_id: str) -> Account | None:
-        shard = self.handles.shards[shard_of(account_id, self.shard_count)]
-        raw = await _call(shard, "account", account_id)
+        raw = await self._misc(
+            shard_of(account_id, self.shard_count), "account", encode(account_id)
+        )
         return decode(raw, Account) if raw else None
 
     async def transfer(self, transfer_id: str) -> Transfer | None:
         raws = await asyncio.gather(
-            *(_call(s, "transfer", transfer_id) for s in self.handles.shards)
+            *(self._misc(s, "transfer", encode(transfer_id)) for s in range(self.shard_count))
         )
         for raw in raws:
             if raw:
@@ -182,8 +192,9 @@ class LedgerClient:
         return None
 
     async def history(self, account_id: str, limit: int, cursor: int | None) -> HistoryPage:
-        shard = self.handles.shards[shard_of(account_id, self.shard_count)]
-        raw = await _call(shard, "history", account_id, limit, cursor)
+        raw = await self._misc(
+            shard_of(account_id, self.shard_count), "history", encode((account_id, limit, cursor))
+        )
         reply: HistoryReply = decode(raw, HistoryReply)
         if reply.page is None:
             raise LedgerError(ErrorCode(reply.error or ErrorCode.UNAVAILABLE), reply.detail)
@@ -192,8 +203,9 @@ class LedgerClient:
     # -- writes --------------------------------------------------------------------------
 
     async def create_account(self, spec: AccountSpec) -> AccountOutcome:
-        shard = self.handles.shards[shard_of(spec.id, self.shard_count)]
-        raw = await _call(shard, "create_accounts", encode([spec]))
+        raw = await self._misc(
+            shard_of(spec.id, self.shard_count), "create_accounts", encode([spec])
+        )
         outcome: AccountOutcome = decode(raw, list[AccountOutcome])[0]
         return outcome
 
@@ -208,22 +220,23 @@ class LedgerClient:
     # -- operations ----------------------------------------------------------------------
 
     async def shard_stats(self) -> list[ShardStats]:
-        raws = await asyncio.gather(*(_call(s, "stats") for s in self.handles.shards))
+        raws = await asyncio.gather(*(self._misc(s, "stats") for s in range(self.shard_count)))
         return [decode(raw, ShardStats) for raw in raws]
 
     async def currency_sums(self) -> dict[str, int]:
         """Sum of all balances per currency across shards: zero, or the ledger is broken."""
         sums: dict[str, int] = {}
-        for shard_sums in await asyncio.gather(
-            *(_call(s, "currency_sums") for s in self.handles.shards)
-        ):
+        raws = await asyncio.gather(
+            *(self._misc(s, "currency_sums") for s in range(self.shard_count))
+        )
+        for shard_sums in (decode(raw, dict[str, int]) for raw in raws):
             for currency, amount in shard_sums.items():
                 sums[currency] = sums.get(currency, 0) + amount
         return sums
 
     async def coordinator_stats(self) -> dict[str, int]:
-        stats: dict[str, int] = await _call(self.handles.coordinator, "stats")
-        return stats
+        raw = await self._coordinator_channel.call("stats", b"")
+        return decode(raw, dict[str, int])
 
 
 def group_by_shard(
@@ -320,9 +333,33 @@ def _get(refs: list[Any]) -> list[Any]:
 
 
 def connect(address: str = "auto") -> SyncLedgerClient:
-    """Attach this process to a running TokPay cluster and return a blocking client."""
+    """Attach this process to a running TokPay cluster and return a blocking client.
+
+    In a replicated cluster the handles are the primaries at the time of the call;
+    after a failover, connect again (the gateway's client follows failovers itself).
+    """
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        controller = None
+    if controller is not None:
+        routes: dict[str, Any] = ray.get(  # type: ignore[assignment]
+            controller.routes.remote(), timeout=CALL_TIMEOUT_SECONDS
+        )
+        primaries = {
+            group: ray.get_actor(r.primary, namespace=NAMESPACE)
+            for group, r in routes.items()
+            if r.primary
+        }
+        count = len(routes) - 1
+        return SyncLedgerClient(
+            LedgerHandles(
+                shards=[primaries[shard_group(s)] for s in range(count)],
+                coordinator=primaries[COORDINATOR_GROUP],
+            )
+        )
     coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
     shard_count = cast(int, ray.get(coordinator.shard_count.remote(), timeout=CALL_TIMEOUT_SECONDS))
     return SyncLedgerClient(connect_ledger(shard_count))

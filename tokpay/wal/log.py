@@ -215,17 +215,20 @@ class WriteAheadLog:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
+        floor: int = 0,
     ) -> WriteAheadLog:
         """Open (creating if needed) the log in ``directory``, verifying every record.
 
         A torn record at the very end of the newest segment is cut off; any other damage
-        raises ``WalCorruption`` naming the file and offset.
+        raises ``WalCorruption`` naming the file and offset. ``floor`` applies only to a new,
+        empty log: its first record will be ``floor + 1`` (a replica installed from a
+        snapshot taken at ``floor`` continues the primary's numbering).
         """
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
         directory = Path(directory)
         try:
-            segments, last_epoch = _load_segments(directory, fsync=fsync)
+            segments, last_epoch = _load_segments(directory, fsync=fsync, floor=floor)
             return cls(directory, segments, last_epoch, segment_bytes=segment_bytes, fsync=fsync)
         except OSError as exc:
             raise WalFatalIOError(f"opening the log in {directory} failed: {exc}") from exc
@@ -421,14 +424,16 @@ class WriteAheadLog:
                 raise self._poison(f"closing the previous segment failed: {exc}") from exc
 
 
-def _load_segments(directory: Path, *, fsync: bool) -> tuple[list[_Segment], int]:
+def _load_segments(directory: Path, *, fsync: bool, floor: int = 0) -> tuple[list[_Segment], int]:
     """Verify every segment in order; returns them and the epoch of the newest record."""
+    if not 0 <= floor < _MAX_U64:
+        raise ValueError(f"floor must be in 0..{_MAX_U64 - 1}, got {floor}")
     make_directory(directory, fsync=fsync)
     paths = _list_segments(directory)
     if not paths:
-        path = directory / _segment_name(_FIRST_SEQUENCE)
+        path = directory / _segment_name(floor + 1)
         _create_segment_file(path, fsync=fsync)
-        paths = [(_FIRST_SEQUENCE, path)]
+        paths = [(floor + 1, path)]
 
     segments: list[_Segment] = []
     last_sequence: int | None = None

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# A Ray worker node of a TokPay cluster, in the foreground (one per machine).
+#
+#   cluster/worker.sh HEAD_ADDRESS NODE_NAME        e.g. cluster/worker.sh 10.0.0.5:6380 n1
+#
+# HEAD_ADDRESS is the head's GCS address (host:TOKPAY_GCS_PORT). The node offers the
+# resource tokpay_node_NODE_NAME (1000 units) so actors can be pinned to it, and its
+# actors find their node's data dir in TOKPAY_NODE_DATA_DIR (= TOKPAY_DATA_DIR/nodes/
+# NODE_NAME) and the node's name in TOKPAY_NODE_NAME. While the head is down the
+# raylet keeps its actors running and reconnects when the head is back, for as long
+# as the head's TOKPAY_GCS_RECONNECT_TIMEOUT_S allows.
+#
+# Environment (all optional):
+#   TOKPAY_DATA_DIR            root of this machine's TokPay data (default var/tokpay)
+#   TOKPAY_NODE_IP             address other nodes reach this one by (default: Ray's guess)
+#   TOKPAY_NUM_CPUS            logical CPUs this node offers (default 2)
+#   TOKPAY_OBJECT_STORE_BYTES  object store size (default 100 MiB; Ray's minimum is 75 MiB)
+#   TOKPAY_RAY_TEMP_DIR        Ray's session, log and socket dir (default Ray's /tmp/ray);
+#                              keep it short: Unix socket paths are limited to 107 bytes
+#   TOKPAY_RAY_BIN             the ray executable (default: ray on PATH)
+#   RAY_AUTH_MODE              token (default) or disabled; with token, the head's token
+#                              from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token
+set -euo pipefail
+
+if [ "$#" -ne 2 ]; then
+    echo "usage: $0 HEAD_ADDRESS NODE_NAME" >&2
+    exit 2
+fi
+head_address="$1"
+node_name="$2"
+case "$node_name" in
+    "" | *[!A-Za-z0-9_]*)
+        echo "node name must be letters, digits or _: '$node_name'" >&2
+        exit 2
+        ;;
+esac
+
+data_root="${TOKPAY_DATA_DIR:-var/tokpay}"
+mkdir -p "$data_root/nodes/$node_name"
+# Actors started by this node's raylet inherit these.
+export TOKPAY_NODE_NAME="$node_name"
+export TOKPAY_NODE_DATA_DIR="$(cd "$data_root/nodes/$node_name" && pwd)"
+
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+
+args=(
+    --address "$head_address"
+    --block
+    --disable-usage-stats
+    --num-cpus "${TOKPAY_NUM_CPUS:-2}"
+    --object-store-memory "${TOKPAY_OBJECT_STORE_BYTES:-104857600}"
+    --resources "{\"tokpay_node_$node_name\": 1000}"
+    # Port 0: the OS picks, so several nodes can share one machine.
+    --node-manager-port 0
+    --min-worker-port 0
+    --max-worker-port 0
+    --dashboard-agent-listen-port 0
+    --metrics-export-port 0
+)
+if [ -n "${TOKPAY_NODE_IP:-}" ]; then
+    args+=(--node-ip-address "$TOKPAY_NODE_IP")
+fi
+if [ -n "${TOKPAY_RAY_TEMP_DIR:-}" ]; then
+    mkdir -p "$TOKPAY_RAY_TEMP_DIR"
+    args+=(--temp-dir "$TOKPAY_RAY_TEMP_DIR")
+fi
+exec "${TOKPAY_RAY_BIN:-ray}" start "${args[@]}"
