@@ -253,5 +253,14 @@ def _print_summary(
     console.print(f"Ready: http://{host}:{port}  (Ctrl+C stops)")
 
 
+def _add_cluster_commands() -> None:
+    from tokpay.cluster_cli import cluster_app, drill
+
+    app.add_typer(cluster_app, name="cluster")
+    app.command("drill")(drill)
+
+
+_add_cluster_commands()
+
 if __name__ == "__main__":
     app()
