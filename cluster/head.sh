@@ -24,8 +24,9 @@
 #                              THRESHOLD failed probes, one every PERIOD (defaults
 #                              1000 ms, 1000 ms, 3; Ray's are 3000, 10000, 5)
 #   TOKPAY_GCS_RECONNECT_TIMEOUT_S
-#                              how long raylets and workers wait for a restarted GCS
-#                              before they give up and exit (default 60)
+#                              how long this node's raylet and workers wait for a
+#                              restarted GCS before they give up and exit (default 60;
+#                              give every node the same)
 #   TOKPAY_DATA_DIR            root of this machine's TokPay data (default var/tokpay)
 #   TOKPAY_NODE_IP             address other nodes reach this one by (default: Ray's guess)
 #   TOKPAY_NUM_CPUS            logical CPUs this node offers (default 2)
@@ -33,6 +34,9 @@
 #   TOKPAY_RAY_TEMP_DIR        Ray's session, log and socket dir (default Ray's /tmp/ray);
 #                              keep it short: Unix socket paths are limited to 107 bytes
 #   TOKPAY_RAY_BIN             the ray executable (default: ray on PATH)
+#   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
+#                              seconds `ray start` drains the node on SIGTERM
+#                              before stopping it (default 0: stop at once)
 #   RAY_AUTH_MODE              token (default) or disabled. With token, every node and
 #                              driver needs the same token, from RAY_AUTH_TOKEN,
 #                              RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (made here if
@@ -57,11 +61,20 @@ data_root="${TOKPAY_DATA_DIR:-var/tokpay}"
 mkdir -p "$data_root/nodes/$node_name"
 # Actors started by this node's raylet inherit these.
 export TOKPAY_NODE_NAME="$node_name"
-export TOKPAY_NODE_DATA_DIR="$(cd "$data_root/nodes/$node_name" && pwd)"
+node_data_dir="$(cd "$data_root/nodes/$node_name" && pwd)"
+export TOKPAY_NODE_DATA_DIR="$node_data_dir"
 
 export RAY_REDIS_ADDRESS="$redis_address"
 export RAY_external_storage_namespace="${TOKPAY_STORAGE_NAMESPACE:-tokpay}"
 export RAY_USAGE_STATS_ENABLED=0
+# How long this node's raylet and workers wait for a restarted GCS before they give up
+# and exit. An environment variable, not --system-config: the raylet reads the
+# system config from the GCS only after it connected (ray-project/ray#62074).
+export RAY_gcs_rpc_server_reconnect_timeout_s="${TOKPAY_GCS_RECONNECT_TIMEOUT_S:-60}"
+# On SIGTERM `ray start` first drains the node, waiting up to this long for it to go
+# idle; a node holding detached actors (TokPay's replicas) never does, so a stop
+# would just hang for the whole wait. TokPay fails over on its own: no drain.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] \
     && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ] && [ ! -s "$HOME/.ray/auth_token" ]; then
@@ -69,11 +82,10 @@ if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] \
     echo "head.sh: made a Ray auth token in $HOME/.ray/auth_token" >&2
 fi
 
-system_config="$(printf '{"health_check_period_ms": %d, "health_check_timeout_ms": %d, "health_check_failure_threshold": %d, "gcs_rpc_server_reconnect_timeout_s": %d}' \
+system_config="$(printf '{"health_check_period_ms": %d, "health_check_timeout_ms": %d, "health_check_failure_threshold": %d}' \
     "${TOKPAY_HEALTH_CHECK_PERIOD_MS:-1000}" \
     "${TOKPAY_HEALTH_CHECK_TIMEOUT_MS:-1000}" \
-    "${TOKPAY_HEALTH_CHECK_FAILURE_THRESHOLD:-3}" \
-    "${TOKPAY_GCS_RECONNECT_TIMEOUT_S:-60}")"
+    "${TOKPAY_HEALTH_CHECK_FAILURE_THRESHOLD:-3}")"
 
 args=(
     --head
@@ -102,5 +114,13 @@ fi
 if [ -n "${TOKPAY_RAY_TEMP_DIR:-}" ]; then
     mkdir -p "$TOKPAY_RAY_TEMP_DIR"
     args+=(--temp-dir "$TOKPAY_RAY_TEMP_DIR")
+fi
+# A head that died leaves its address in ray_current_cluster. `ray start --head` then
+# refuses to start again if any process on this machine still names that GCS address
+# (a worker node sharing the machine does), taking it for a running head.
+ray_temp_dir="${TOKPAY_RAY_TEMP_DIR:-${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray}"
+if [ -f "$ray_temp_dir/ray_current_cluster" ] \
+    && [[ "$(cat "$ray_temp_dir/ray_current_cluster")" == *":${TOKPAY_GCS_PORT:-6380}" ]]; then
+    rm -f "$ray_temp_dir/ray_current_cluster"
 fi
 exec "$ray_bin" start "${args[@]}"

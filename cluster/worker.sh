@@ -11,6 +11,9 @@
 # as the head's TOKPAY_GCS_RECONNECT_TIMEOUT_S allows.
 #
 # Environment (all optional):
+#   TOKPAY_GCS_RECONNECT_TIMEOUT_S
+#                              how long this node's raylet and workers wait for a
+#                              restarted head before they give up and exit (default 60)
 #   TOKPAY_DATA_DIR            root of this machine's TokPay data (default var/tokpay)
 #   TOKPAY_NODE_IP             address other nodes reach this one by (default: Ray's guess)
 #   TOKPAY_NUM_CPUS            logical CPUs this node offers (default 2)
@@ -18,6 +21,9 @@
 #   TOKPAY_RAY_TEMP_DIR        Ray's session, log and socket dir (default Ray's /tmp/ray);
 #                              keep it short: Unix socket paths are limited to 107 bytes
 #   TOKPAY_RAY_BIN             the ray executable (default: ray on PATH)
+#   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
+#                              seconds `ray start` drains the node on SIGTERM
+#                              before stopping it (default 0: stop at once)
 #   RAY_AUTH_MODE              token (default) or disabled; with token, the head's token
 #                              from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token
 set -euo pipefail
@@ -39,9 +45,18 @@ data_root="${TOKPAY_DATA_DIR:-var/tokpay}"
 mkdir -p "$data_root/nodes/$node_name"
 # Actors started by this node's raylet inherit these.
 export TOKPAY_NODE_NAME="$node_name"
-export TOKPAY_NODE_DATA_DIR="$(cd "$data_root/nodes/$node_name" && pwd)"
+node_data_dir="$(cd "$data_root/nodes/$node_name" && pwd)"
+export TOKPAY_NODE_DATA_DIR="$node_data_dir"
 
 export RAY_USAGE_STATS_ENABLED=0
+# How long this node's raylet and workers wait for a restarted GCS before they give up
+# and exit. An environment variable, not --system-config: the raylet reads the
+# system config from the GCS only after it connected (ray-project/ray#62074).
+export RAY_gcs_rpc_server_reconnect_timeout_s="${TOKPAY_GCS_RECONNECT_TIMEOUT_S:-60}"
+# On SIGTERM `ray start` first drains the node, waiting up to this long for it to go
+# idle; a node holding detached actors (TokPay's replicas) never does, so a stop
+# would just hang for the whole wait. TokPay fails over on its own: no drain.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
 args=(

@@ -11,6 +11,8 @@ STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 
 need_apt=()
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# Redis keeps the Ray GCS tables of a multi-node cluster (cluster/redis.sh).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # Node runs the dev OpenID provider; npm installs the web app's browser assets.

@@ -239,7 +239,7 @@ def _print_status(status: dict[str, Any]) -> None:
     console.print(groups)
     console.print(
         f"failovers: {status['failovers']}, backup rebuilds: {status['backup_rebuilds']}, "
-        f"services: {', '.join(f'{n} pid {s['pid']}' for n, s in status['services'].items())}"
+        "services: " + ", ".join(f"{n} pid {s['pid']}" for n, s in status["services"].items())
     )
 
 
@@ -310,13 +310,17 @@ def choose_victim(target: str, status: dict[str, Any]) -> tuple[str, str]:
         return "service", GATEWAY_SERVICE
     if target == "head":
         return "node", next(n["node_id"] for n in status["nodes"] if n["role"] == "head")
+    head = next(n["node_id"] for n in status["nodes"] if n["role"] == "head")
     groups = status["groups"]
+    role = "backup" if target == "backup" else "primary"
     if target == "coordinator":
-        g = next(g for g in groups if g["group"] == "coordinator")
-        return "node", g["primary"]["node"]
-    shards = [g for g in groups if g["group"] != "coordinator"]
-    g = random.choice(shards)
-    return "node", g["primary" if target == "primary" else "backup"]["node"]
+        candidates = [g for g in groups if g["group"] == "coordinator"]
+    else:
+        candidates = [g for g in groups if g["group"] != "coordinator"]
+    # A worker node when there is one: the head's own loss is the "head" drill.
+    on_workers = [g for g in candidates if g[role]["node"] != head]
+    g = random.choice(on_workers or candidates)
+    return "node", g[role]["node"]
 
 
 HEAD_RESTART_DELAY_SECONDS = 2.0
@@ -360,28 +364,9 @@ def drill(
         chosen = random.choice(TARGETS) if target == "random" else target
         console.rule(f"Drill {run}/{repeat}: kill the {chosen}")
         wait_cluster_healthy(data_dir)
-        status_before = cluster_status_subprocess(data_dir)
-        kind, name = choose_victim(chosen, status_before)
-        restarted: list[str] = []
+        kind, name = choose_victim(chosen, cluster_status_subprocess(data_dir))
 
-        def kill(kind: str = kind, name: str = name) -> str:
-            if kind == "service":
-                cluster.kill_service(name)
-                time.sleep(GATEWAY_RESTART_DELAY_SECONDS)
-                start_gateway(cluster)
-                return f"gateway (pid {status_before['services'][name]['pid']})"
-            pid = cluster.nodes[name]["pid"]
-            cluster.kill_node(name)
-            if cluster.nodes[name]["role"] == "head":
-                time.sleep(HEAD_RESTART_DELAY_SECONDS)
-                cluster.start_node(name)
-                restarted.append(name)
-            return f"node {name} (session {pid})"
-
-        def recover(kind: str = kind, name: str = name) -> None:
-            if kind == "node" and name not in restarted:
-                cluster.start_node(name)
-
+        kill, recover = _kill_and_recover(cluster, kind, name)
         report = _run_with_progress(url, shard_count, chosen, kill, recover, before, after)
         reports.append(report)
         _print_report(report)
@@ -391,6 +376,33 @@ def drill(
     wait_cluster_healthy(data_dir)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
+
+
+def _kill_and_recover(cluster: LocalCluster, kind: str, name: str) -> tuple[Any, Any]:
+    """SIGKILL the victim; restart the head and the gateway at once (a supervisor would),
+    other nodes only after the load (the ledger must fail over without them)."""
+    restarted: list[str] = []
+
+    def kill() -> str:
+        if kind == "service":
+            pid = cluster.services[name]
+            cluster.kill_service(name)
+            time.sleep(GATEWAY_RESTART_DELAY_SECONDS)
+            start_gateway(cluster)
+            return f"gateway (session {pid})"
+        pid = cluster.nodes[name]["pid"]
+        cluster.kill_node(name)
+        if cluster.nodes[name]["role"] == "head":
+            time.sleep(HEAD_RESTART_DELAY_SECONDS)
+            cluster.start_node(name)
+            restarted.append(name)
+        return f"node {name} (session {pid})"
+
+    def recover() -> None:
+        if kind == "node" and name not in restarted:
+            cluster.start_node(name)
+
+    return kill, recover
 
 
 def _run_with_progress(

@@ -173,20 +173,21 @@ class DrillLoad:
                 n += 1
                 payer = rng.choice(self.payers)
                 payees = rng.sample([a for a in targets if a != payer], rng.randint(1, 3))
-                body = {
-                    "id": f"{payer}-w{worker}-{n}",
+                transfer_id = f"{payer}-w{worker}-{n}"
+                body: dict[str, Any] = {
+                    "id": transfer_id,
                     "from": payer,
                     "to": [{"account": p, "amount": rng.randint(1, 100)} for p in payees],
                     "currency": "USD",
                 }
-                self.sent[body["id"]] = body
+                self.sent[transfer_id] = body
                 submitted = time.monotonic()
                 # The same id until a definitive answer: what a real client does.
                 while not await self._submit(http, body):
                     if self._stop.is_set():
                         break
                     await asyncio.sleep(0.05)
-                if body["id"] in self.acked:
+                if transfer_id in self.acked:
                     now = time.monotonic()
                     self.events.writes.append(now)
                     self.acks.append((self._route(body), submitted, now))
@@ -236,9 +237,7 @@ class DrillLoad:
                 cursor = None
                 while True:
                     params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
-                    response = await http.get(f"/v1/accounts/{account}/transfers", params=params)
-                    response.raise_for_status()
-                    page = response.json()
+                    page = await _get_json(http, f"/v1/accounts/{account}/transfers", params=params)
                     for item in page["items"]:
                         ids.append(item["id"])
                         committed[item["id"]] = item
@@ -253,13 +252,12 @@ class DrillLoad:
                     replayed[item["from"]] -= item["amount"]
                 for leg in item["to"]:
                     replayed[leg["account"]] += leg["amount"]
-            lookup = await http.post(
-                "/v1/balances/lookup", json={"account_ids": self.payers + self.sinks}
+            lookup = await _get_json(
+                http, "/v1/balances/lookup", body={"account_ids": self.payers + self.sinks}
             )
-            lookup.raise_for_status()
-            actual = {row["account_id"]: row["balance"] for row in lookup.json()["balances"]}
+            actual = {row["account_id"]: row["balance"] for row in lookup["balances"]}
             report.doubled += sum(1 for a, v in actual.items() if v != replayed[a])
-            summary = (await http.get("/v1/ledger/summary")).json()
+            summary = await _get_json(http, "/v1/ledger/summary")
             report.sum_of_balances = sum(
                 c["sum_of_balances"] for c in summary["currencies"].values()
             )
@@ -271,6 +269,31 @@ class DrillLoad:
             if submitted >= killed_at and route not in first:
                 first[route] = acked - killed_at
         return max(first.values()) if first else None
+
+
+async def _get_json(
+    http: httpx.AsyncClient,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """An audit read, retried while the ledger answers 503 (a failover still settling)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            if body is None:
+                response = await http.get(path, params=params)
+            else:
+                response = await http.post(path, json=body)
+            if response.status_code < 500:
+                response.raise_for_status()
+                return response.json()
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} still failing after {SETTLE_SECONDS} s")
+        await asyncio.sleep(0.5)
 
 
 Progress = Callable[[str, DrillLoad], None]

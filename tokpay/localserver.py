@@ -29,17 +29,30 @@ def free_port() -> int:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Every live process in session ``sid`` (all started by the server we launched)."""
+    """Every live process in session ``sid`` (all started by the server we launched).
+
+    Zombies are left out: they are dead, cannot be killed again, and stay until their
+    parent (perhaps another process that started them) reaps them.
+    """
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if os.getsid(int(entry.name)) == sid:
+            if os.getsid(int(entry.name)) == sid and not _is_zombie(entry):
                 pids.append(int(entry.name))
         except (ProcessLookupError, PermissionError):
             continue
     return pids
+
+
+def _is_zombie(proc_entry: Path) -> bool:
+    try:
+        stat = (proc_entry / "stat").read_text()
+    except OSError:
+        return True  # gone since it was listed
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 class LocalServer:

@@ -48,7 +48,9 @@ DEAD_AFTER_SECONDS = 0.8
 LEASE_MARGIN_SECONDS = 0.2
 """Added to the lease before promoting: clock-rate differences and scheduling."""
 MONITOR_SECONDS = 0.1
-SUSPECT_SECONDS = 20.0
+RETIRE_AFTER_SECONDS = 30.0
+"""A replaced replica is fenced at once and its process ended this much later."""
+SUSPECT_SECONDS = 5.0
 """A node that just lost a replica gets no new one for this long."""
 CALL_TIMEOUT_SECONDS = 10.0
 CREATE_TIMEOUT_SECONDS = 60.0
@@ -226,14 +228,15 @@ class Controller:
         now = time.monotonic()
         self._last_seen[report.name] = now
         self._reports[report.name] = report
+        routes = msgspec.msgpack.encode(await self.routes())
         for group, g in self._state.groups.items():
             if g.primary is not None and g.primary.name == report.name:
                 if group in self._revoking:
-                    return HeartbeatAnswer(epoch=g.epoch)
+                    return HeartbeatAnswer(epoch=g.epoch, routes=routes)
                 self._last_grant[group] = now
-                return HeartbeatAnswer(epoch=g.epoch, lease=True)
+                return HeartbeatAnswer(epoch=g.epoch, lease=True, routes=routes)
             if g.backup is not None and g.backup.name == report.name:
-                return HeartbeatAnswer(epoch=g.epoch)
+                return HeartbeatAnswer(epoch=g.epoch, routes=routes)
         # Not in the map: replaced by a newer epoch. Stop serving anything.
         return HeartbeatAnswer(epoch=0, fence=True)
 
@@ -312,12 +315,16 @@ class Controller:
                         continue
                     if self._dead(g.primary.name):
                         self._launch(group, self._fail_over(group))
-                    elif g.backup is None or not g.backup_ready or self._dead(g.backup.name):
-                        self._launch(group, self._replace_backup(group))
+                    elif g.backup is None or self._dead(g.backup.name):
+                        self._launch(group, self._replace_backup(group, lost=True))
+                    elif not g.backup_ready:
+                        self._launch(group, self._replace_backup(group, lost=False))
                     else:
                         report = self._reports.get(g.primary.name)
                         if report is not None and report.broken:
-                            self._launch(group, self._replace_backup(group))
+                            # The primary could not reach its backup: replace it, but
+                            # the backup's node may well be fine.
+                            self._launch(group, self._replace_backup(group, lost=False))
             except Exception:
                 log.exception("controller monitor round failed; continuing")
 
@@ -338,6 +345,25 @@ class Controller:
     def _mark_suspect(self, member: Member | None) -> None:
         if member is not None:
             self._suspect[member.node] = time.monotonic() + SUSPECT_SECONDS
+
+    def _retire(self, member: Member | None) -> None:
+        """Fence a replaced replica now and end its process later.
+
+        It may be paused rather than dead; the fence (and, anyway, its expired lease and
+        the epoch its backup now refuses) keeps it harmless until the kill lands.
+        """
+        if member is None:
+            return
+        try:
+            self._handle(member).fence.remote()
+        except Exception as error:
+            log.info("could not fence %s: %r", member.name, error)
+
+        async def later() -> None:
+            await asyncio.sleep(RETIRE_AFTER_SECONDS)
+            self._kill(member)
+
+        asyncio.get_running_loop().create_task(later())
 
     def _kill(self, member: Member | None) -> None:
         if member is None:
@@ -394,7 +420,7 @@ class Controller:
             )
         finally:
             self._revoking.discard(group)
-        self._kill(old)
+        self._retire(old)
         await self._replace_backup(group)
 
     def _pick_node(self, avoid: set[str]) -> str | None:
@@ -411,7 +437,7 @@ class Controller:
         ]
         return min(candidates, key=lambda n: load[n]) if candidates else None
 
-    async def _replace_backup(self, group: str) -> None:
+    async def _replace_backup(self, group: str, *, lost: bool = True) -> None:
         g = self._state.groups[group]
         primary = g.primary
         if primary is None:
@@ -432,8 +458,9 @@ class Controller:
             self._persist()
         old = g.backup
         if old is not None:
-            self._mark_suspect(old)
-            self._kill(old)
+            if lost:
+                self._mark_suspect(old)
+            self._retire(old)
         node = self._pick_node({primary.node})
         if node is None:
             g.backup, g.backup_ready = None, False
@@ -461,6 +488,8 @@ class Controller:
             raise
         g.backup_ready = True
         self._persist()
+        # Reports from before the attach (say, "broken") no longer describe the primary.
+        self._reports.pop(primary.name, None)
         self.rebuilds += 1
         log.warning(
             "%s: backup %s on %s in sync at epoch %d after %.2f s",

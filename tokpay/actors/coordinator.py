@@ -501,6 +501,7 @@ class CoordinatorActor:
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._service: CoordinatorService | None = None
+        self._routes = b""
         if replica is None:
             self._role = Role.PRIMARY
             self._epoch = COORDINATOR_EPOCH
@@ -546,6 +547,8 @@ class CoordinatorActor:
         )
 
     def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
+        if answer.routes:
+            self._routes = answer.routes
         if answer.fence:
             self._fence()
 
@@ -572,6 +575,8 @@ class CoordinatorActor:
             return self._install(payload)
         if method == "stats":
             return encode(await self.stats())
+        if method == "routes":
+            return self._routes
         raise ValueError(f"{method!r} is not served on the channel")
 
     def _install(self, payload: bytes) -> bytes:

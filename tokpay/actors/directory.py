@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import msgspec
 import ray
 
-from tokpay.actors.channel import ChannelAddress, NotPrimary
+from tokpay.actors.channel import (
+    FRAME_HEADER,
+    MAX_FRAME_BYTES,
+    ChannelAddress,
+    NotPrimary,
+    frame,
+)
 from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE, shard_actor_name
 
 COORDINATOR_GROUP = "coordinator"
@@ -56,7 +62,14 @@ class NamedActorDirectory:
 
 
 class ControllerDirectory:
-    """A replicated cluster: the controller's routes, fetched again after a failure."""
+    """A replicated cluster: where each group's primary is, fetched again after a failure.
+
+    Every replica carries the controller's routes (they come with its heartbeat
+    answers), so a lookup asks a few known replicas over their channels and keeps, per
+    group, the route of the highest epoch. Only when none answers does it ask the
+    controller through Ray. The data path thus never depends on this process's Ray
+    connection, which does not survive the loss of the node it is attached to.
+    """
 
     def __init__(self) -> None:
         self._controller: Any = None
@@ -67,20 +80,73 @@ class ControllerDirectory:
     async def routes(self) -> dict[str, Route]:
         async with self._lock:
             if time.monotonic() - self._fetched_at > ROUTES_FRESH_SECONDS:
-                try:
-                    if self._controller is None:
-                        self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-                    self._routes = await asyncio.wait_for(
-                        self._controller.routes.remote(), ROUTES_TIMEOUT_SECONDS
-                    )
-                except Exception as error:
-                    self._controller = None
-                    raise NotPrimary(f"the controller is not reachable: {error!r}") from error
+                found = await self._from_replicas() if self._routes else []
+                if not found:
+                    found = [await self._from_controller()]
+                for routes in found:
+                    self._merge(routes)
                 self._fetched_at = time.monotonic()
             return self._routes
+
+    def _merge(self, routes: dict[str, Route]) -> None:
+        for group, route in routes.items():
+            known = self._routes.get(group)
+            if known is None or (route.epoch, route.address is not None) > (
+                known.epoch,
+                known.address is not None,
+            ):
+                self._routes[group] = route
+
+    async def _from_controller(self) -> dict[str, Route]:
+        try:
+            if self._controller is None:
+                self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            routes: dict[str, Route] = await asyncio.wait_for(
+                self._controller.routes.remote(), ROUTES_TIMEOUT_SECONDS
+            )
+        except Exception as error:
+            self._controller = None
+            raise NotPrimary(f"the controller is not reachable: {error!r}") from error
+        return routes
+
+    async def _from_replicas(self) -> list[dict[str, Route]]:
+        addresses = list({r.address for r in self._routes.values() if r.address is not None})[
+            :REPLICAS_ASKED
+        ]
+        answers = await asyncio.gather(*(_ask_routes(a) for a in addresses))
+        return [a for a in answers if a]
 
     async def address(self, group: str) -> ChannelAddress:
         route = (await self.routes()).get(group)
         if route is None or route.address is None:
             raise NotPrimary(f"{group} has no primary right now")
         return route.address
+
+
+REPLICAS_ASKED = 3
+ASK_TIMEOUT_SECONDS = 0.5
+
+
+async def _ask_routes(address: ChannelAddress) -> dict[str, Route] | None:
+    """One replica's copy of the routes, or None (unreachable, slow, or none yet)."""
+    host, port, token = address
+    writer = None
+    try:
+        async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame(token) + frame(msgspec.msgpack.encode(("routes", b""))))
+            (length,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
+            if length > MAX_FRAME_BYTES:
+                return None
+            ok, result = msgspec.msgpack.decode(
+                await reader.readexactly(length), type=tuple[bool, bytes]
+            )
+        if not ok or not result:
+            return None
+        routes: dict[str, Route] = msgspec.msgpack.decode(result, type=dict[str, Route])
+        return routes
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()

@@ -39,6 +39,9 @@ class HeartbeatAnswer(msgspec.Struct, frozen=True):
     epoch: int
     lease: bool = False
     fence: bool = False
+    routes: bytes = b""
+    """The controller's routes (encoded ``dict[str, Route]``): every replica can tell a
+    client where the primaries are, so clients need no Ray call to find them."""
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True):

@@ -413,6 +413,7 @@ class ShardActor:
         host = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
         self._channel = ChannelServer(self._dispatch, host=host)
         self._epoch = replica.epoch if replica is not None else SINGLE_NODE_EPOCH
+        self._routes = b""
         if replica is not None:
             self._heartbeat = start_heartbeat(replica, self._report, self._on_answer)
 
@@ -429,6 +430,8 @@ class ShardActor:
         )
 
     def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
+        if answer.routes:
+            self._routes = answer.routes
         if answer.fence:
             self.fence()
         elif answer.lease and self._role is Role.PRIMARY:
@@ -439,10 +442,20 @@ class ShardActor:
             raise NotPrimary(f"shard {self._shard}: this replica is {self._role}")
         return self._service
 
-    def _readable(self) -> ShardService:
+    def _leased(self) -> ShardService:
+        """The primary, while its lease holds: only one primary acts at a time.
+
+        (Even without this check a replaced primary could not make a write durable on
+        two machines, since its backup refuses its epoch; the lease keeps it from
+        touching its own log at all.)
+        """
         service = self._primary()
         if not self._lease.valid():
-            raise NotPrimary(f"shard {self._shard}: no read lease")
+            raise NotPrimary(f"shard {self._shard}: no lease from the controller")
+        return service
+
+    def _readable(self) -> ShardService:
+        service = self._leased()
         if service.log.broken:
             raise NotPrimary(f"shard {self._shard}: waiting for a new backup")
         return service
@@ -450,13 +463,15 @@ class ShardActor:
     def _dispatch(self, method: str, payload: bytes) -> bytes:
         with self._lock:
             if method in WRITE_METHODS:
-                result = getattr(self._primary(), method)(payload)
+                result = getattr(self._leased(), method)(payload)
             elif method in READ_METHODS:
                 result = _read(self._readable(), method, payload)
             elif method == "replicate":
                 result = self._backup().follow(payload)
             elif method == "install":
                 result = self._install(payload)
+            elif method == "routes":
+                result = self._routes
             else:
                 raise ValueError(f"{method!r} is not served on the channel")
         return result if isinstance(result, bytes) else encode(result)
