@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import Progress
+from run_all import lua_reads, lua_transfers, wrk  # bench/ is on sys.path when run as a script
 
-from bench.run_all import lua_reads, lua_transfers, wrk
 from tokpay.ledger.routing import shard_of
 from tokpay.localserver import LocalServer, free_port
 
@@ -60,7 +60,9 @@ async def seed(url: str, per_shard: int, shards: int) -> dict[int, list[str]]:
     return by_shard
 
 
-def measure(url: str, by_shard: dict[int, list[str]], connections: int, seconds: int) -> dict[str, Any]:
+def measure(
+    url: str, by_shard: dict[int, list[str]], connections: int, seconds: int
+) -> dict[str, Any]:
     names = [a for accounts in by_shard.values() for a in accounts]
     out = {
         "ceiling": wrk(url, "/livez", None, connections, seconds),
@@ -73,7 +75,11 @@ def measure(url: str, by_shard: dict[int, list[str]], connections: int, seconds:
 
 
 def tokpay(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "tokpay.cli", *args], check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tokpay.cli", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        sys.exit(f"tokpay {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
 def main() -> None:
@@ -138,7 +144,9 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         f"shards {args.shards}, gateway workers {args.workers}, wrk -c{args.connections} "
         f"-d{args.seconds}s; replicated = {args.nodes} nodes, primary + backup per shard\n"
     )
-    print("| scenario | single copy /s | replicated /s | replicated / single | p99 single / repl. (ms) |")
+    print(
+        "| scenario | single copy /s | replicated /s | replicated / single | p99 single / repl. (ms) |"
+    )
     print("|---|---|---|---|---|")
     for key, label in (
         ("ceiling", "ceiling GET /livez"),
@@ -152,7 +160,9 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
         )
     errors = {k: (single[k]["non_2xx"], repl[k]["non_2xx"]) for k in ("reads", "transfers")}
     print(f"\nnon-2xx (single, replicated): {errors}")
-    print(f"sum of balances: single {single['sum_of_balances']}, replicated {repl['sum_of_balances']}")
+    print(
+        f"sum of balances: single {single['sum_of_balances']}, replicated {repl['sum_of_balances']}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] \
     && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ] && [ ! -s "$HOME/.ray/auth_token" ]; then
     "$ray_bin" get-auth-token --generate >/dev/null
+    chmod 600 "$HOME/.ray/auth_token"
     echo "head.sh: made a Ray auth token in $HOME/.ray/auth_token" >&2
 fi
 

@@ -7,8 +7,8 @@
 # resource tokpay_node_NODE_NAME (1000 units) so actors can be pinned to it, and its
 # actors find their node's data dir in TOKPAY_NODE_DATA_DIR (= TOKPAY_DATA_DIR/nodes/
 # NODE_NAME) and the node's name in TOKPAY_NODE_NAME. While the head is down the
-# raylet keeps its actors running and reconnects when the head is back, for as long
-# as the head's TOKPAY_GCS_RECONNECT_TIMEOUT_S allows.
+# raylet keeps its actors running and reconnects when the head is back, if that takes
+# no longer than TOKPAY_GCS_RECONNECT_TIMEOUT_S.
 #
 # Environment (all optional):
 #   TOKPAY_GCS_RECONNECT_TIMEOUT_S

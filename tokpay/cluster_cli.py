@@ -98,21 +98,54 @@ def wait_healthy_gateway(url: str, timeout: float = READY_TIMEOUT_SECONDS) -> No
     raise RuntimeError(f"the gateway at {url} is not healthy after {timeout:.0f} s")
 
 
-def deploy(cluster: LocalCluster, shards: int, fsync: bool) -> Any:
-    """Start (or find) the controller and wait until every group has a primary and a backup."""
-    ray = _attach(cluster)
+def deploy(address: str, nodes: list[str], shards: int, fsync: bool) -> Any:
+    """Start (or find) the controller and wait until every group has a primary and a backup.
+
+    ``nodes[0]`` is the head: the controller lives there (with the GCS it keeps its
+    state in, so it comes back with the head).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
     from tokpay.actors.controller import Controller, node_resource
     from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 
-    head = cluster.head_name
+    if not ray.is_initialized():
+        ray.init(
+            address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING
+        )
     controller = Controller.options(  # type: ignore[attr-defined]
         name=CONTROLLER_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        resources={node_resource(head): 1},
-    ).remote(shards, cluster.node_names, fsync)
+        resources={node_resource(nodes[0]): 1},
+    ).remote(shards, nodes, fsync)
     return ray.get(controller.bootstrap.remote(), timeout=READY_TIMEOUT_SECONDS)
+
+
+@cluster_app.command("deploy")
+def deploy_command(
+    address: Annotated[str, typer.Option(help="The head's GCS address, host:port.")],
+    nodes: Annotated[
+        str, typer.Option(help="Node names, head first, comma-separated (e.g. n0,n1,n2).")
+    ],
+    shards: Annotated[int, typer.Option(help="Shards (each a primary and a backup).")] = 4,
+    fsync: Annotated[bool, typer.Option(help="fsync every log batch on both copies.")] = True,
+) -> None:
+    """On real machines: create TokPay on nodes started with cluster/head.sh and worker.sh.
+
+    Starts the controller (detached, on the head), which places every shard's and the
+    coordinator's primary and backup on different nodes and waits until all are in
+    sync. Safe to run again: it finds the running controller. Then run
+    `TOKPAY_RAY_ADDRESS=ADDRESS tokpay gateway` on each gateway machine.
+    """
+    names = [n.strip() for n in nodes.split(",") if n.strip()]
+    if len(names) < 2:
+        console.print("[red]replication needs at least 2 nodes[/red]")
+        raise typer.Exit(2)
+    deploy(address, names, shards, fsync)
+    console.print(f"TokPay deployed on {', '.join(names)}: {shards} shards, replication factor 2")
 
 
 @cluster_app.command("up")
@@ -148,7 +181,8 @@ def up(
         cluster.up()
     try:
         with console.status(f"Creating the controller, {shards} shards and the coordinator ..."):
-            deploy(cluster, shards, fsync)
+            os.environ.update(cluster.driver_env())
+            deploy(cluster.ray_address, cluster.node_names, shards, fsync)
         with console.status("Starting the gateway ..."):
             start_gateway(cluster)
     except Exception:
@@ -175,7 +209,7 @@ def _status(cluster: LocalCluster) -> dict[str, Any]:
                 "node_id": name,
                 "pid": node["pid"],
                 "role": node["role"],
-                "alive": bool(status.nodes.get(name)) and cluster.node_alive(name),
+                "alive": bool(status.nodes.get(name)) and cluster.node_running(name),
                 "primaries": [
                     g.group for g in status.groups if g.primary and g.primary.node == name
                 ],
@@ -366,7 +400,7 @@ def drill(
         wait_cluster_healthy(data_dir)
         kind, name = choose_victim(chosen, cluster_status_subprocess(data_dir))
 
-        kill, recover = _kill_and_recover(cluster, kind, name)
+        kill, recover = kill_and_recover(cluster, kind, name)
         report = _run_with_progress(url, shard_count, chosen, kill, recover, before, after)
         reports.append(report)
         _print_report(report)
@@ -378,7 +412,7 @@ def drill(
         raise typer.Exit(1)
 
 
-def _kill_and_recover(cluster: LocalCluster, kind: str, name: str) -> tuple[Any, Any]:
+def kill_and_recover(cluster: LocalCluster, kind: str, name: str) -> tuple[Any, Any]:
     """SIGKILL the victim; restart the head and the gateway at once (a supervisor would),
     other nodes only after the load (the ledger must fail over without them)."""
     restarted: list[str] = []

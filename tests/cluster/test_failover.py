@@ -25,7 +25,7 @@ import msgspec
 import pytest
 
 from tokpay.actors.channel import NOT_PRIMARY_CODE, frame, read_frame
-from tokpay.cluster_cli import cluster_status_subprocess, wait_cluster_healthy
+from tokpay.cluster_cli import cluster_status_subprocess, kill_and_recover, wait_cluster_healthy
 from tokpay.drill import DrillReport, run_drill
 from tokpay.ledger.model import Credit, TransferKind, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
@@ -105,9 +105,7 @@ def _session(sid: int) -> list[int]:
 def drill(running: Running, kill: Any, recover: Any, target: str) -> DrillReport:
     wait_cluster_healthy(running.data_dir)
     report = asyncio.run(
-        run_drill(
-            running.url, SHARDS, target, kill, recover, before_seconds=3.0, after_seconds=8.0
-        )
+        run_drill(running.url, SHARDS, target, kill, recover, before_seconds=3.0, after_seconds=8.0)
     )
     print(f"{target}: {report}")
     wait_cluster_healthy(running.data_dir)
@@ -138,40 +136,43 @@ def write_and_read_on_shard(running: Running, shard: int, tag: str) -> None:
         assert balance.status_code == 200 and balance.json()["balance"] == 321
 
 
-def node_kill_drill(running: Running, target: str, group: str, role: str) -> None:
-    before = running.group(group)
-    node = before[role]["node"]
-
-    def kill() -> str:
-        running.cluster.kill_node(node)
-        return node
-
-    def recover() -> None:
-        running.cluster.start_node(node)
-
+def node_kill_drill(running: Running, target: str, role: str) -> None:
+    """Kill the node holding ``role`` of a group (a worker node when possible)."""
+    status = running.status()
+    head = running.cluster.head_name
+    groups = [
+        g for g in status["groups"] if (g["group"] == "coordinator") == (target == "coordinator")
+    ]
+    on_workers = [g for g in groups if g[role]["node"] != head]
+    before = (on_workers or groups)[0]
+    group, node = before["group"], before[role]["node"]
+    kill, recover = kill_and_recover(running.cluster, "node", node)
     report = drill(running, kill, recover, target)
     assert_clean(report)
     after = running.group(group)
     assert after["epoch"] > before["epoch"]
-    assert after["primary"]["node"] != node or role == "backup"
     assert after["backup"]["node"] != after["primary"]["node"]
     if role == "primary":
         # The promoted primary is the old backup, and it serves reads and writes.
         assert after["primary"]["name"] == before["backup"]["name"]
+        assert after["primary"]["node"] != node
         if group != "coordinator":
             write_and_read_on_shard(running, int(group.removeprefix("shard-")), f"promoted-{node}")
+    else:
+        assert after["primary"]["name"] == before["primary"]["name"]
+        assert after["backup"]["name"] != before["backup"]["name"]
 
 
 def test_primary_node_dies_under_load(running: Running) -> None:
-    node_kill_drill(running, "primary", "shard-1", "primary")
+    node_kill_drill(running, "primary", "primary")
 
 
 def test_backup_node_dies_under_load(running: Running) -> None:
-    node_kill_drill(running, "backup", "shard-2", "backup")
+    node_kill_drill(running, "backup", "backup")
 
 
 def test_coordinator_node_dies_under_load(running: Running) -> None:
-    node_kill_drill(running, "coordinator", "coordinator", "primary")
+    node_kill_drill(running, "coordinator", "primary")
 
 
 def _raw_call(address: list[Any], method: str, payload: bytes) -> tuple[bool, bytes]:
