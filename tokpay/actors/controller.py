@@ -72,6 +72,7 @@ class Group(msgspec.Struct):
     backup: Member | None = None
     backup_ready: bool = False
     address: ChannelAddress | None = None
+    backup_address: ChannelAddress | None = None
 
 
 class ClusterState(msgspec.Struct):
@@ -246,6 +247,7 @@ class Controller:
                 epoch=g.epoch,
                 primary=g.primary.name if g.primary else None,
                 address=g.address,
+                backup=g.backup_address if g.backup_ready else None,
             )
             for group, g in self._state.groups.items()
         }
@@ -487,6 +489,7 @@ class Controller:
             self._persist()
             raise
         g.backup_ready = True
+        g.backup_address = address
         self._persist()
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._reports.pop(primary.name, None)

@@ -39,6 +39,8 @@ class Route(msgspec.Struct, frozen=True):
     epoch: int
     primary: str | None
     address: ChannelAddress | None
+    backup: ChannelAddress | None = None
+    """The backup's channel: asked for routes too, when every primary is gone."""
 
 
 class Directory(Protocol):
