@@ -513,3 +513,31 @@ def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> No
     )
     assert votes[0].error == ErrorCode.UNAVAILABLE and prepared == []
     assert ledger.account("alice").held_debit == 1
+
+
+def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
+    ledger: ShardLedger,
+) -> None:
+    order = pay("alice", ("bob", 300), id="p-fence")
+    request = Prepare(
+        txid="tx-new", transfer=Transfer(order=order, created_at=T0), coordinator_epoch=7
+    )
+    votes, _ = ledger.prepare([request])
+    assert votes[0].ok
+    # The old coordinator (epoch 5), resumed after a pause, tries to abort it: ignored.
+    assert ledger.decide([Decision("tx-new", False, 5)]) == []
+    assert ledger.in_doubt() == ["tx-new"]
+    assert ledger.account("alice").held_debit == 300
+    # Its successor decides; a commit (logged on two machines first) from anyone applies.
+    assert ledger.decide([Decision("tx-new", True, 7)]) == [Decision("tx-new", True, 7)]
+    assert balances(ledger, "alice", "bob") == [700, 300]
+    # A transaction the old coordinator prepared may be aborted by the new one.
+    old = Prepare(
+        txid="tx-old",
+        transfer=Transfer(order=pay("alice", ("bob", 5), id="p-old"), created_at=T0),
+        coordinator_epoch=5,
+    )
+    assert ledger.prepare([old])[0][0].ok
+    assert ledger.decide([Decision("tx-old", False, 7)]) == [Decision("tx-old", False, 7)]
+    assert ledger.in_doubt() == []
+    ledger.check_invariants()

@@ -221,7 +221,7 @@ class CoordinatorService:
                     self._call_shard(shard, "in_doubt", b""), SHARD_CALL_TIMEOUT_SECONDS
                 )
                 decisions = [
-                    Decision(t, t in self.pending_commits)
+                    Decision(t, t in self.pending_commits, self.log.epoch)
                     for t in txids
                     if t not in self._inflight_txids
                 ]
@@ -329,8 +329,9 @@ class CoordinatorService:
                     if outcomes[tx.index] is None:
                         outcomes[tx.index] = _unavailable("the coordinator lost its backup; retry")
                 return
-        decisions = [Decision(tx.txid, True) for tx in commits] + [
-            Decision(tx.txid, False) for tx in aborts
+        epoch = self.log.epoch
+        decisions = [Decision(tx.txid, True, epoch) for tx in commits] + [
+            Decision(tx.txid, False, epoch) for tx in aborts
         ]
         participants = {tx.txid: tx.shards for tx in txs}
         undelivered = await self._deliver(decisions, participants)
@@ -387,7 +388,9 @@ class CoordinatorService:
         pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
         if not pending:
             return 0
-        undelivered = await self._deliver([Decision(t, True) for t in pending], pending)
+        undelivered = await self._deliver(
+            [Decision(t, True, self.log.epoch) for t in pending], pending
+        )
         # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
         done = [t for t in pending if t not in undelivered]
         if done:
@@ -400,7 +403,12 @@ class CoordinatorService:
     async def _prepare_on(self, shard: int, group: list[_Tx]) -> None:
         for start in range(0, len(group), MAX_BATCH):
             chunk = group[start : start + MAX_BATCH]
-            payload = encode([Prepare(txid=tx.txid, transfer=tx.transfer) for tx in chunk])
+            payload = encode(
+                [
+                    Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=self.log.epoch)
+                    for tx in chunk
+                ]
+            )
             try:
                 votes = decode(await self._call_shard(shard, "prepare", payload), list[Vote])
             except Exception as error:

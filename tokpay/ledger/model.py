@@ -100,6 +100,8 @@ class Prepare(msgspec.Struct, frozen=True, kw_only=True):
 
     txid: str
     transfer: Transfer
+    coordinator_epoch: int = 0
+    """The epoch of the coordinator that asked; kept with the hold (see ``Decision``)."""
 
 
 class Vote(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +116,11 @@ class Vote(msgspec.Struct, frozen=True, kw_only=True):
 class Decision(msgspec.Struct, frozen=True, array_like=True):
     txid: str
     commit: bool
+    coordinator_epoch: int = 0
+    """An abort from a coordinator older than the one that prepared the transaction is
+    ignored: a deposed coordinator, resumed after a pause, cannot undo the work of the
+    one that replaced it. (Commits are logged on two machines before they are sent, so
+    any coordinator may repeat one.)"""
 
 
 class Prepared(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +130,7 @@ class Prepared(msgspec.Struct, frozen=True, kw_only=True):
     transfer: Transfer
     debit_here: bool
     credits_here: tuple[Credit, ...]
+    coordinator_epoch: int = 0
 
 
 class BalanceView(msgspec.Struct, frozen=True, array_like=True):

@@ -208,6 +208,7 @@ class ShardLedger:
                 transfer=request.transfer,
                 debit_here=debit_here,
                 credits_here=credits_here,
+                coordinator_epoch=request.coordinator_epoch,
             )
             self._hold(record)
             prepared.append(record)
@@ -222,13 +223,17 @@ class ShardLedger:
     def decide(self, decisions: list[Decision]) -> list[Decision]:
         """Apply or release prepared transactions; returns the decisions that changed state.
 
-        Unknown txids are ignored: a decision may be delivered more than once.
+        Unknown txids are ignored: a decision may be delivered more than once. An abort
+        from a coordinator older than the one that prepared the transaction is ignored.
         """
         applied: list[Decision] = []
         for decision in decisions:
-            record = self.prepared.pop(decision.txid, None)
+            record = self.prepared.get(decision.txid)
             if record is None:
                 continue
+            if not decision.commit and decision.coordinator_epoch < record.coordinator_epoch:
+                continue
+            del self.prepared[decision.txid]
             self._release(record)
             if decision.commit:
                 self._commit_legs(
