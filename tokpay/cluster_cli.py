@@ -133,12 +133,14 @@ def deploy_command(
     shards: Annotated[int, typer.Option(help="Shards (each a primary and a backup).")] = 4,
     fsync: Annotated[bool, typer.Option(help="fsync every log batch on both copies.")] = True,
 ) -> None:
-    """On real machines: create TokPay on nodes started with cluster/head.sh and worker.sh.
+    """On real machines: create TokPay on nodes started with cluster/head.sh and
+    worker.sh.
 
-    Starts the controller (detached, on the head), which places every shard's and the
-    coordinator's primary and backup on different nodes and waits until all are in
-    sync. Safe to run again: it finds the running controller. Then run
-    `TOKPAY_RAY_ADDRESS=ADDRESS tokpay gateway` on each gateway machine.
+    Starts the controller (detached, on the head), which places every shard's
+    and the coordinator's primary and backup on different nodes and waits
+    until all are in sync. Safe to run again: it finds the running controller.
+    Then run `TOKPAY_RAY_ADDRESS=ADDRESS tokpay gateway` on each gateway
+    machine.
     """
     names = [n.strip() for n in nodes.split(",") if n.strip()]
     if len(names) < 2:
@@ -159,10 +161,11 @@ def up(
 ) -> None:
     """Start Redis (GCS fault tolerance), the Ray nodes, TokPay and its gateway.
 
-    Every node is a separate process session with its own disk under DATA_DIR/nodes;
-    the head keeps Ray's cluster state in Redis (fsync on every write), so killing
-    and restarting the head loses nothing. Replication factor 2: a shard's primary
-    and backup are always on different nodes.
+    Every node is a separate process session with its own disk under
+    DATA_DIR/nodes; the head keeps Ray's cluster state in Redis (fsync on
+    every write), so killing and restarting the head loses nothing.
+    Replication factor 2: a shard's primary and backup are always on different
+    nodes.
     """
     if nodes < 2:
         console.print("[red]replication needs at least 2 nodes[/red]")
@@ -293,7 +296,9 @@ def status(
 
 @cluster_app.command("down")
 def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
-    """Stop everything `cluster up` started (and nothing else). Data stays on disk."""
+    """Stop everything `cluster up` started (and nothing else). Data stays on
+    disk.
+    """
     cluster = LocalCluster.load(data_dir.resolve())
     with console.status("Stopping the gateway, the nodes and Redis ..."):
         cluster.down()
@@ -375,15 +380,18 @@ def drill(
         Path | None, typer.Option(help="Also write every drill's report here (JSON).")
     ] = None,
 ) -> None:
-    """Failover drill on a running `tokpay cluster up`: load, SIGKILL a target, audit.
+    """Failover drill on a running `tokpay cluster up`: load, SIGKILL a target,
+    audit.
 
-    Runs transfers and balance reads through the gateway, kills the target (a shard
-    primary's node, a backup's node, the coordinator's node, the gateway, or the head
-    node), keeps the load going, restarts what was killed (the head and the gateway at
-    once, as a supervisor would; other nodes after the load), then reports acknowledged
-    transfers, lost (must be 0), applied twice (must be 0), the sum of balances (must
-    be 0), reads that went backwards (must be 0), how long until writes succeeded again,
-    and reads/writes per second before, during and after. Exits non-zero on any violation.
+    Runs transfers and balance reads through the gateway, kills the target (a
+    shard primary's node, a backup's node, the coordinator's node, the
+    gateway, or the head node), keeps the load going, restarts what was killed
+    (the head and the gateway at once, as a supervisor would; other nodes
+    after the load), then reports acknowledged transfers, lost (must be 0),
+    applied twice (must be 0), the sum of balances (must be 0), reads that
+    went backwards (must be 0), how long until writes succeeded again, and
+    reads/writes per second before, during and after. Exits non-zero on any
+    violation.
     """
     if target not in (*TARGETS, "random"):
         console.print(f"[red]--target must be one of {', '.join(TARGETS)}, random[/red]")

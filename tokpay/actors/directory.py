@@ -26,6 +26,7 @@ from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE, s
 COORDINATOR_GROUP = "coordinator"
 ROUTES_TIMEOUT_SECONDS = 2.0
 ROUTES_FRESH_SECONDS = 0.05
+ROUTES_REFRESH_SECONDS = 1.0
 """Concurrent lookups within this window share one call to the controller."""
 
 
@@ -78,8 +79,19 @@ class ControllerDirectory:
         self._routes: dict[str, Route] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._follower: asyncio.Task[None] | None = None
+
+    async def _follow(self) -> None:
+        """Keep the cached routes current (backups included) between failures, so a
+        lookup after a machine dies still knows live replicas to ask."""
+        while True:
+            await asyncio.sleep(ROUTES_REFRESH_SECONDS)
+            for routes in await self._from_replicas():
+                self._merge(routes)
 
     async def routes(self) -> dict[str, Route]:
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
         async with self._lock:
             if time.monotonic() - self._fetched_at > ROUTES_FRESH_SECONDS:
                 found = await self._from_replicas() if self._routes else []
