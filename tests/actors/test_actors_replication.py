@@ -22,7 +22,7 @@ from tests.actors.test_actors_service import (
 )
 from tokpay.actors.channel import ChannelServer, NotPrimary
 from tokpay.actors.protocol import decode, encode
-from tokpay.actors.replication import Install, ReplicatedLog, ShippedRecord
+from tokpay.actors.replication import InstallReceiver, ReplicatedLog, ShippedRecord
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.model import TransferOutcome
 
@@ -36,18 +36,22 @@ class BackupHarness:
         self.promoted = False
         self.service: ShardService | None = None
         self.lock = threading.Lock()
+        self.receiver = InstallReceiver()
         self.server = ChannelServer(self.dispatch)
 
     def dispatch(self, method: str, payload: bytes) -> bytes:
         with self.lock:
             if self.promoted:
                 raise NotPrimary("promoted: no longer a backup")
-            if method == "install":
-                install = decode(payload, Install)
-                if install.epoch != self.epoch:
-                    raise NotPrimary("wrong epoch")
+            if method == "install_begin":
+                self.receiver.begin(payload, self.epoch)
+                return b""
+            if method == "install_chunk":
+                self.receiver.chunk(payload)
+                return b""
+            if method == "install_end":
                 self.service = ShardService.install(
-                    SHARD, SHARD_COUNT, self.root, install, fsync=True
+                    SHARD, SHARD_COUNT, self.root, self.receiver.end(), fsync=True
                 )
                 return b""
             assert self.service is not None
@@ -150,3 +154,21 @@ def test_a_single_copy_log_needs_no_backup(tmp_path: Path) -> None:
     assert isinstance(service.log, ReplicatedLog) and not service.log.required
     create(service, ids_on(SHARD, 1, "s"))
     assert service.log.last_sequence == 1
+
+
+def test_snapshot_travels_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokpay.actors.replication as replication
+
+    primary = primary_service(tmp_path / "p")
+    accounts = ids_on(SHARD, 20, "chunk")
+    first = BackupHarness(tmp_path / "b1", epoch=2)
+    primary.log.attach(2, first.server.address, primary.snapshot_payload())
+    create(primary, accounts)
+    apply(primary, [topup(a, 10, f"t-{a}") for a in accounts])
+    # A tiny chunk size: the install below takes many frames, reassembled exactly.
+    monkeypatch.setattr(replication, "INSTALL_CHUNK_BYTES", 97)
+    assert len(primary.snapshot_payload()) > 20 * 97
+    second = BackupHarness(tmp_path / "b2", epoch=3)
+    primary.log.attach(3, second.server.address, primary.snapshot_payload())
+    assert second.service is not None
+    assert second.service.snapshot_payload() == primary.snapshot_payload()

@@ -48,6 +48,8 @@ DEAD_AFTER_SECONDS = 0.8
 LEASE_MARGIN_SECONDS = 0.2
 """Added to the lease before promoting: clock-rate differences and scheduling."""
 MONITOR_SECONDS = 0.1
+STALL_SECONDS = 0.3
+"""A monitor round this much late means the controller itself stalled."""
 RETIRE_AFTER_SECONDS = 30.0
 """A replaced replica is fenced at once and its process ended this much later."""
 SUSPECT_SECONDS = 5.0
@@ -73,6 +75,9 @@ class Group(msgspec.Struct):
     backup_ready: bool = False
     address: ChannelAddress | None = None
     backup_address: ChannelAddress | None = None
+    standby: Member | None = None
+    """The previous backup while its replacement is being installed: until the new one
+    is in sync it holds every acknowledged record, so it stays a promotion candidate."""
 
 
 class ClusterState(msgspec.Struct):
@@ -138,6 +143,7 @@ class Controller:
         self._live_nodes: set[str] = set(self._state.nodes)
         self._nodes_checked = 0.0
         self._monitor: asyncio.Task[None] | None = None
+        self._save_lock = asyncio.Lock()
         self.failovers = 0
         self.rebuilds = 0
         ray.get_runtime_context().current_actor.start.remote()
@@ -151,6 +157,15 @@ class Controller:
             overwrite=True,
             namespace=KV_NAMESPACE,
         )
+
+    async def _save(self) -> None:
+        """Persist off the event loop (a slow GCS must not stall heartbeats), in order.
+
+        The state is encoded when the write runs, under the lock, so a later write
+        never lands before an earlier one with older contents.
+        """
+        async with self._save_lock:
+            await asyncio.to_thread(self._persist)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -171,7 +186,7 @@ class Controller:
                 primary = self._new_member(group, nodes[index % len(nodes)])
                 state.groups[group] = Group(epoch=1, primary=primary)
                 self._last_grant[group] = time.monotonic()
-            self._persist()
+            await self._save()
             await asyncio.gather(*(self._create_primary(g) for g in state.groups))
         deadline = time.monotonic() + CREATE_TIMEOUT_SECONDS * 2
         while time.monotonic() < deadline:
@@ -215,7 +230,7 @@ class Controller:
         handle = self._spawn(group, g.primary, g.epoch, "primary")  # type: ignore[arg-type]
         await asyncio.wait_for(handle.ready.remote(), CREATE_TIMEOUT_SECONDS)
         g.address = await asyncio.wait_for(handle.channel_address.remote(), CALL_TIMEOUT_SECONDS)
-        self._persist()
+        await self._save()
 
     def _handle(self, member: Member) -> Any:
         handle = self._handles.get(member.name)
@@ -236,7 +251,7 @@ class Controller:
                     return HeartbeatAnswer(epoch=g.epoch, routes=routes)
                 self._last_grant[group] = now
                 return HeartbeatAnswer(epoch=g.epoch, lease=True, routes=routes)
-            if g.backup is not None and g.backup.name == report.name:
+            if any(m is not None and m.name == report.name for m in (g.backup, g.standby)):
                 return HeartbeatAnswer(epoch=g.epoch, routes=routes)
         # Not in the map: replaced by a newer epoch. Stop serving anything.
         return HeartbeatAnswer(epoch=0, fence=True)
@@ -256,7 +271,7 @@ class Controller:
         return self._state.shard_count
 
     async def status(self) -> ControllerStatus:
-        self._refresh_nodes(force=True)
+        await self._refresh_nodes(force=True)
         groups = []
         for group, g in self._state.groups.items():
             primary = self._member_status(g.primary)
@@ -293,13 +308,13 @@ class Controller:
         seen = self._last_seen.get(name, self._started)
         return time.monotonic() - seen > DEAD_AFTER_SECONDS
 
-    def _refresh_nodes(self, force: bool = False) -> None:
+    async def _refresh_nodes(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._nodes_checked < 0.5:
             return
         self._nodes_checked = now
         live = set()
-        for node in ray.nodes():
+        for node in await asyncio.to_thread(ray.nodes):
             if not node.get("Alive"):
                 continue
             for resource in node.get("Resources", {}):
@@ -308,10 +323,21 @@ class Controller:
         self._live_nodes = live
 
     async def _monitor_forever(self) -> None:
+        last_round = time.monotonic()
         while True:
             await asyncio.sleep(MONITOR_SECONDS)
+            now = time.monotonic()
+            stalled = now - last_round - MONITOR_SECONDS
+            last_round = now
+            if stalled > STALL_SECONDS:
+                # This loop did not run (GC, a slow GCS call): heartbeats may be queued
+                # unprocessed. Nobody's silence during our own stall counts against them.
+                log.warning("controller stalled %.2f s; extending every grace period", stalled)
+                for name in self._last_seen:
+                    self._last_seen[name] += stalled
+                continue
             try:
-                self._refresh_nodes()
+                await self._refresh_nodes()
                 for group, g in self._state.groups.items():
                     if group in self._busy or g.primary is None:
                         continue
@@ -378,51 +404,77 @@ class Controller:
         except Exception as error:
             log.info("could not kill %s (already gone?): %r", member.name, error)
 
+    async def _candidate(self, g: Group) -> Member | None:
+        """Which copy to promote: one that holds every acknowledged record.
+
+        The backup, if in sync. While a new backup is being installed, it holds
+        everything acknowledged once its install finished (the primary acknowledges
+        nothing in between); before that, the previous backup (the standby) does.
+        """
+        if g.backup is not None and not self._dead(g.backup.name):
+            if g.backup_ready:
+                return g.backup
+            try:
+                status = await asyncio.wait_for(
+                    self._handle(g.backup).replica_status.remote(), CALL_TIMEOUT_SECONDS
+                )
+                if status.role == "backup" and status.installed:
+                    return g.backup
+            except Exception as error:
+                log.info("status of %s failed: %r", g.backup.name, error)
+        if g.standby is not None and not self._dead(g.standby.name):
+            return g.standby
+        return None
+
     async def _fail_over(self, group: str) -> None:
         g = self._state.groups[group]
         old = g.primary
-        backup = g.backup
-        if backup is None or not g.backup_ready or self._dead(backup.name):
-            log.critical("%s: primary and backup both lost; waiting for one to return", group)
-            await asyncio.sleep(1.0)
-            return
         self._revoking.add(group)
         try:
             # The old primary may still be running: its lease must run out first.
             wait = self._last_grant.get(group, self._started) + LEASE_SECONDS + LEASE_MARGIN_SECONDS
             await asyncio.sleep(max(0.0, wait - time.monotonic()))
+            chosen = await self._candidate(g)
+            if chosen is None:
+                log.critical("%s: primary and backup both lost; waiting for one to return", group)
+                await asyncio.sleep(1.0)
+                return
+            others = [m for m in (g.backup, g.standby) if m is not None and m.name != chosen.name]
             epoch = g.epoch + 1
             g.epoch, g.primary, g.backup, g.backup_ready, g.address = (
                 epoch,
-                backup,
+                chosen,
                 None,
                 False,
                 None,
             )
-            self._persist()
+            g.backup_address, g.standby = None, None
+            await self._save()
             self._mark_suspect(old)
             promoted = await asyncio.wait_for(
-                self._handle(backup).promote.remote(epoch), CALL_TIMEOUT_SECONDS
+                self._handle(chosen).promote.remote(epoch), CALL_TIMEOUT_SECONDS
             )
             if not promoted:
-                raise RuntimeError(f"{backup.name} refused promotion to epoch {epoch}")
+                raise RuntimeError(f"{chosen.name} refused promotion to epoch {epoch}")
             g.address = await asyncio.wait_for(
-                self._handle(backup).channel_address.remote(), CALL_TIMEOUT_SECONDS
+                self._handle(chosen).channel_address.remote(), CALL_TIMEOUT_SECONDS
             )
-            self._persist()
+            await self._save()
             self.failovers += 1
             log.warning(
                 "%s: primary %s on %s lost; %s on %s promoted at epoch %d",
                 group,
                 old and old.name,
                 old and old.node,
-                backup.name,
-                backup.node,
+                chosen.name,
+                chosen.node,
                 epoch,
             )
         finally:
             self._revoking.discard(group)
         self._retire(old)
+        for member in others:
+            self._retire(member)
         await self._replace_backup(group)
 
     def _pick_node(self, avoid: set[str]) -> str | None:
@@ -457,23 +509,32 @@ class Controller:
             g.address = await asyncio.wait_for(
                 self._handle(primary).channel_address.remote(), CALL_TIMEOUT_SECONDS
             )
-            self._persist()
+            await self._save()
         old = g.backup
         if old is not None:
             if lost:
                 self._mark_suspect(old)
-            self._retire(old)
-        node = self._pick_node({primary.node})
+                self._retire(old)
+            elif g.backup_ready:
+                # Alive and in sync until now: it stays a promotion candidate until its
+                # replacement is in sync (a failed install leaves it so for the next try).
+                self._retire(g.standby)
+                g.standby = old
+            else:
+                self._retire(old)
+        node = self._pick_node({primary.node} | ({g.standby.node} if g.standby else set()))
         if node is None:
-            g.backup, g.backup_ready = None, False
-            self._persist()
+            node = self._pick_node({primary.node})
+        if node is None:
+            g.backup, g.backup_ready, g.backup_address = None, False, None
+            await self._save()
             log.error("%s: no live node for a backup; writes wait", group)
             await asyncio.sleep(1.0)
             return
         epoch = g.epoch + 1
         member = self._new_member(group, node)
-        g.epoch, g.backup, g.backup_ready = epoch, member, False
-        self._persist()
+        g.epoch, g.backup, g.backup_ready, g.backup_address = epoch, member, False, None
+        await self._save()
         started = time.monotonic()
         try:
             handle = self._spawn(group, member, epoch, "backup")
@@ -486,11 +547,13 @@ class Controller:
             self._mark_suspect(member)
             self._kill(member)
             g.backup = None
-            self._persist()
+            await self._save()
             raise
+        standby, g.standby = g.standby, None
         g.backup_ready = True
         g.backup_address = address
-        self._persist()
+        await self._save()
+        self._retire(standby)
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._reports.pop(primary.name, None)
         self.rebuilds += 1

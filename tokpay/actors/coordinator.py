@@ -45,7 +45,14 @@ from tokpay.actors.replica import (
     replica_root,
     start_heartbeat,
 )
-from tokpay.actors.replication import Install, ReplicatedLog, ReplicationFailed, Role, ShippedRecord
+from tokpay.actors.replication import (
+    Install,
+    InstallReceiver,
+    ReplicatedLog,
+    ReplicationFailed,
+    Role,
+    ShippedRecord,
+)
 from tokpay.ledger.errors import ErrorCode, LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
@@ -510,6 +517,7 @@ class CoordinatorActor:
         self._sweeper: asyncio.Task[None] | None = None
         self._service: CoordinatorService | None = None
         self._routes = b""
+        self._receiver = InstallReceiver()
         if replica is None:
             self._role = Role.PRIMARY
             self._epoch = COORDINATOR_EPOCH
@@ -579,16 +587,25 @@ class CoordinatorActor:
             if self._role is not Role.BACKUP or self._service is None:
                 raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
             return self._service.follow(payload)
-        if method == "install":
-            return self._install(payload)
+        if method in ("install_begin", "install_chunk", "install_end"):
+            if self._role is not Role.BACKUP:
+                raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
+            if method == "install_begin":
+                self._receiver.begin(payload, self._epoch)
+            elif method == "install_chunk":
+                self._receiver.chunk(payload)
+            else:
+                return self._install(self._receiver.end())
+            return b""
         if method == "stats":
             return encode(await self.stats())
         if method == "routes":
+            if self._role is Role.FENCED:
+                raise NotPrimary("fenced: this replica's routes are stale")
             return self._routes
         raise ValueError(f"{method!r} is not served on the channel")
 
-    def _install(self, payload: bytes) -> bytes:
-        install = decode(payload, Install)
+    def _install(self, install: Install) -> bytes:
         if self._role is not Role.BACKUP or install.epoch != self._epoch:
             raise NotPrimary(f"install of epoch {install.epoch} refused at {self._epoch}")
         if self._service is not None:
@@ -636,6 +653,7 @@ class CoordinatorActor:
             lease=self._role is Role.PRIMARY,
             broken=service.log.broken if service else None,
             pid=os.getpid(),
+            installed=service is not None,
         )
 
     async def ready(self) -> bool:

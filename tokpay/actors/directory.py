@@ -105,10 +105,7 @@ class ControllerDirectory:
     def _merge(self, routes: dict[str, Route]) -> None:
         for group, route in routes.items():
             known = self._routes.get(group)
-            if known is None or (route.epoch, route.address is not None) > (
-                known.epoch,
-                known.address is not None,
-            ):
+            if known is None or _freshness(route) > _freshness(known):
                 self._routes[group] = route
 
     async def _from_controller(self) -> dict[str, Route]:
@@ -135,6 +132,12 @@ class ControllerDirectory:
         if route is None or route.address is None:
             raise NotPrimary(f"{group} has no primary right now")
         return route.address
+
+
+def _freshness(route: Route) -> tuple[int, bool, bool]:
+    """Newer epochs win; within one epoch a route gains its primary's address (after a
+    promotion) and then its backup's (once the backup is in sync)."""
+    return route.epoch, route.address is not None, route.backup is not None
 
 
 REPLICAS_ASKED = 3

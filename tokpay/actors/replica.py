@@ -51,6 +51,8 @@ class ReplicaStatus(msgspec.Struct, frozen=True):
     lease: bool
     broken: str | None
     pid: int
+    installed: bool = False
+    """A backup that has received its primary's snapshot (it follows the log)."""
 
 
 def replica_root(name: str) -> Path:

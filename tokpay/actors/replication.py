@@ -27,7 +27,7 @@ import msgspec
 
 from tokpay.actors.channel import ChannelAddress, NotPrimary, frame, read_frame
 from tokpay.actors.protocol import encode
-from tokpay.wal import WriteAheadLog
+from tokpay.wal import MAX_SNAPSHOT_BYTES, WriteAheadLog
 
 log = logging.getLogger("tokpay.replication")
 
@@ -68,6 +68,48 @@ class Install(msgspec.Struct, array_like=True):
     snapshot: bytes
 
 
+class InstallBegin(msgspec.Struct, array_like=True):
+    epoch: int
+    sequence: int
+    size: int
+
+
+INSTALL_CHUNK_BYTES = 4 * 1024 * 1024
+"""A snapshot travels in chunks, each well under the channel's frame limit."""
+
+
+class InstallReceiver:
+    """A backup's side of a chunked install: begin, chunks, end -> ``Install``."""
+
+    def __init__(self) -> None:
+        self._header: InstallBegin | None = None
+        self._buffer = bytearray()
+
+    def begin(self, payload: bytes, epoch: int) -> None:
+        header = msgspec.msgpack.decode(payload, type=InstallBegin)
+        if header.epoch != epoch:
+            raise NotPrimary(f"install of epoch {header.epoch} refused at epoch {epoch}")
+        if not 0 <= header.size <= MAX_SNAPSHOT_BYTES:
+            raise ValueError(f"snapshot of {header.size} bytes exceeds {MAX_SNAPSHOT_BYTES}")
+        self._header = header
+        self._buffer = bytearray()
+
+    def chunk(self, payload: bytes) -> None:
+        if self._header is None:
+            raise ValueError("install chunk without a beginning")
+        if len(self._buffer) + len(payload) > self._header.size:
+            raise ValueError("install larger than announced")
+        self._buffer += payload
+
+    def end(self) -> Install:
+        header = self._header
+        if header is None or len(self._buffer) != header.size:
+            raise ValueError("install incomplete")
+        install = Install(header.epoch, header.sequence, bytes(self._buffer))
+        self._header, self._buffer = None, bytearray()
+        return install
+
+
 class BackupLink:
     """A blocking connection from a primary to its backup's channel."""
 
@@ -78,8 +120,13 @@ class BackupLink:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.sendall(frame(token))
 
-    def send(self, method: str, payload: bytes) -> None:
+    def send(self, method: str, payload: bytes, timeout: float = SHIP_TIMEOUT_SECONDS) -> None:
+        self._sock.settimeout(timeout)
         self._sock.sendall(frame(msgspec.msgpack.encode((method, payload))))
+
+    def call(self, method: str, payload: bytes, timeout: float) -> bytes:
+        self.send(method, payload, timeout)
+        return self.receive(timeout)
 
     def receive(self, timeout: float = SHIP_TIMEOUT_SECONDS) -> bytes:
         self._sock.settimeout(timeout)
@@ -171,8 +218,12 @@ class ReplicatedLog:
             self.backup = None
         link = BackupLink(address)
         try:
-            link.send("install", encode(Install(epoch, self.wal.last_sequence, snapshot)))
-            link.receive(timeout=INSTALL_TIMEOUT_SECONDS)
+            begin = InstallBegin(epoch, self.wal.last_sequence, len(snapshot))
+            link.call("install_begin", encode(begin), INSTALL_TIMEOUT_SECONDS)
+            for start in range(0, len(snapshot), INSTALL_CHUNK_BYTES):
+                chunk = snapshot[start : start + INSTALL_CHUNK_BYTES]
+                link.call("install_chunk", chunk, INSTALL_TIMEOUT_SECONDS)
+            link.call("install_end", b"", INSTALL_TIMEOUT_SECONDS)
         except BaseException:
             link.close()
             raise

@@ -42,6 +42,7 @@ from tokpay.actors.replica import (
 )
 from tokpay.actors.replication import (
     Install,
+    InstallReceiver,
     Lease,
     ReplicatedLog,
     ReplicationFailed,
@@ -414,6 +415,7 @@ class ShardActor:
         self._channel = ChannelServer(self._dispatch, host=host)
         self._epoch = replica.epoch if replica is not None else SINGLE_NODE_EPOCH
         self._routes = b""
+        self._receiver = InstallReceiver()
         if replica is not None:
             self._heartbeat = start_heartbeat(replica, self._report, self._on_answer)
 
@@ -466,11 +468,26 @@ class ShardActor:
                 result = getattr(self._leased(), method)(payload)
             elif method in READ_METHODS:
                 result = _read(self._readable(), method, payload)
+                # Checked again after the read: a pause in between (GC, SIGSTOP) must not
+                # let a deposed primary answer after its lease ran out.
+                if not self._lease.valid():
+                    raise NotPrimary(f"shard {self._shard}: lease ran out during the read")
             elif method == "replicate":
                 result = self._backup().follow(payload)
-            elif method == "install":
-                result = self._install(payload)
+            elif method == "install_begin":
+                self._backup_role()
+                self._receiver.begin(payload, self._epoch)
+                result = b""
+            elif method == "install_chunk":
+                self._backup_role()
+                self._receiver.chunk(payload)
+                result = b""
+            elif method == "install_end":
+                self._backup_role()
+                result = self._install(self._receiver.end())
             elif method == "routes":
+                if self._role is Role.FENCED:
+                    raise NotPrimary("fenced: this replica's routes are stale")
                 result = self._routes
             else:
                 raise ValueError(f"{method!r} is not served on the channel")
@@ -481,8 +498,11 @@ class ShardActor:
             raise NotPrimary(f"shard {self._shard}: this replica is {self._role}, not a backup")
         return self._service
 
-    def _install(self, payload: bytes) -> bytes:
-        install = decode(payload, Install)
+    def _backup_role(self) -> None:
+        if self._role is not Role.BACKUP:
+            raise NotPrimary(f"shard {self._shard}: this replica is {self._role}, not a backup")
+
+    def _install(self, install: Install) -> bytes:
         if self._role is not Role.BACKUP or install.epoch != self._epoch:
             raise NotPrimary(
                 f"install of epoch {install.epoch} refused by a {self._role} at {self._epoch}"
@@ -545,6 +565,7 @@ class ShardActor:
             lease=self._lease.valid(),
             broken=service.log.broken if service else None,
             pid=os.getpid(),
+            installed=service is not None,
         )
 
     def state_bytes(self) -> bytes:
