@@ -8,6 +8,7 @@ off the hot path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Protocol
 
@@ -22,6 +23,8 @@ from tokpay.actors.channel import (
     frame,
 )
 from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE, shard_actor_name
+
+log = logging.getLogger("tokpay.directory")
 
 COORDINATOR_GROUP = "coordinator"
 ROUTES_TIMEOUT_SECONDS = 2.0
@@ -86,8 +89,11 @@ class ControllerDirectory:
         lookup after a machine dies still knows live replicas to ask."""
         while True:
             await asyncio.sleep(ROUTES_REFRESH_SECONDS)
-            for routes in await self._from_replicas():
-                self._merge(routes)
+            try:
+                for routes in await self._from_replicas():
+                    self._merge(routes)
+            except Exception:
+                log.exception("following the routes failed; will retry")
 
     async def routes(self) -> dict[str, Route]:
         if self._follower is None:
@@ -121,11 +127,19 @@ class ControllerDirectory:
         return routes
 
     async def _from_replicas(self) -> list[dict[str, Route]]:
-        addresses = list({r.address for r in self._routes.values() if r.address is not None})[
-            :REPLICAS_ASKED
-        ]
+        # Primaries and backups: a dead machine may hold every primary (or every backup).
+        primaries = {r.address for r in self._routes.values() if r.address is not None}
+        backups = {r.backup for r in self._routes.values() if r.backup is not None}
+        addresses = list(primaries)[:REPLICAS_ASKED] + list(backups - primaries)[:REPLICAS_ASKED]
         answers = await asyncio.gather(*(_ask_routes(a) for a in addresses))
-        return [a for a in answers if a]
+        found = [a for a in answers if a]
+        if not found:
+            log.warning(
+                "no replica gave routes (asked %s of %d known); asking the controller",
+                [a[:2] for a in addresses],
+                len(self._routes),
+            )
+        return found
 
     async def address(self, group: str) -> ChannelAddress:
         route = (await self.routes()).get(group)
