@@ -38,6 +38,9 @@ INITIAL = 10**9
 WRITERS = 12
 READERS = 4
 REQUEST_TIMEOUT_SECONDS = 20.0
+RESUME_WAIT_SECONDS = 60.0
+"""How long the load waits for writes to resume before the drill counts it a failure."""
+AFTER_RESUME_SECONDS = 4.0
 SETTLE_SECONDS = 60.0
 """After the load stops: how long unanswered transfers are retried before counting as unknown."""
 
@@ -263,12 +266,17 @@ class DrillLoad:
             )
 
     def resume_seconds(self, killed_at: float) -> float | None:
-        """Per route, the first acknowledgement of a write submitted after the kill; the slowest."""
+        """Per route (a shard, or "2pc"), the first acknowledgement of a write submitted
+        after the kill; the slowest of them. None until every route that took writes
+        before the kill has taken one again."""
+        before = {route for route, submitted, _ in self.acks if submitted < killed_at}
         first: dict[str, float] = {}
         for route, submitted, acked in self.acks:
             if submitted >= killed_at and route not in first:
                 first[route] = acked - killed_at
-        return max(first.values()) if first else None
+        if not first or not before <= first.keys():
+            return None
+        return max(first.values())
 
 
 async def _get_json(
@@ -328,8 +336,18 @@ async def run_drill(
     killed_at = time.monotonic()
     victim = await asyncio.to_thread(kill)
     report = DrillReport(target=target, victim=victim)
-    while time.monotonic() - killed_at < after_seconds:
-        show(f"killed {victim}; load continues", load)
+    # At least ``after_seconds``; longer while writes have not resumed everywhere (up to
+    # RESUME_WAIT_SECONDS), then AFTER_RESUME_SECONDS more of steady load.
+    while True:
+        elapsed = time.monotonic() - killed_at
+        resumed = load.resume_seconds(killed_at)
+        if resumed is None:
+            if elapsed >= max(after_seconds, RESUME_WAIT_SECONDS):
+                break
+        elif elapsed >= max(after_seconds, resumed + AFTER_RESUME_SECONDS):
+            break
+        state = "writes resumed" if resumed is not None else "waiting for writes to resume"
+        show(f"killed {victim}; load continues ({state})", load)
         await asyncio.sleep(0.25)
     load.stop()
     show("stopping the load", load)

@@ -33,8 +33,11 @@ from tokpay.localcluster import LocalCluster
 from tokpay.localserver import free_port
 
 SHARDS = 4
-RESUME_LIMIT_SECONDS = 15.0
-"""Generous for a shared 2-core CI machine; bench/RESULTS.md records the measured times."""
+RESUME_LIMIT_SECONDS = 10.0
+"""Writes resume within this after a worker node dies (target 5 s; generous for a shared
+2-core CI machine; bench/RESULTS.md records the measured times)."""
+HEAD_RESUME_LIMIT_SECONDS = 40.0
+"""The head's loss waits for its restart, the GCS reload and the controller's."""
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -112,13 +115,13 @@ def drill(running: Running, kill: Any, recover: Any, target: str) -> DrillReport
     return report
 
 
-def assert_clean(report: DrillReport) -> None:
+def assert_clean(report: DrillReport, limit: float = RESUME_LIMIT_SECONDS) -> None:
     assert report.violations == []
     assert report.acknowledged > 50
     assert report.lost == 0 and report.doubled == 0 and report.backwards_reads == 0
     assert report.sum_of_balances == 0
     assert report.write_resume_seconds is not None
-    assert report.write_resume_seconds < RESUME_LIMIT_SECONDS
+    assert report.write_resume_seconds < limit
     assert report.rates["before"].writes > 0 and report.rates["before"].reads > 0
     assert report.rates["after"].writes > 0
 
@@ -149,7 +152,7 @@ def node_kill_drill(running: Running, target: str, role: str) -> None:
     group, node = before["group"], before[role]["node"]
     kill, recover = kill_and_recover(running.cluster, "node", node)
     report = drill(running, kill, recover, target)
-    assert_clean(report)
+    assert_clean(report, HEAD_RESUME_LIMIT_SECONDS if node == head else RESUME_LIMIT_SECONDS)
     after = running.group(group)
     assert after["epoch"] > before["epoch"]
     assert after["backup"]["node"] != after["primary"]["node"]
