@@ -493,7 +493,15 @@ def _print_report(report: Any) -> None:
     table.add_row("applied twice / balance off (must be 0)", str(report.doubled))
     table.add_row("sum of balances (must be 0)", str(report.sum_of_balances))
     table.add_row("reads went backwards (must be 0)", str(report.backwards_reads))
-    table.add_row("writes succeeded again after", "never" if resume is None else f"{resume:.2f} s")
+    table.add_row(
+        "writes succeeded again after (first ack per shard)",
+        "never" if resume is None else f"{resume:.2f} s",
+    )
+    outage = report.write_outage_seconds
+    table.add_row(
+        "longest write outage after the kill (any shard)",
+        "-" if outage is None else f"{outage:.2f} s",
+    )
     for phase, rates in report.rates.items():
         table.add_row(f"{phase}: reads/s, writes/s", f"{rates.reads:.0f}, {rates.writes:.0f}")
     table.add_row(
@@ -510,19 +518,33 @@ def _print_summary(reports: list[Any]) -> None:
     if len(reports) < 2:
         return
     table = Table(title=f"{len(reports)} drills")
-    for column in ("#", "target", "acked", "lost", "doubled", "sum", "backwards", "resume s", "ok"):
+    columns = (
+        "#",
+        "target",
+        "acked",
+        "lost",
+        "doubled",
+        "sum",
+        "backwards",
+        "resume s",
+        "outage s",
+    )
+    for column in (*columns, "ok"):
         table.add_column(column)
     for index, r in enumerate(reports, 1):
         table.add_row(
             str(index), r.target, str(r.acknowledged), str(r.lost), str(r.doubled),
             str(r.sum_of_balances), str(r.backwards_reads),
             "-" if r.write_resume_seconds is None else f"{r.write_resume_seconds:.2f}",
+            "-" if r.write_outage_seconds is None else f"{r.write_outage_seconds:.2f}",
             "PASS" if r.ok else "FAIL",
         )  # fmt: skip
     console.print(table)
     resumes = sorted(r.write_resume_seconds for r in reports if r.write_resume_seconds is not None)
-    if resumes:
+    outages = sorted(r.write_outage_seconds for r in reports if r.write_outage_seconds is not None)
+    if resumes and outages:
         console.print(
             f"passed {sum(r.ok for r in reports)}/{len(reports)}; write resume: median "
-            f"{resumes[len(resumes) // 2]:.2f} s, max {resumes[-1]:.2f} s"
+            f"{resumes[len(resumes) // 2]:.2f} s, max {resumes[-1]:.2f} s; longest outage: "
+            f"median {outages[len(outages) // 2]:.2f} s, max {outages[-1]:.2f} s"
         )

@@ -21,6 +21,7 @@ the ledger's idempotency makes that safe, and it is what real clients do.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import secrets
 import time
@@ -41,6 +42,8 @@ REQUEST_TIMEOUT_SECONDS = 20.0
 RESUME_WAIT_SECONDS = 60.0
 """How long the load waits for writes to resume before the drill counts it a failure."""
 AFTER_RESUME_SECONDS = 4.0
+STALL_SECONDS = 2.0
+"""A route with no acknowledged write for this long counts as stalled: the load goes on."""
 SETTLE_SECONDS = 60.0
 """After the load stops: how long unanswered transfers are retried before counting as unknown."""
 
@@ -62,6 +65,7 @@ class DrillReport:
     sum_of_balances: int | None = None
     backwards_reads: int = 0
     write_resume_seconds: float | None = None
+    write_outage_seconds: float | None = None
     rates: dict[str, Rates] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -278,6 +282,31 @@ class DrillLoad:
             return None
         return max(first.values())
 
+    def outage_seconds(self, killed_at: float, ended_at: float) -> float:
+        """The longest time any route went without an acknowledged write after the kill.
+
+        Counts from the kill to the first acknowledgement, between acknowledgements, and
+        from the last one to the end of the load. An outage that starts late (a lease
+        running out a second after the head dies) is caught too.
+        """
+        times: dict[str, list[float]] = {}
+        for route, _, acked in self.acks:
+            if acked >= killed_at:
+                times.setdefault(route, []).append(acked)
+        routes = {route for route, _, _ in self.acks}
+        worst = 0.0
+        for route in routes:
+            points = [killed_at, *sorted(times.get(route, [])), ended_at]
+            worst = max(worst, *(b - a for a, b in itertools.pairwise(points)))
+        return worst
+
+    def stalled(self, now: float) -> bool:
+        """Whether some route that takes writes has had none acknowledged lately."""
+        last: dict[str, float] = {}
+        for route, _, acked in self.acks:
+            last[route] = max(last.get(route, 0.0), acked)
+        return any(now - t > STALL_SECONDS for t in last.values())
+
 
 async def _get_json(
     http: httpx.AsyncClient,
@@ -339,12 +368,13 @@ async def run_drill(
     # At least ``after_seconds``; longer while writes have not resumed everywhere (up to
     # RESUME_WAIT_SECONDS), then AFTER_RESUME_SECONDS more of steady load.
     while True:
-        elapsed = time.monotonic() - killed_at
+        now = time.monotonic()
+        elapsed = now - killed_at
         resumed = load.resume_seconds(killed_at)
-        if resumed is None:
-            if elapsed >= max(after_seconds, RESUME_WAIT_SECONDS):
-                break
-        elif elapsed >= max(after_seconds, resumed + AFTER_RESUME_SECONDS):
+        if elapsed >= RESUME_WAIT_SECONDS:
+            break
+        settled = resumed is not None and not load.stalled(now)
+        if settled and elapsed >= max(after_seconds, (resumed or 0.0) + AFTER_RESUME_SECONDS):
             break
         state = "writes resumed" if resumed is not None else "waiting for writes to resume"
         show(f"killed {victim}; load continues ({state})", load)
@@ -363,6 +393,7 @@ async def run_drill(
     report.backwards_reads = load.backwards
     report.errors = dict(load.errors)
     report.write_resume_seconds = load.resume_seconds(killed_at)
+    report.write_outage_seconds = load.outage_seconds(killed_at, ended)
     resumed_at = killed_at + (report.write_resume_seconds or 0.0)
     for phase, (start, end) in {
         "before": (started, killed_at),
@@ -390,5 +421,10 @@ def _judge(report: DrillReport) -> None:
         report.violations.append(f"{report.unsettled} transfers never got an answer")
     if report.write_resume_seconds is None:
         report.violations.append("writes never succeeded again after the kill")
+    elif (
+        report.write_outage_seconds is not None
+        and report.write_outage_seconds >= RESUME_WAIT_SECONDS
+    ):
+        report.violations.append(f"writes stopped for {report.write_outage_seconds:.0f} s")
     if report.acknowledged == 0:
         report.violations.append("no transfer was acknowledged")
