@@ -232,10 +232,13 @@ class Controller:
         g.address = await asyncio.wait_for(handle.channel_address.remote(), CALL_TIMEOUT_SECONDS)
         await self._save()
 
-    def _handle(self, member: Member) -> Any:
+    async def _handle(self, member: Member) -> Any:
+        """The replica's actor handle; a lookup runs off the event loop (for an actor on
+        a node that just died it can block for seconds, and heartbeats must not wait)."""
         handle = self._handles.get(member.name)
         if handle is None:
-            handle = self._handles[member.name] = ray.get_actor(member.name, namespace=NAMESPACE)
+            handle = await asyncio.to_thread(ray.get_actor, member.name, namespace=NAMESPACE)
+            self._handles[member.name] = handle
         return handle
 
     # -- what replicas and clients call ------------------------------------------------------
@@ -378,29 +381,29 @@ class Controller:
         """Fence a replaced replica now and end its process later.
 
         It may be paused rather than dead; the fence (and, anyway, its expired lease and
-        the epoch its backup now refuses) keeps it harmless until the kill lands.
+        the epoch its backup now refuses) keeps it harmless until the kill lands. Runs
+        as its own task: nothing here may hold up the monitor.
         """
         if member is None:
             return
-        try:
-            self._handle(member).fence.remote()
-        except Exception as error:
-            log.info("could not fence %s: %r", member.name, error)
 
-        async def later() -> None:
+        async def retire() -> None:
+            try:
+                (await self._handle(member)).fence.remote()
+            except Exception as error:
+                log.info("could not fence %s: %r", member.name, error)
             await asyncio.sleep(RETIRE_AFTER_SECONDS)
-            self._kill(member)
+            await self._kill(member)
 
-        asyncio.get_running_loop().create_task(later())
+        asyncio.get_running_loop().create_task(retire())
 
-    def _kill(self, member: Member | None) -> None:
+    async def _kill(self, member: Member | None) -> None:
         if member is None:
             return
-        handle = self._handles.pop(member.name, None)
         try:
-            if handle is None:
-                handle = ray.get_actor(member.name, namespace=NAMESPACE)
-            ray.kill(handle, no_restart=True)
+            handle = await self._handle(member)
+            self._handles.pop(member.name, None)
+            await asyncio.to_thread(ray.kill, handle, no_restart=True)
         except Exception as error:
             log.info("could not kill %s (already gone?): %r", member.name, error)
 
@@ -416,7 +419,7 @@ class Controller:
                 return g.backup
             try:
                 status = await asyncio.wait_for(
-                    self._handle(g.backup).replica_status.remote(), CALL_TIMEOUT_SECONDS
+                    (await self._handle(g.backup)).replica_status.remote(), CALL_TIMEOUT_SECONDS
                 )
                 if status.role == "backup" and status.installed:
                     return g.backup
@@ -452,12 +455,12 @@ class Controller:
             await self._save()
             self._mark_suspect(old)
             promoted = await asyncio.wait_for(
-                self._handle(chosen).promote.remote(epoch), CALL_TIMEOUT_SECONDS
+                (await self._handle(chosen)).promote.remote(epoch), CALL_TIMEOUT_SECONDS
             )
             if not promoted:
                 raise RuntimeError(f"{chosen.name} refused promotion to epoch {epoch}")
             g.address = await asyncio.wait_for(
-                self._handle(chosen).channel_address.remote(), CALL_TIMEOUT_SECONDS
+                (await self._handle(chosen)).channel_address.remote(), CALL_TIMEOUT_SECONDS
             )
             await self._save()
             self.failovers += 1
@@ -499,15 +502,15 @@ class Controller:
         if g.address is None:
             # A restart interrupted a promotion: finish it (promote is idempotent).
             await asyncio.wait_for(
-                self._handle(primary).promote.remote(g.epoch), CALL_TIMEOUT_SECONDS
+                (await self._handle(primary)).promote.remote(g.epoch), CALL_TIMEOUT_SECONDS
             )
             status = await asyncio.wait_for(
-                self._handle(primary).replica_status.remote(), CALL_TIMEOUT_SECONDS
+                (await self._handle(primary)).replica_status.remote(), CALL_TIMEOUT_SECONDS
             )
             if status.role != "primary":
                 raise RuntimeError(f"{primary.name} is {status.role}, expected primary")
             g.address = await asyncio.wait_for(
-                self._handle(primary).channel_address.remote(), CALL_TIMEOUT_SECONDS
+                (await self._handle(primary)).channel_address.remote(), CALL_TIMEOUT_SECONDS
             )
             await self._save()
         old = g.backup
@@ -541,11 +544,12 @@ class Controller:
             await asyncio.wait_for(handle.ready.remote(), CREATE_TIMEOUT_SECONDS)
             address = await asyncio.wait_for(handle.channel_address.remote(), CALL_TIMEOUT_SECONDS)
             await asyncio.wait_for(
-                self._handle(primary).attach_backup.remote(epoch, address), CREATE_TIMEOUT_SECONDS
+                (await self._handle(primary)).attach_backup.remote(epoch, address),
+                CREATE_TIMEOUT_SECONDS,
             )
         except Exception:
             self._mark_suspect(member)
-            self._kill(member)
+            await self._kill(member)
             g.backup = None
             await self._save()
             raise
