@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from tokpay.localcluster import LocalCluster
+from tokpay.localserver import wait_healthy
 
 console = Console()
 cluster_app = typer.Typer(
@@ -87,15 +87,8 @@ def start_gateway(cluster: LocalCluster) -> None:
 
 
 def wait_healthy_gateway(url: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the gateway at {url} is not healthy after {timeout:.0f} s")
+    if not wait_healthy(url, timeout):
+        raise RuntimeError(f"the gateway at {url} is not healthy after {timeout:.0f} s")
 
 
 def deploy(address: str, nodes: list[str], shards: int, fsync: bool) -> Any:
@@ -107,8 +100,8 @@ def deploy(address: str, nodes: list[str], shards: int, fsync: bool) -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    from tokpay.actors.controller import Controller, node_resource
-    from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
+    from tokpay.actors.controller import Controller
+    from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE, node_resource
 
     if not ray.is_initialized():
         ray.init(

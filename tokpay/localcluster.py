@@ -34,6 +34,7 @@ from typing import Any, Literal, TypedDict
 
 import msgspec
 
+from tokpay.actors.naming import NODE_RESOURCE_PREFIX, node_resource
 from tokpay.localserver import session_pids
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "cluster"
@@ -41,7 +42,6 @@ STATE_FILE_NAME = "cluster.json"
 STATE_VERSION = 1
 HEAD_NAME = "n0"
 MAX_NODES = 16
-NODE_RESOURCE_PREFIX = "tokpay_node_"
 """Same prefix as in cluster/*.sh: node NAME offers ``tokpay_node_NAME`` (1000 units)."""
 NODE_CPUS = 2
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -118,10 +118,6 @@ class _RayNode(msgspec.Struct):
     names: list[str]
     alive: bool
     start_time_ms: int
-
-
-def node_resource(name: str) -> str:
-    return f"{NODE_RESOURCE_PREFIX}{name}"
 
 
 def node_name(index: int) -> str:

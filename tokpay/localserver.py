@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,23 @@ def _is_zombie(proc_entry: Path) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
+def wait_healthy(url: str, timeout: float, *, check: Callable[[], None] = lambda: None) -> bool:
+    """Poll ``url``/healthz until it answers 200 (True) or ``timeout`` passes (False).
+
+    ``check`` runs before each try and may raise (say, the server process has exited).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
 class LocalServer:
     """``tokpay serve`` as a child process in its own session."""
 
@@ -83,17 +101,14 @@ class LocalServer:
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def still_running() -> None:
+            if process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server not healthy in time:\n{self.log_path.read_text()[-3000:]}")
+
+        if not wait_healthy(self.url, START_TIMEOUT_SECONDS, check=still_running):
+            raise RuntimeError(f"server not healthy in time:\n{self.log_path.read_text()[-3000:]}")
 
     def kill_hard(self) -> None:
         """SIGKILL every process of the server's session, as a power cut would."""

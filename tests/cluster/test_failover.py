@@ -30,7 +30,7 @@ from tokpay.drill import DrillReport, run_drill
 from tokpay.ledger.model import Credit, TransferKind, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
 from tokpay.localcluster import LocalCluster
-from tokpay.localserver import free_port
+from tokpay.localserver import free_port, session_pids
 
 SHARDS = 4
 RESUME_LIMIT_SECONDS = 10.0
@@ -94,15 +94,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         leftovers = [
             pid
             for node in LocalCluster.load(data_dir).nodes.values()
-            for pid in _session(node["pid"])
+            for pid in session_pids(node["pid"])
         ]
         assert leftovers == [], f"processes left running: {leftovers}"
-
-
-def _session(sid: int) -> list[int]:
-    from tokpay.localserver import session_pids
-
-    return session_pids(sid)
 
 
 def drill(running: Running, kill: Any, recover: Any, target: str) -> DrillReport:

@@ -136,7 +136,7 @@ class ChannelServer:
 AsyncDispatch = Callable[[str, bytes], Awaitable[bytes]]
 
 
-async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
+async def read_frame_async(reader: asyncio.StreamReader) -> bytes:
     (length,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
     if length > MAX_FRAME_BYTES:
         raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
@@ -165,11 +165,11 @@ class AsyncChannelServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if not hmac.compare_digest(await _read_frame_async(reader), self._token):
+            if not hmac.compare_digest(await read_frame_async(reader), self._token):
                 return
             while True:
                 method, payload = msgspec.msgpack.decode(
-                    await _read_frame_async(reader), type=tuple[str, bytes]
+                    await read_frame_async(reader), type=tuple[str, bytes]
                 )
                 try:
                     reply = msgspec.msgpack.encode((True, await self._dispatch(method, payload)))
@@ -243,11 +243,8 @@ class ActorChannel:
             self._reader, self._writer = await asyncio.open_connection(host, port)
             self._writer.write(frame(token))
         self._writer.write(request)
-        (length,) = FRAME_HEADER.unpack(await self._reader.readexactly(FRAME_HEADER.size))
-        if length > MAX_FRAME_BYTES:
-            raise OSError(f"reply of {length} bytes exceeds the frame limit")
         ok, result = msgspec.msgpack.decode(
-            await self._reader.readexactly(length), type=tuple[bool, bytes]
+            await read_frame_async(self._reader), type=tuple[bool, bytes]
         )
         if not ok:
             code, detail = msgspec.msgpack.decode(result, type=tuple[str, str])

@@ -34,7 +34,7 @@ from ray.experimental import internal_kv
 from tokpay.actors.channel import ChannelAddress
 from tokpay.actors.coordinator import CoordinatorActor
 from tokpay.actors.directory import COORDINATOR_GROUP, Route, shard_group
-from tokpay.actors.naming import NAMESPACE
+from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
 from tokpay.actors.replica import HeartbeatAnswer, HeartbeatReport, ReplicaSpec
 from tokpay.actors.replication import LEASE_SECONDS
 from tokpay.actors.shard import ShardActor
@@ -56,11 +56,6 @@ SUSPECT_SECONDS = 5.0
 """A node that just lost a replica gets no new one for this long."""
 CALL_TIMEOUT_SECONDS = 10.0
 CREATE_TIMEOUT_SECONDS = 60.0
-NODE_RESOURCE_PREFIX = "tokpay_node_"
-
-
-def node_resource(node: str) -> str:
-    return f"{NODE_RESOURCE_PREFIX}{node}"
 
 
 class Member(msgspec.Struct):
@@ -226,8 +221,10 @@ class Controller:
 
     async def _create_primary(self, group: str) -> None:
         g = self._state.groups[group]
-        assert_member(g.primary)
-        handle = self._spawn(group, g.primary, g.epoch, "primary")  # type: ignore[arg-type]
+        primary = g.primary
+        if primary is None:
+            raise RuntimeError(f"{group} has no primary to create")
+        handle = self._spawn(group, primary, g.epoch, "primary")
         await asyncio.wait_for(handle.ready.remote(), CREATE_TIMEOUT_SECONDS)
         g.address = await asyncio.wait_for(handle.channel_address.remote(), CALL_TIMEOUT_SECONDS)
         await self._save()
@@ -569,8 +566,3 @@ class Controller:
             epoch,
             time.monotonic() - started,
         )
-
-
-def assert_member(member: Member | None) -> None:
-    if member is None:
-        raise RuntimeError("group has no primary")

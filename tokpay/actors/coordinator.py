@@ -43,9 +43,12 @@ from tokpay.actors.replica import (
     ReplicaSpec,
     ReplicaStatus,
     replica_root,
+    report_of,
     start_heartbeat,
+    status_of,
 )
 from tokpay.actors.replication import (
+    INSTALL_METHODS,
     Install,
     InstallReceiver,
     ReplicatedLog,
@@ -553,14 +556,8 @@ class CoordinatorActor:
     # -- roles -----------------------------------------------------------------------------
 
     def _report(self) -> HeartbeatReport:
-        service = self._service
-        return HeartbeatReport(
-            name=self._replica.name if self._replica else "",
-            epoch=self._epoch,
-            role=str(self._role),
-            sequence=service.log.last_sequence if service else 0,
-            broken=bool(service and service.log.broken),
-        )
+        log = self._service.log if self._service is not None else None
+        return report_of(self._replica, str(self._role), self._epoch, log)
 
     def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
         if answer.routes:
@@ -587,16 +584,11 @@ class CoordinatorActor:
             if self._role is not Role.BACKUP or self._service is None:
                 raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
             return self._service.follow(payload)
-        if method in ("install_begin", "install_chunk", "install_end"):
+        if method in INSTALL_METHODS:
             if self._role is not Role.BACKUP:
                 raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
-            if method == "install_begin":
-                self._receiver.begin(payload, self._epoch)
-            elif method == "install_chunk":
-                self._receiver.chunk(payload)
-            else:
-                return self._install(self._receiver.end())
-            return b""
+            install = self._receiver.receive(method, payload, self._epoch)
+            return self._install(install) if install is not None else b""
         if method == "stats":
             return encode(await self.stats())
         if method == "routes":
@@ -645,16 +637,8 @@ class CoordinatorActor:
         return True
 
     async def replica_status(self) -> ReplicaStatus:
-        service = self._service
-        return ReplicaStatus(
-            role=str(self._role),
-            epoch=self._epoch,
-            sequence=service.log.last_sequence if service else 0,
-            lease=self._role is Role.PRIMARY,
-            broken=service.log.broken if service else None,
-            pid=os.getpid(),
-            installed=service is not None,
-        )
+        log = self._service.log if self._service is not None else None
+        return status_of(str(self._role), self._epoch, log, lease=self._role is Role.PRIMARY)
 
     async def ready(self) -> bool:
         return True

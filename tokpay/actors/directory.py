@@ -16,11 +16,11 @@ import msgspec
 import ray
 
 from tokpay.actors.channel import (
-    FRAME_HEADER,
-    MAX_FRAME_BYTES,
     ChannelAddress,
+    ChannelError,
     NotPrimary,
     frame,
+    read_frame_async,
 )
 from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE, shard_actor_name
 
@@ -166,17 +166,14 @@ async def _ask_routes(address: ChannelAddress) -> dict[str, Route] | None:
         async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(frame(token) + frame(msgspec.msgpack.encode(("routes", b""))))
-            (length,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
-            if length > MAX_FRAME_BYTES:
-                return None
             ok, result = msgspec.msgpack.decode(
-                await reader.readexactly(length), type=tuple[bool, bytes]
+                await read_frame_async(reader), type=tuple[bool, bytes]
             )
         if not ok or not result:
             return None
         routes: dict[str, Route] = msgspec.msgpack.decode(result, type=dict[str, Route])
         return routes
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError):
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ChannelError, msgspec.DecodeError):
         return None
     finally:
         if writer is not None:

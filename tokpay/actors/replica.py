@@ -11,7 +11,7 @@ import msgspec
 import ray
 
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
-from tokpay.actors.replication import Heartbeat
+from tokpay.actors.replication import Heartbeat, ReplicatedLog
 
 HEARTBEAT_TIMEOUT_SECONDS = 0.5
 
@@ -82,9 +82,29 @@ def start_heartbeat(
             raise
         return answer
 
-    def apply(asked_at: float, answer: object) -> None:
-        assert_type = isinstance(answer, HeartbeatAnswer)
-        if assert_type:
-            on_answer(asked_at, answer)  # type: ignore[arg-type]
+    return Heartbeat(send, on_answer)
 
-    return Heartbeat(send, apply)
+
+def report_of(
+    spec: ReplicaSpec | None, role: str, epoch: int, log: ReplicatedLog | None
+) -> HeartbeatReport:
+    """What a replica (shard or coordinator copy) tells the controller about itself."""
+    return HeartbeatReport(
+        name=spec.name if spec else "",
+        epoch=epoch,
+        role=role,
+        sequence=log.last_sequence if log else 0,
+        broken=bool(log and log.broken),
+    )
+
+
+def status_of(role: str, epoch: int, log: ReplicatedLog | None, *, lease: bool) -> ReplicaStatus:
+    return ReplicaStatus(
+        role=role,
+        epoch=epoch,
+        sequence=log.last_sequence if log else 0,
+        lease=lease,
+        broken=log.broken if log else None,
+        pid=os.getpid(),
+        installed=log is not None,
+    )

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 import msgspec
 
@@ -68,6 +69,9 @@ class Install(msgspec.Struct, array_like=True):
     snapshot: bytes
 
 
+INSTALL_METHODS = frozenset({"install_begin", "install_chunk", "install_end"})
+
+
 class InstallBegin(msgspec.Struct, array_like=True):
     epoch: int
     sequence: int
@@ -100,6 +104,16 @@ class InstallReceiver:
         if len(self._buffer) + len(payload) > self._header.size:
             raise ValueError("install larger than announced")
         self._buffer += payload
+
+    def receive(self, method: str, payload: bytes, epoch: int) -> Install | None:
+        """One install frame (``install_begin|chunk|end``); the whole Install at the end."""
+        if method == "install_begin":
+            self.begin(payload, epoch)
+        elif method == "install_chunk":
+            self.chunk(payload)
+        else:
+            return self.end()
+        return None
 
     def end(self) -> Install:
         header = self._header
@@ -270,8 +284,8 @@ class Heartbeat:
 
     def __init__(
         self,
-        report: Callable[[], object],
-        on_answer: Callable[[float, object], None],
+        report: Callable[[], Any],
+        on_answer: Callable[[float, Any], None],
     ) -> None:
         self._report = report
         self._on_answer = on_answer

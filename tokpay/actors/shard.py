@@ -38,9 +38,12 @@ from tokpay.actors.replica import (
     ReplicaSpec,
     ReplicaStatus,
     replica_root,
+    report_of,
     start_heartbeat,
+    status_of,
 )
 from tokpay.actors.replication import (
+    INSTALL_METHODS,
     Install,
     InstallReceiver,
     Lease,
@@ -422,14 +425,10 @@ class ShardActor:
     # -- roles -----------------------------------------------------------------------------
 
     def _report(self) -> HeartbeatReport:
-        service = self._service
-        return HeartbeatReport(
-            name=self._replica.name if self._replica else "",
-            epoch=self._epoch,
-            role=str(self._role),
-            sequence=service.log.last_sequence if service else 0,
-            broken=bool(service and service.log.broken),
-        )
+        return report_of(self._replica, str(self._role), self._epoch, self._log())
+
+    def _log(self) -> ReplicatedLog | None:
+        return self._service.log if self._service is not None else None
 
     def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
         if answer.routes:
@@ -474,17 +473,10 @@ class ShardActor:
                     raise NotPrimary(f"shard {self._shard}: lease ran out during the read")
             elif method == "replicate":
                 result = self._backup().follow(payload)
-            elif method == "install_begin":
+            elif method in INSTALL_METHODS:
                 self._backup_role()
-                self._receiver.begin(payload, self._epoch)
-                result = b""
-            elif method == "install_chunk":
-                self._backup_role()
-                self._receiver.chunk(payload)
-                result = b""
-            elif method == "install_end":
-                self._backup_role()
-                result = self._install(self._receiver.end())
+                install = self._receiver.receive(method, payload, self._epoch)
+                result = self._install(install) if install is not None else b""
             elif method == "routes":
                 if self._role is Role.FENCED:
                     raise NotPrimary("fenced: this replica's routes are stale")
@@ -557,16 +549,7 @@ class ShardActor:
         return True
 
     def replica_status(self) -> ReplicaStatus:
-        service = self._service
-        return ReplicaStatus(
-            role=str(self._role),
-            epoch=self._epoch,
-            sequence=service.log.last_sequence if service else 0,
-            lease=self._lease.valid(),
-            broken=service.log.broken if service else None,
-            pid=os.getpid(),
-            installed=service is not None,
-        )
+        return status_of(str(self._role), self._epoch, self._log(), lease=self._lease.valid())
 
     def state_bytes(self) -> bytes:
         """The full in-memory state, encoded: equal bytes mean equal replicas."""
