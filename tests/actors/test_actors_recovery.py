@@ -20,8 +20,8 @@ import tokpay.actors.coordinator as coordinator_module
 from tokpay.actors.coordinator import CoordinatorActor, CoordinatorService
 from tokpay.actors.deploy import LedgerHandles, connect_ledger, read_shard_count
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
-from tokpay.actors.protocol import decode, encode
-from tokpay.actors.shard import ShardService, ShardStats
+from tokpay.actors.protocol import ShardStats, decode, encode
+from tokpay.actors.shard import ShardService
 from tokpay.client import LedgerClient, SyncLedgerClient
 from tokpay.ledger.errors import ErrorCode
 from tokpay.ledger.model import (

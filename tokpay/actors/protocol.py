@@ -54,6 +54,22 @@ class CoordinatorDone(msgspec.Struct, tag="done"):
 
 CoordinatorRecord = CoordinatorCommit | CoordinatorDone
 
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, float("inf"))
+
+
+class ShardStats(msgspec.Struct, kw_only=True):
+    shard: int
+    accounts: int
+    transfers: int
+    prepared: int
+    log_sequence: int
+    batches: int = 0
+    batch_items: int = 0
+    fsyncs: int = 0
+    fsync_seconds: float = 0.0
+    fsync_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * len(FSYNC_BUCKETS))
+
+
 _encoder = msgspec.msgpack.Encoder()
 
 

@@ -23,9 +23,11 @@ import ray
 
 from tokpay.actors.channel import ChannelAddress, ChannelServer, NotPrimary
 from tokpay.actors.protocol import (
+    FSYNC_BUCKETS,
     AccountsCreated,
     HistoryReply,
     ShardRecord,
+    ShardStats,
     TransfersCommitted,
     TxDecided,
     TxPrepared,
@@ -71,24 +73,9 @@ SNAPSHOT_EVERY_RECORDS = 20_000
 SINGLE_NODE_EPOCH = 1
 """The epoch used while a shard has a single copy (replication raises it)."""
 
-FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, float("inf"))
-
 
 def now_micros() -> int:
     return time.time_ns() // 1_000
-
-
-class ShardStats(msgspec.Struct, kw_only=True):
-    shard: int
-    accounts: int
-    transfers: int
-    prepared: int
-    log_sequence: int
-    batches: int = 0
-    batch_items: int = 0
-    fsyncs: int = 0
-    fsync_seconds: float = 0.0
-    fsync_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * len(FSYNC_BUCKETS))
 
 
 class ShardService:

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tokpay.actors.shard import FSYNC_BUCKETS, ShardStats
+from tokpay.actors.protocol import FSYNC_BUCKETS, ShardStats
 
 REQUESTS = Counter("tokpay_http_requests_total", "HTTP requests answered", ["route", "status"])
 LATENCY = Histogram(

@@ -25,8 +25,7 @@ from tokpay.actors.directory import (
     shard_group,
 )
 from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE
-from tokpay.actors.protocol import HistoryReply, decode, encode
-from tokpay.actors.shard import ShardStats
+from tokpay.actors.protocol import HistoryReply, ShardStats, decode, encode
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
