@@ -61,8 +61,10 @@ class RecordingHandle:
 
         class Method:
             def remote(self, *args: Any) -> Any:
-                items = msgspec.msgpack.decode(args[0]) if args else []
-                calls.append((method, len(items)))
+                # A shard is called as ``call(method, payload)``; the coordinator by name.
+                name, payload = args if method == "call" else (method, *args[:1])
+                items = msgspec.msgpack.decode(payload) if payload else []
+                calls.append((name, len(items)))
                 return target.remote(*args)
 
         return Method()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import tokpay.actors.coordinator as coordinator_module
+import tokpay.actors.two_phase as two_phase_module
 from tokpay.actors.coordinator import CoordinatorService
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.shard import ShardService
@@ -32,8 +32,8 @@ from tokpay.ledger.routing import shard_of
 def test_retry_during_partial_delivery_is_never_a_false_ack_or_conflict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreachable: int
 ) -> None:
-    monkeypatch.setattr(coordinator_module, "DECIDE_ATTEMPTS", 2)
-    monkeypatch.setattr(coordinator_module, "DECIDE_BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(two_phase_module, "DECIDE_ATTEMPTS", 2)
+    monkeypatch.setattr(two_phase_module, "DECIDE_BACKOFF_SECONDS", 0)
     shards = [ShardService(i, 2, tmp_path, fsync=False) for i in range(2)]
     payer = next(f"u{n}" for n in range(100) if shard_of(f"u{n}", 2) == 0)
     payee = next(f"u{n}" for n in range(100) if shard_of(f"u{n}", 2) == 1)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import ray
 
-import tokpay.actors.coordinator as coordinator_module
+import tokpay.actors.two_phase as two_phase_module
 from tokpay.actors.coordinator import CoordinatorActor, CoordinatorService
 from tokpay.actors.deploy import LedgerHandles, connect_ledger, read_shard_count
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
@@ -85,7 +85,7 @@ def open_funded(client: SyncLedgerClient, ids: Sequence[str], amount: int) -> No
 
 def remote_account(handles: LedgerHandles, account_id: str) -> Account:
     shard = handles.shards[shard_of(account_id, SHARDS)]
-    found: Account = decode(ray.get(shard.account.remote(account_id)), Account)
+    found: Account = decode(ray.get(shard.call.remote("account", encode(account_id))), Account)
     return found
 
 
@@ -132,10 +132,13 @@ def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_pat
     participants = [handles.shards[payer_shard], handles.shards[shard_of(payee, SHARDS)]]
     votes = [
         decode(raw, list[Vote])
-        for raw in ray.get([p.prepare.remote(prepare) for p in participants])
+        for raw in ray.get([p.call.remote("prepare", prepare) for p in participants])
     ]
     assert votes == [[Vote(txid="ind-tx", ok=True)]] * 2
-    assert ray.get([p.in_doubt.remote() for p in participants]) == [["ind-tx"]] * 2
+    assert [
+        decode(r, list[str])
+        for r in ray.get([p.call.remote("in_doubt", b"") for p in participants])
+    ] == [["ind-tx"]] * 2
     held_payer, held_payee = remote_account(handles, payer), remote_account(handles, payee)
     assert (held_payer.balance, held_payer.held_debit) == (100, 60)
     assert (held_payee.balance, held_payee.held_credit) == (100, 60)
@@ -146,7 +149,10 @@ def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_pat
     assert taken[0].error == ErrorCode.TRANSFER_ID_CONFLICT
 
     assert ray.get(coordinator.resolve_in_doubt.remote()) == {"redelivered": 0, "aborted": 2}
-    assert ray.get([s.in_doubt.remote() for s in handles.shards]) == [[]] * SHARDS
+    assert [
+        decode(r, list[str])
+        for r in ray.get([s.call.remote("in_doubt", b"") for s in handles.shards])
+    ] == [[]] * SHARDS
     released_payer, released_payee = remote_account(handles, payer), remote_account(handles, payee)
     assert (released_payer.balance, released_payer.held_debit) == (100, 0)
     assert (released_payee.balance, released_payee.held_credit) == (100, 0)
@@ -181,8 +187,8 @@ class FlakyShards:
 def test_logged_commit_is_redelivered_after_coordinator_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coordinator_module, "DECIDE_ATTEMPTS", 2)
-    monkeypatch.setattr(coordinator_module, "DECIDE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(two_phase_module, "DECIDE_ATTEMPTS", 2)
+    monkeypatch.setattr(two_phase_module, "DECIDE_BACKOFF_SECONDS", 0.0)
     services = [ShardService(i, SHARDS, tmp_path) for i in range(SHARDS)]
     payer = ids_on(0, 1, "rd-payer")[0]
     payee_1 = ids_on(1, 1, "rd-payee")[0]
@@ -299,7 +305,7 @@ def test_shard_killed_under_load_keeps_every_acknowledged_transfer(
     assert len(acked) > 500
 
     ray.get(victim.ready.remote(), timeout=RESTART_TIMEOUT_SECONDS)
-    restarted = decode(ray.get(victim.stats.remote()), ShardStats)
+    restarted = decode(ray.get(victim.call.remote("stats", b"")), ShardStats)
     assert restarted.batches < restarted.log_sequence, "shard 1 was not restarted"
 
     async def retry(pending: list[TransferOrder]) -> dict[str, TransferOutcome | BaseException]:
@@ -331,7 +337,10 @@ def test_shard_killed_under_load_keeps_every_acknowledged_transfer(
         assert committed[transfer_id] == transfer, "an acknowledged transfer changed or vanished"
 
     ray.get(handles.coordinator.resolve_in_doubt.remote())
-    assert ray.get([s.in_doubt.remote() for s in handles.shards]) == [[]] * SHARDS
+    assert [
+        decode(r, list[str])
+        for r in ray.get([s.call.remote("in_doubt", b"") for s in handles.shards])
+    ] == [[]] * SHARDS
 
     async def audit() -> tuple[list[list[str]], list[Transfer | None]]:
         client = LedgerClient(handles)
@@ -374,7 +383,10 @@ def test_full_restart_on_the_same_directory_is_identical(
         async def histories() -> list[list[str]]:
             return await asyncio.gather(*(history_ids(client, a) for a in accounts))
 
-        stats = [decode(raw, ShardStats) for raw in ray.get([s.stats.remote() for s in h.shards])]
+        stats = [
+            decode(raw, ShardStats)
+            for raw in ray.get([s.call.remote("stats", b"") for s in h.shards])
+        ]
         return (
             ray.get([s.all_balances.remote() for s in h.shards]),
             [(s.accounts, s.transfers, s.prepared, s.log_sequence) for s in stats],

@@ -21,8 +21,8 @@ from tests.actors.test_actors_service import (
     topup,
 )
 from tokpay.actors.channel import ChannelServer, NotPrimary
-from tokpay.actors.protocol import decode, encode
-from tokpay.actors.replication import InstallReceiver, ReplicatedLog, ShippedRecord
+from tokpay.actors.protocol import ShippedRecord, decode, encode
+from tokpay.actors.replication import InstallReceiver, ReplicatedLog
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.model import TransferOutcome
 

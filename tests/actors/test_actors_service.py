@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import tokpay.actors.shard as shard_module
+import tokpay.actors.replicated_service as replicated_service_module
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.errors import ErrorCode
@@ -164,7 +164,7 @@ def test_snapshot_drops_old_segments_and_restart_matches(
         ) -> WriteAheadLog:
             return super().open(directory, segment_bytes=segment_bytes, fsync=fsync, floor=floor)
 
-    monkeypatch.setattr(shard_module, "WriteAheadLog", SmallSegmentLog)
+    monkeypatch.setattr(replicated_service_module, "WriteAheadLog", SmallSegmentLog)
     wal_dir = tmp_path / f"shard-{SHARD}" / "wal"
     snapshot_dir = tmp_path / f"shard-{SHARD}" / "snapshots"
 
@@ -198,7 +198,7 @@ def test_snapshot_drops_old_segments_and_restart_matches(
 def test_automatic_snapshot_every_n_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shard_module, "SNAPSHOT_EVERY_RECORDS", 4)
+    monkeypatch.setattr(replicated_service_module, "SNAPSHOT_EVERY_RECORDS", 4)
     service = open_service(tmp_path)
     populate(service, "au", rounds=3)  # 1 + 1 + 3 records: one snapshot after the fourth
     snapshots = sorted((tmp_path / f"shard-{SHARD}" / "snapshots").glob("*.snap"))

@@ -23,6 +23,12 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from tokpay.actors.protocol import ChannelAddress
+from tokpay.actors.timing import (
+    CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    CHANNEL_RETRY_BACKOFF_SECONDS,
+    CHANNEL_RETRY_BUDGET_SECONDS,
+)
 from tokpay.ledger.errors import ErrorCode, LedgerError
 
 log = logging.getLogger("tokpay.channel")
@@ -33,9 +39,6 @@ MAX_CONNECTIONS = 256
 """Open channel connections one shard accepts (gateway processes x shards is far below)."""
 
 Dispatch = Callable[[str, bytes], bytes]
-
-ChannelAddress = tuple[str, int, bytes]
-"""(host, port, token) as the server registers it with Ray."""
 
 
 class ChannelError(Exception):
@@ -186,13 +189,6 @@ class AsyncChannelServer:
 # -- caller side ------------------------------------------------------------------------
 
 
-RETRY_BUDGET_SECONDS = 15.0
-"""How long a call keeps retrying (reconnecting, finding a new primary) before 503.
-
-Covers a failover: lease wait, promotion and a new backup take a few seconds."""
-RETRY_BACKOFF_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-REQUEST_TIMEOUT_SECONDS = 5.0
-
 AddressLookup = Callable[[], Awaitable[ChannelAddress]]
 
 
@@ -212,18 +208,20 @@ class ActorChannel:
     async def call(self, method: str, payload: bytes) -> bytes:
         request = frame(msgspec.msgpack.encode((method, payload)))
         async with self._lock:
-            deadline = time.monotonic() + RETRY_BUDGET_SECONDS
+            deadline = time.monotonic() + CHANNEL_RETRY_BUDGET_SECONDS
             attempt = 0
             while True:
                 try:
                     return await asyncio.wait_for(
-                        self._round_trip(request), REQUEST_TIMEOUT_SECONDS
+                        self._round_trip(request), CHANNEL_REQUEST_TIMEOUT_SECONDS
                     )
                 except LedgerError:
                     raise
                 except Exception as error:
                     self._close()
-                    pause = RETRY_BACKOFF_SECONDS[min(attempt, len(RETRY_BACKOFF_SECONDS) - 1)]
+                    pause = CHANNEL_RETRY_BACKOFF_SECONDS[
+                        min(attempt, len(CHANNEL_RETRY_BACKOFF_SECONDS) - 1)
+                    ]
                     attempt += 1
                     if attempt == 1 or attempt % 10 == 0:
                         log.warning("channel %s failed (try %d): %r", method, attempt, error)

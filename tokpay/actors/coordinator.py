@@ -12,86 +12,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from tokpay.actors.channel import ActorChannel, AsyncChannelServer, ChannelAddress, NotPrimary
-from tokpay.actors.directory import (
-    ControllerDirectory,
-    Directory,
-    NamedActorDirectory,
-    shard_group,
-)
+from tokpay.actors.channel import ActorChannel, AsyncChannelServer, NotPrimary
+from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
+from tokpay.actors.naming import shard_group
 from tokpay.actors.protocol import (
+    ChannelAddress,
     CoordinatorCommit,
     CoordinatorDone,
     CoordinatorRecord,
+    ReplicaSpec,
+    ReplicaStatus,
     decode,
     encode,
 )
-from tokpay.actors.replica import (
-    HeartbeatAnswer,
-    HeartbeatReport,
-    ReplicaSpec,
-    ReplicaStatus,
-    replica_root,
-    report_of,
-    start_heartbeat,
-    status_of,
+from tokpay.actors.replica_host import SINGLE_NODE_EPOCH, ReplicaHost, replica_root
+from tokpay.actors.replicated_service import ReplicatedService
+from tokpay.actors.replication import ReplicationFailed, Role
+from tokpay.actors.timing import SHARD_CALL_TIMEOUT_SECONDS, SWEEP_INTERVAL_SECONDS
+from tokpay.actors.two_phase import (
+    PendingTx,
+    ShardCall,
+    deliver,
+    follow_outcome,
+    prepare_on,
+    refusal,
+    unavailable,
 )
-from tokpay.actors.replication import (
-    INSTALL_METHODS,
-    Install,
-    InstallReceiver,
-    ReplicatedLog,
-    ReplicationFailed,
-    Role,
-    ShippedRecord,
-)
-from tokpay.ledger.errors import ErrorCode, LedgerError, check
+from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH
-from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
+from tokpay.ledger.model import Decision, Transfer, TransferOrder, TransferOutcome
 from tokpay.ledger.routing import shard_of
-from tokpay.wal import (
-    SequenceGap,
-    WalFatalIOError,
-    WriteAheadLog,
-    read_latest_snapshot,
-    write_snapshot,
-)
 
 log = logging.getLogger("tokpay.coordinator")
 
-COORDINATOR_EPOCH = 1
-DECIDE_ATTEMPTS = 10
-"""Tries to deliver a decision before leaving it to the periodic sweep."""
-DECIDE_BACKOFF_SECONDS = 0.5
-SWEEP_INTERVAL_SECONDS = 2.0
-SHARD_CALL_TIMEOUT_SECONDS = 10.0
-SNAPSHOT_EVERY_RECORDS = 20_000
 
-ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
-"""(shard, method, payload) -> result: how the coordinator reaches a participant."""
+class CoordinatorService(ReplicatedService):
+    """The coordinator's state machine: commit decisions not yet applied everywhere."""
 
+    label = "coordinator"
 
-@dataclass
-class _Tx:
-    index: int
-    txid: str
-    transfer: Transfer
-    shards: list[int]
-    votes: dict[int, Vote] = field(default_factory=dict)
-
-
-class CoordinatorService:
     def __init__(
         self,
         shard_count: int,
@@ -99,33 +66,13 @@ class CoordinatorService:
         call_shard: ShardCall,
         *,
         fsync: bool = True,
-        epoch: int = COORDINATOR_EPOCH,
+        epoch: int = SINGLE_NODE_EPOCH,
         replicated: bool = False,
         root: Path | None = None,
         wal_floor: int = 0,
     ) -> None:
         self._shard_count = shard_count
         self._call_shard = call_shard
-        root = root if root is not None else data_dir / "coordinator"
-        self._snapshot_dir = root / "snapshots"
-        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
-        self._wal = WriteAheadLog.open(root / "wal", fsync=fsync, floor=wal_floor)
-        self.log = ReplicatedLog(self._wal, epoch, required=replicated)
-        # Commit decisions not yet applied by every participant: txid -> participant shards.
-        self.pending_commits: dict[str, list[int]] = {}
-        snapshot_sequence = 0
-        found = read_latest_snapshot(self._snapshot_dir)
-        if found is not None:
-            snapshot_sequence, payload = found
-            self.pending_commits = decode(payload, dict[str, list[int]])
-        check(
-            self._wal.last_sequence >= snapshot_sequence,
-            f"coordinator log ends at {self._wal.last_sequence}, before its snapshot at "
-            f"{snapshot_sequence}; refusing to start on a lost or replaced log",
-        )
-        for record in self._wal.records(after_sequence=snapshot_sequence):
-            self._replay(decode(record.payload, CoordinatorRecord))
-        self._records_since_snapshot = 0
         self._inflight_txids: set[str] = set()
         self._inflight_orders: dict[str, tuple[TransferOrder, asyncio.Future[TransferOutcome]]] = {}
         self._recovered = False
@@ -133,11 +80,24 @@ class CoordinatorService:
         self._recovery_lock = asyncio.Lock()
         self.committed = 0
         self.aborted = 0
-        log.info(
-            "coordinator recovered: %d commit decisions to re-deliver", len(self.pending_commits)
+        super().__init__(
+            root if root is not None else data_dir / "coordinator",
+            fsync=fsync,
+            epoch=epoch,
+            replicated=replicated,
+            wal_floor=wal_floor,
         )
 
-    def _replay(self, record: CoordinatorRecord) -> None:
+    # -- the state machine ---------------------------------------------------------------
+
+    def restore(self, snapshot: bytes | None) -> None:
+        # Commit decisions not yet applied by every participant: txid -> participant shards.
+        self.pending_commits: dict[str, list[int]] = (
+            {} if snapshot is None else decode(snapshot, dict[str, list[int]])
+        )
+
+    def apply_record(self, payload: bytes) -> None:
+        record = decode(payload, CoordinatorRecord)
         if isinstance(record, CoordinatorCommit):
             for txid, shards in zip(record.txids, record.participants, strict=True):
                 self.pending_commits[txid] = shards
@@ -145,28 +105,20 @@ class CoordinatorService:
             for txid in record.txids:
                 self.pending_commits.pop(txid, None)
 
+    def snapshot_payload(self) -> bytes:
+        return encode(self.pending_commits)
+
+    def recovered(self, snapshot_sequence: int, replayed: int) -> None:
+        super().recovered(snapshot_sequence, replayed)
+        log.info("coordinator: %d commit decisions to re-deliver", len(self.pending_commits))
+
     def _append(self, record: CoordinatorRecord) -> None:
         """Durable here and on the backup, or ``ReplicationFailed``.
 
         After a failure nothing is delivered from memory (``can_act`` is False) until a
         new backup is installed from this state or the backup is promoted instead.
         """
-        try:
-            self.log.append(encode(record))
-        except ReplicationFailed:
-            raise
-        except WalFatalIOError:
-            log.critical("coordinator: log write failed; stopping", exc_info=True)
-            os._exit(70)
-        self._after_append()
-
-    def _after_append(self) -> None:
-        self._records_since_snapshot += 1
-        if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
-            sequence = self._wal.last_sequence
-            write_snapshot(self._snapshot_dir, sequence, encode(self.pending_commits))
-            self._wal.truncate_before(sequence + 1)
-            self._records_since_snapshot = 0
+        self.append(encode(record), 1)
 
     # -- public --------------------------------------------------------------------------
 
@@ -193,29 +145,6 @@ class CoordinatorService:
         except NotPrimary:
             return False
         return True
-
-    def follow(self, payload: bytes) -> bytes:
-        """Backup: append the primary's record verbatim, then apply it."""
-        shipped = decode(payload, ShippedRecord)
-        if shipped.epoch != self.log.epoch:
-            raise NotPrimary(f"record of epoch {shipped.epoch} refused at {self.log.epoch}")
-        try:
-            self._wal.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
-        except SequenceGap as error:
-            raise NotPrimary(f"out of order: {error}") from error
-        except WalFatalIOError:
-            log.critical("coordinator backup: log write failed; stopping", exc_info=True)
-            os._exit(70)
-        self._replay(decode(shipped.payload, CoordinatorRecord))
-        self._after_append()
-        return b""
-
-    def snapshot_payload(self) -> bytes:
-        return encode(self.pending_commits)
-
-    def close(self) -> None:
-        self.log.detach(self.log.epoch)
-        self._wal.close()
 
     async def resolve_in_doubt(self) -> dict[str, int]:
         """Re-deliver logged commits and abort every in-doubt transaction without one."""
@@ -263,7 +192,7 @@ class CoordinatorService:
         loop = asyncio.get_running_loop()
         outcomes: list[TransferOutcome | None] = [None] * len(orders)
         waiters: list[tuple[int, TransferOrder, asyncio.Future[TransferOutcome]]] = []
-        txs: list[_Tx] = []
+        txs: list[PendingTx] = []
         now = time.time_ns() // 1_000
         for index, order in enumerate(orders):
             # No validation pass here: the gateway validated at the edge, and every
@@ -278,7 +207,7 @@ class CoordinatorService:
             debit_shard = shard_of(order.debit, self._shard_count)
             others = {shard_of(a, self._shard_count) for a in order.accounts()} - {debit_shard}
             txs.append(
-                _Tx(
+                PendingTx(
                     index,
                     txid,
                     Transfer(order=order, created_at=now),
@@ -300,26 +229,29 @@ class CoordinatorService:
                     else:
                         future.set_result(result)
         for index, order, future in waiters:
-            outcomes[index] = _follow(order, await future)
-        return [o if o is not None else _unavailable("no outcome") for o in outcomes]
+            outcomes[index] = follow_outcome(order, await future)
+        return [o if o is not None else unavailable("no outcome") for o in outcomes]
 
-    async def _run(self, txs: list[_Tx], outcomes: list[TransferOutcome | None]) -> None:
+    async def _run(self, txs: list[PendingTx], outcomes: list[TransferOutcome | None]) -> None:
         if not txs:
             return
-        by_shard: dict[int, list[_Tx]] = {}
+        by_shard: dict[int, list[PendingTx]] = {}
         for tx in txs:
             for shard in tx.shards:
                 by_shard.setdefault(shard, []).append(tx)
-        await asyncio.gather(*(self._prepare_on(shard, group) for shard, group in by_shard.items()))
+        epoch = self.log.epoch
+        await asyncio.gather(
+            *(prepare_on(self._call_shard, s, group, epoch) for s, group in by_shard.items())
+        )
 
-        commits: list[_Tx] = []
-        aborts: list[_Tx] = []
+        commits: list[PendingTx] = []
+        aborts: list[PendingTx] = []
         for tx in txs:
             if len(tx.votes) == len(tx.shards) and all(v.ok for v in tx.votes.values()):
                 commits.append(tx)
             else:
                 aborts.append(tx)
-                outcomes[tx.index] = _refusal(tx)
+                outcomes[tx.index] = refusal(tx)
         if commits:
             # The in-memory map changes first so a snapshot taken by _append includes it.
             for tx in commits:
@@ -337,18 +269,18 @@ class CoordinatorService:
                 # (which never saw it) aborts them.
                 for tx in txs:
                     if outcomes[tx.index] is None:
-                        outcomes[tx.index] = _unavailable("the coordinator lost its backup; retry")
+                        outcomes[tx.index] = unavailable("the coordinator lost its backup; retry")
                 return
         epoch = self.log.epoch
         decisions = [Decision(tx.txid, True, epoch) for tx in commits] + [
             Decision(tx.txid, False, epoch) for tx in aborts
         ]
         participants = {tx.txid: tx.shards for tx in txs}
-        undelivered = await self._deliver(decisions, participants)
+        undelivered = await deliver(self._call_shard, decisions, participants)
         done = [tx.txid for tx in commits if tx.txid not in undelivered]
         for tx in commits:
             if tx.txid in undelivered:
-                outcomes[tx.index] = _unavailable(
+                outcomes[tx.index] = unavailable(
                     "the transfer committed but a participant has not applied it yet; "
                     "retry with the same id"
                 )
@@ -365,7 +297,7 @@ class CoordinatorService:
         await self._confirm_replays(aborts, outcomes)
 
     async def _confirm_replays(
-        self, aborts: list[_Tx], outcomes: list[TransferOutcome | None]
+        self, aborts: list[PendingTx], outcomes: list[TransferOutcome | None]
     ) -> None:
         """Answer "already committed" only once every logged commit reached every shard.
 
@@ -388,7 +320,7 @@ class CoordinatorService:
             return
         if any(t not in self._inflight_txids for t in self.pending_commits):
             for tx in replays:
-                outcomes[tx.index] = _unavailable(
+                outcomes[tx.index] = unavailable(
                     "the transfer committed and is still being applied; retry with the same id"
                 )
 
@@ -398,8 +330,8 @@ class CoordinatorService:
         pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
         if not pending:
             return 0
-        undelivered = await self._deliver(
-            [Decision(t, True, self.log.epoch) for t in pending], pending
+        undelivered = await deliver(
+            self._call_shard, [Decision(t, True, self.log.epoch) for t in pending], pending
         )
         # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
         done = [t for t in pending if t not in undelivered]
@@ -409,89 +341,6 @@ class CoordinatorService:
             with contextlib.suppress(ReplicationFailed):
                 self._append(CoordinatorDone(txids=done))
         return len(done)
-
-    async def _prepare_on(self, shard: int, group: list[_Tx]) -> None:
-        for start in range(0, len(group), MAX_BATCH):
-            chunk = group[start : start + MAX_BATCH]
-            payload = encode(
-                [
-                    Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=self.log.epoch)
-                    for tx in chunk
-                ]
-            )
-            try:
-                votes = decode(await self._call_shard(shard, "prepare", payload), list[Vote])
-            except Exception as error:
-                log.warning("prepare on shard %d failed: %s", shard, error)
-                votes = [
-                    Vote(
-                        txid=tx.txid,
-                        ok=False,
-                        error=ErrorCode.UNAVAILABLE,
-                        detail="shard unavailable",
-                    )
-                    for tx in chunk
-                ]
-            for tx, vote in zip(chunk, votes, strict=True):
-                # A vote counts only for the transaction it names.
-                if vote.txid == tx.txid:
-                    tx.votes[shard] = vote
-
-    async def _deliver(
-        self, decisions: list[Decision], participants: dict[str, list[int]]
-    ) -> set[str]:
-        """Send decisions to every participant, retrying; returns txids not fully delivered."""
-        by_shard: dict[int, list[Decision]] = {}
-        for decision in decisions:
-            for shard in participants[decision.txid]:
-                by_shard.setdefault(shard, []).append(decision)
-        failed = await asyncio.gather(
-            *(self._deliver_to(shard, group) for shard, group in by_shard.items())
-        )
-        return {txid for shard_failures in failed for txid in shard_failures}
-
-    async def _deliver_to(self, shard: int, decisions: list[Decision]) -> set[str]:
-        for start in range(0, len(decisions), MAX_BATCH):
-            chunk = decisions[start : start + MAX_BATCH]
-            for attempt in range(DECIDE_ATTEMPTS):
-                try:
-                    await self._call_shard(shard, "decide", encode(chunk))
-                    break
-                except Exception as error:
-                    log.warning("decide on shard %d failed (try %d): %s", shard, attempt + 1, error)
-                    await asyncio.sleep(DECIDE_BACKOFF_SECONDS)
-            else:
-                return {d.txid for d in decisions[start:]}
-        return set()
-
-
-def _refusal(tx: _Tx) -> TransferOutcome:
-    # Votes arrive debit shard first, so its reason (funds, conflict) wins.
-    for shard in tx.shards:
-        vote = tx.votes.get(shard)
-        if vote is None:
-            continue
-        if vote.existing is not None:
-            return TransferOutcome(transfer=vote.existing, replayed=True)
-        if not vote.ok:
-            return TransferOutcome(error=vote.error, detail=vote.detail)
-    return _unavailable("a participant did not vote")
-
-
-def _unavailable(detail: str) -> TransferOutcome:
-    return TransferOutcome(error=ErrorCode.UNAVAILABLE, detail=detail)
-
-
-def _follow(order: TransferOrder, first: TransferOutcome) -> TransferOutcome:
-    """Outcome for an order that arrived while the same id was in flight."""
-    if first.transfer is not None:
-        if first.transfer.order != order:
-            return TransferOutcome(
-                error=ErrorCode.TRANSFER_ID_CONFLICT,
-                detail=f"transfer {order.id!r} exists with a different body",
-            )
-        return TransferOutcome(transfer=first.transfer, replayed=True)
-    return first
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)  # type: ignore[call-overload]
@@ -512,133 +361,64 @@ class CoordinatorActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self._channels: dict[int, ActorChannel] = {}
         self._shard_count = shard_count
-        self._fsync = fsync
-        self._replica = replica
         self._directory: Directory = (
             NamedActorDirectory(shard_count) if replica is None else ControllerDirectory()
         )
         self._sweeper: asyncio.Task[None] | None = None
-        self._service: CoordinatorService | None = None
-        self._routes = b""
-        self._receiver = InstallReceiver()
-        if replica is None:
-            self._role = Role.PRIMARY
-            self._epoch = COORDINATOR_EPOCH
-            self._root = Path(data_dir) / "coordinator"
-            self._service = CoordinatorService(shard_count, Path(data_dir), self._call, fsync=fsync)
-        else:
-            self._role = Role(replica.role)
-            self._epoch = replica.epoch
-            self._root = replica_root(replica.name)
-            if self._role is Role.PRIMARY:
-                self._service = self._new_service(replica.epoch)
-        self._host = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
+        root = Path(data_dir) / "coordinator" if replica is None else replica_root(replica.name)
+
+        def open_service(epoch: int, replicated: bool, wal_floor: int) -> CoordinatorService:
+            return CoordinatorService(
+                shard_count,
+                root.parent,
+                self._call,
+                fsync=fsync,
+                epoch=epoch,
+                replicated=replicated,
+                root=root,
+                wal_floor=wal_floor,
+            )
+
+        self._host = ReplicaHost("coordinator", replica, root, open_service, fsync=fsync)
+        self._methods: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
+            "submit": self.submit,
+            "stats": self._encoded_stats,
+        }
+        """What the coordinator serves to clients on its channel."""
+        self._host_ip = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
         self._channel_server = AsyncChannelServer(self._dispatch)
-        if replica is not None:
-            self._heartbeat = start_heartbeat(replica, self._report, self._on_answer)
-        if self._role is Role.PRIMARY:
+        self._host.start_heartbeat()
+        if self._host.role is Role.PRIMARY:
             # After a Ray restart nobody else calls start(): recovery and the in-doubt
             # sweep must not wait for the next cross-shard transfer to begin.
             ray.get_runtime_context().current_actor.start.remote()
 
-    def _new_service(self, epoch: int, wal_floor: int = 0) -> CoordinatorService:
-        return CoordinatorService(
-            self._shard_count,
-            self._root.parent,
-            self._call,
-            fsync=self._fsync,
-            epoch=epoch,
-            replicated=True,
-            root=self._root,
-            wal_floor=wal_floor,
-        )
-
-    # -- roles -----------------------------------------------------------------------------
-
-    def _report(self) -> HeartbeatReport:
-        log = self._service.log if self._service is not None else None
-        return report_of(self._replica, str(self._role), self._epoch, log)
-
-    def _on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
-        if answer.routes:
-            self._routes = answer.routes
-        if answer.fence:
-            self._fence()
-
-    def _fence(self) -> None:
-        if self._role is not Role.FENCED:
-            log.warning("coordinator fenced at epoch %d", self._epoch)
-        self._role = Role.FENCED
-        if self._service is not None:
-            self._service.log.detach(self._epoch)
-
-    def _primary(self) -> CoordinatorService:
-        if self._role is not Role.PRIMARY or self._service is None:
-            raise NotPrimary(f"this coordinator replica is {self._role}")
-        return self._service
-
     async def _dispatch(self, method: str, payload: bytes) -> bytes:
-        if method == "submit":
-            return await self.submit(payload)
-        if method == "replicate":
-            if self._role is not Role.BACKUP or self._service is None:
-                raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
-            return self._service.follow(payload)
-        if method in INSTALL_METHODS:
-            if self._role is not Role.BACKUP:
-                raise NotPrimary(f"this coordinator replica is {self._role}, not a backup")
-            install = self._receiver.receive(method, payload, self._epoch)
-            return self._install(install) if install is not None else b""
-        if method == "stats":
-            return encode(await self.stats())
-        if method == "routes":
-            if self._role is Role.FENCED:
-                raise NotPrimary("fenced: this replica's routes are stale")
-            return self._routes
-        raise ValueError(f"{method!r} is not served on the channel")
+        served = self._methods.get(method)
+        if served is not None:
+            return await served(payload)
+        return self._host.serve_replication(method, payload)
 
-    def _install(self, install: Install) -> bytes:
-        if self._role is not Role.BACKUP or install.epoch != self._epoch:
-            raise NotPrimary(f"install of epoch {install.epoch} refused at {self._epoch}")
-        if self._service is not None:
-            self._service.close()
-            self._service = None
-        shutil.rmtree(self._root, ignore_errors=True)
-        (self._root / "snapshots").mkdir(parents=True)
-        write_snapshot(
-            self._root / "snapshots", install.sequence, install.snapshot, fsync=self._fsync
-        )
-        self._service = self._new_service(install.epoch, wal_floor=install.sequence)
-        log.info("coordinator backup installed at sequence %d", install.sequence)
-        return b""
+    async def _encoded_stats(self, payload: bytes) -> bytes:
+        return encode(await self.stats())
+
+    # -- reconfiguration (the controller) ----------------------------------------------------
 
     async def promote(self, epoch: int) -> bool:
-        if self._role is not Role.BACKUP or self._service is None or epoch <= self._epoch:
-            return False
-        self._epoch = epoch
-        self._service.log.detach(epoch)
-        self._role = Role.PRIMARY
-        log.warning("coordinator promoted to primary at epoch %d", epoch)
-        return True
+        return self._host.promote(epoch)
 
     async def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
-        service = self._primary()
-        if epoch < self._epoch:
-            raise NotPrimary(f"attach of epoch {epoch} refused at epoch {self._epoch}")
-        self._epoch = epoch
-        sequence = service.log.attach(epoch, address, service.snapshot_payload())
-        log.info("coordinator backup attached at epoch %d, sequence %d", epoch, sequence)
+        sequence = self._host.attach_backup(epoch, address)
         # Decisions held back while the log was broken can go out now.
         await self.start()
         return sequence
 
     async def fence(self) -> bool:
-        self._fence()
+        self._host.fence()
         return True
 
     async def replica_status(self) -> ReplicaStatus:
-        log = self._service.log if self._service is not None else None
-        return status_of(str(self._role), self._epoch, log, lease=self._role is Role.PRIMARY)
+        return self._host.status()
 
     async def ready(self) -> bool:
         return True
@@ -647,9 +427,9 @@ class CoordinatorActor:
 
     async def channel_address(self) -> ChannelAddress:
         """Where gateways submit cross-shard batches (and a primary ships its records)."""
-        if self._role is Role.PRIMARY:
+        if self._host.role is Role.PRIMARY:
             await self.start()
-        return await self._channel_server.start(self._host)
+        return await self._channel_server.start(self._host_ip)
 
     async def _call(self, shard: int, method: str, payload: bytes) -> Any:
         channel = self._channels.get(shard)
@@ -665,26 +445,26 @@ class CoordinatorActor:
         return decode(raw, list[str]) if method == "in_doubt" else raw
 
     async def start(self) -> dict[str, int]:
-        service = self._primary()
+        service = self._host.primary()
         await service.ensure_recovered()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(service.sweep_forever())
         return {"pending_commits": len(service.pending_commits)}
 
     async def submit(self, payload: bytes) -> bytes:
-        service = self._primary()
+        service = self._host.primary()
         if self._sweeper is None:
             await self.start()
         return await service.submit(payload)
 
     async def resolve_in_doubt(self) -> dict[str, int]:
-        return await self._primary().resolve_in_doubt()
+        return await self._host.primary().resolve_in_doubt()
 
     async def shard_count(self) -> int:
         return self._shard_count
 
     async def stats(self) -> dict[str, int]:
-        service = self._primary()
+        service = self._host.primary()
         return {
             "committed": service.committed,
             "aborted": service.aborted,

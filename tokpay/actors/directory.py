@@ -15,36 +15,23 @@ from typing import Any, Protocol
 import msgspec
 import ray
 
-from tokpay.actors.channel import (
-    ChannelAddress,
-    ChannelError,
-    NotPrimary,
-    frame,
-    read_frame_async,
+from tokpay.actors.channel import ChannelError, NotPrimary, frame, read_frame_async
+from tokpay.actors.naming import (
+    CONTROLLER_NAME,
+    COORDINATOR_NAME,
+    NAMESPACE,
+    replica_groups,
+    shard_actor_name,
 )
-from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE, shard_actor_name
+from tokpay.actors.protocol import ChannelAddress, Route
+from tokpay.actors.timing import (
+    ROUTES_ASK_TIMEOUT_SECONDS,
+    ROUTES_FRESH_SECONDS,
+    ROUTES_REFRESH_SECONDS,
+    ROUTES_TIMEOUT_SECONDS,
+)
 
 log = logging.getLogger("tokpay.directory")
-
-COORDINATOR_GROUP = "coordinator"
-ROUTES_TIMEOUT_SECONDS = 2.0
-ROUTES_FRESH_SECONDS = 0.05
-ROUTES_REFRESH_SECONDS = 1.0
-"""Concurrent lookups within this window share one call to the controller."""
-
-
-def shard_group(shard: int) -> str:
-    return f"shard-{shard}"
-
-
-class Route(msgspec.Struct, frozen=True):
-    """The serving primary of one group at one epoch (address None while there is none)."""
-
-    epoch: int
-    primary: str | None
-    address: ChannelAddress | None
-    backup: ChannelAddress | None = None
-    """The backup's channel: asked for routes too, when every primary is gone."""
 
 
 class Directory(Protocol):
@@ -55,13 +42,13 @@ class NamedActorDirectory:
     """The single-node default: one actor per shard, registered by name."""
 
     def __init__(self, shard_count: int) -> None:
-        self._shard_count = shard_count
+        self._names = {
+            group: COORDINATOR_NAME if shard is None else shard_actor_name(shard)
+            for group, shard in replica_groups(shard_count).items()
+        }
 
     async def address(self, group: str) -> ChannelAddress:
-        if group == COORDINATOR_GROUP:
-            name = COORDINATOR_NAME
-        else:
-            name = shard_actor_name(int(group.removeprefix("shard-")))
+        name = self._names[group]
         handle = ray.get_actor(name, namespace=NAMESPACE)
         address: ChannelAddress = await handle.channel_address.remote()
         return address
@@ -155,7 +142,6 @@ def _freshness(route: Route) -> tuple[int, bool, bool]:
 
 
 REPLICAS_ASKED = 3
-ASK_TIMEOUT_SECONDS = 0.5
 
 
 async def _ask_routes(address: ChannelAddress) -> dict[str, Route] | None:
@@ -163,7 +149,7 @@ async def _ask_routes(address: ChannelAddress) -> dict[str, Route] | None:
     host, port, token = address
     writer = None
     try:
-        async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
+        async with asyncio.timeout(ROUTES_ASK_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(frame(token) + frame(msgspec.msgpack.encode(("routes", b""))))
             ok, result = msgspec.msgpack.decode(

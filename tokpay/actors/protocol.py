@@ -1,4 +1,8 @@
-"""msgpack encoding of everything that crosses a process boundary or lands in a log.
+"""The wire types: everything that crosses a process boundary or lands in a log, and its msgpack.
+
+Log records of shards and the coordinator, what a primary ships to its backup, what a
+replica and the controller say to each other, routes, and shard statistics are declared
+here once, not in the actor that happens to send them.
 
 One encoder and one typed decoder per message, built once: decoding validates
 the shape, so a malformed message fails at the boundary, not deep inside a rule.
@@ -68,6 +72,86 @@ class ShardStats(msgspec.Struct, kw_only=True):
     fsyncs: int = 0
     fsync_seconds: float = 0.0
     fsync_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * len(FSYNC_BUCKETS))
+
+
+ChannelAddress = tuple[str, int, bytes]
+"""(host, port, token) of a replica's direct channel."""
+
+
+class Route(msgspec.Struct, frozen=True):
+    """The serving primary of one group at one epoch (address None while there is none)."""
+
+    epoch: int
+    primary: str | None
+    address: ChannelAddress | None
+    backup: ChannelAddress | None = None
+    """The backup's channel: asked for routes too, when every primary is gone."""
+
+
+# -- replication between a primary and its backup ---------------------------------------------
+
+
+class ShippedRecord(msgspec.Struct, array_like=True):
+    """One log record as the primary wrote it, for the backup to append verbatim."""
+
+    epoch: int
+    sequence: int
+    payload: bytes
+
+
+class Install(msgspec.Struct, array_like=True):
+    """Everything a new backup needs: the primary's state at ``sequence``."""
+
+    epoch: int
+    sequence: int
+    snapshot: bytes
+
+
+class InstallBegin(msgspec.Struct, array_like=True):
+    """The first frame of a chunked install: the snapshot's size, then chunks follow."""
+
+    epoch: int
+    sequence: int
+    size: int
+
+
+# -- replicas and the controller --------------------------------------------------------------
+
+
+class ReplicaSpec(msgspec.Struct, frozen=True):
+    """How the controller creates a replica: its unique name, epoch and first role."""
+
+    name: str
+    epoch: int
+    role: str
+
+
+class HeartbeatReport(msgspec.Struct, frozen=True):
+    name: str
+    epoch: int
+    role: str
+    sequence: int
+    broken: bool
+
+
+class HeartbeatAnswer(msgspec.Struct, frozen=True):
+    epoch: int
+    lease: bool = False
+    fence: bool = False
+    routes: bytes = b""
+    """The controller's routes (encoded ``dict[str, Route]``): every replica can tell a
+    client where the primaries are, so clients need no Ray call to find them."""
+
+
+class ReplicaStatus(msgspec.Struct, frozen=True):
+    role: str
+    epoch: int
+    sequence: int
+    lease: bool
+    broken: str | None
+    pid: int
+    installed: bool = False
+    """A backup that has received its primary's snapshot (it follows the log)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

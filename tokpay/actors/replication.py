@@ -26,23 +26,17 @@ from typing import Any
 
 import msgspec
 
-from tokpay.actors.channel import ChannelAddress, NotPrimary, frame, read_frame
-from tokpay.actors.protocol import encode
+from tokpay.actors.channel import NotPrimary, frame, read_frame
+from tokpay.actors.protocol import ChannelAddress, Install, InstallBegin, ShippedRecord, encode
+from tokpay.actors.timing import (
+    HEARTBEAT_SECONDS,
+    INSTALL_TIMEOUT_SECONDS,
+    LEASE_SECONDS,
+    SHIP_TIMEOUT_SECONDS,
+)
 from tokpay.wal import MAX_SNAPSHOT_BYTES, WriteAheadLog
 
 log = logging.getLogger("tokpay.replication")
-
-SHIP_TIMEOUT_SECONDS = 2.0
-"""How long a primary waits for its backup's answer before it stops taking writes."""
-
-INSTALL_TIMEOUT_SECONDS = 60.0
-"""A snapshot install carries the whole shard; it may take longer than one record."""
-
-LEASE_SECONDS = 1.0
-"""How long a primary may serve reads after it asked the controller for a lease."""
-
-HEARTBEAT_SECONDS = 0.2
-"""How often every replica reports to the controller (and primaries renew their lease)."""
 
 
 class Role(StrEnum):
@@ -55,27 +49,7 @@ class ReplicationFailed(Exception):
     """The backup did not make a record durable; the primary must not acknowledge it."""
 
 
-class ShippedRecord(msgspec.Struct, array_like=True):
-    epoch: int
-    sequence: int
-    payload: bytes
-
-
-class Install(msgspec.Struct, array_like=True):
-    """Everything a new backup needs: the primary's state at ``sequence``."""
-
-    epoch: int
-    sequence: int
-    snapshot: bytes
-
-
 INSTALL_METHODS = frozenset({"install_begin", "install_chunk", "install_end"})
-
-
-class InstallBegin(msgspec.Struct, array_like=True):
-    epoch: int
-    sequence: int
-    size: int
 
 
 INSTALL_CHUNK_BYTES = 4 * 1024 * 1024

@@ -9,23 +9,23 @@ account, 2PC), so repeating one after a lost reply is safe.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from tokpay.actors.channel import ActorChannel, ChannelAddress
+from tokpay.actors.channel import ActorChannel
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
-from tokpay.actors.directory import (
+from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
+from tokpay.actors.naming import (
+    CONTROLLER_NAME,
     COORDINATOR_GROUP,
-    ControllerDirectory,
-    Directory,
-    NamedActorDirectory,
+    COORDINATOR_NAME,
+    NAMESPACE,
     shard_group,
 )
-from tokpay.actors.naming import CONTROLLER_NAME, COORDINATOR_NAME, NAMESPACE
-from tokpay.actors.protocol import HistoryReply, ShardStats, decode, encode
+from tokpay.actors.protocol import ChannelAddress, HistoryReply, ShardStats, decode, encode
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
@@ -260,7 +260,7 @@ class SyncLedgerClient:
         return self._scatter(
             groups,
             len(account_ids),
-            lambda shard: self.handles.shards[shard].balances,
+            self._on_shard("balances"),
             list[BalanceView | None],
         )
 
@@ -269,7 +269,7 @@ class SyncLedgerClient:
         return self._scatter(
             groups,
             len(specs),
-            lambda shard: self.handles.shards[shard].create_accounts,
+            self._on_shard("create_accounts"),
             list[AccountOutcome],
         )
 
@@ -286,28 +286,36 @@ class SyncLedgerClient:
         out = self._scatter(
             groups,
             len(orders),
-            lambda shard: self.handles.shards[shard].apply_orders,
+            self._on_shard("apply_orders"),
             list[TransferOutcome],
         )
         if cross:
             cross_out = self._scatter(
                 {-1: cross},
                 len(orders),
-                lambda _: self.handles.coordinator.submit,
+                lambda _, payload: self.handles.coordinator.submit.remote(payload),
                 list[TransferOutcome],
             )
             for index, _ in cross:
                 out[index] = cross_out[index]
         return out
 
+    def _on_shard(self, method: str) -> Callable[[int, bytes], Any]:
+        """(shard, payload) -> the Ray call of ``method`` on that shard."""
+        return lambda shard, payload: self.handles.shards[shard].call.remote(method, payload)
+
     def _scatter(
-        self, groups: dict[int, list[tuple[int, Any]]], size: int, method: Any, kind: Any
+        self,
+        groups: dict[int, list[tuple[int, Any]]],
+        size: int,
+        call: Callable[[int, bytes], Any],
+        kind: Any,
     ) -> list[Any]:
         calls = []
         for shard, indexed in groups.items():
             for start in range(0, len(indexed), MAX_BATCH):
                 chunk = indexed[start : start + MAX_BATCH]
-                calls.append((chunk, method(shard).remote(encode([item for _, item in chunk]))))
+                calls.append((chunk, call(shard, encode([item for _, item in chunk]))))
         out: list[Any] = [None] * size
         for (chunk, _), raw in zip(calls, _get([ref for _, ref in calls]), strict=True):
             for (index, _), result in zip(chunk, decode(raw, kind), strict=True):
@@ -316,8 +324,9 @@ class SyncLedgerClient:
 
     def currency_sums(self) -> dict[str, int]:
         sums: dict[str, int] = {}
-        for shard_sums in _get([s.currency_sums.remote() for s in self.handles.shards]):
-            for currency, amount in shard_sums.items():
+        refs = [s.call.remote("currency_sums", b"") for s in self.handles.shards]
+        for raw in _get(refs):
+            for currency, amount in decode(raw, dict[str, int]).items():
                 sums[currency] = sums.get(currency, 0) + amount
         return sums
 

@@ -1,0 +1,138 @@
+"""Where replicas run: live nodes, the least loaded node for a new copy, creating and ending them.
+
+Each replica is a detached Ray actor pinned to its node by the node's own resource
+(``tokpay_node_<name>``), never placed by luck. A node that just lost a replica is
+suspect for ``SUSPECT_SECONDS`` and gets no new one. Replaced replicas are fenced at
+once and ended ``RETIRE_AFTER_SECONDS`` later. Ray look-ups and kills run off the
+controller's event loop: for an actor on a node that just died they can block for seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from tokpay.actors.coordinator import CoordinatorActor
+from tokpay.actors.liveness import Liveness
+from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
+from tokpay.actors.protocol import ReplicaSpec
+from tokpay.actors.shard import ShardActor
+from tokpay.actors.shard_map import Member, ShardMap
+from tokpay.actors.timing import (
+    NODES_REFRESH_SECONDS,
+    REPLICA_CREATE_TIMEOUT_SECONDS,
+    RETIRE_AFTER_SECONDS,
+    SUSPECT_SECONDS,
+)
+
+log = logging.getLogger("tokpay.controller")
+
+
+class Placement:
+    def __init__(self, shard_map: ShardMap, liveness: Liveness) -> None:
+        self._map = shard_map
+        self._liveness = liveness
+        self._handles: dict[str, Any] = {}
+        self._suspect: dict[str, float] = {}
+        self.live_nodes: set[str] = set(shard_map.state.nodes)
+        self._nodes_checked = 0.0
+
+    async def refresh_nodes(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._nodes_checked < NODES_REFRESH_SECONDS:
+            return
+        self._nodes_checked = now
+        live = set()
+        for node in await asyncio.to_thread(ray.nodes):
+            if not node.get("Alive"):
+                continue
+            for resource in node.get("Resources", {}):
+                if resource.startswith(NODE_RESOURCE_PREFIX):
+                    live.add(resource.removeprefix(NODE_RESOURCE_PREFIX))
+        self.live_nodes = live
+
+    def pick_node(self, avoid: set[str]) -> str | None:
+        """The live, unsuspected node outside ``avoid`` that holds the fewest replicas."""
+        now = time.monotonic()
+        state = self._map.state
+        load: dict[str, int] = dict.fromkeys(state.nodes, 0)
+        for g in state.groups.values():
+            for member in (g.primary, g.backup):
+                if member is not None and member.node in load:
+                    load[member.node] += 1
+        candidates = [
+            n
+            for n in state.nodes
+            if n in self.live_nodes and n not in avoid and self._suspect.get(n, 0.0) < now
+        ]
+        return min(candidates, key=lambda n: load[n]) if candidates else None
+
+    def mark_suspect(self, member: Member | None) -> None:
+        if member is not None:
+            self._suspect[member.node] = time.monotonic() + SUSPECT_SECONDS
+
+    def spawn(self, group: str, member: Member, epoch: int, role: str) -> Any:
+        """Create replica ``member`` of ``group`` on its node; returns its actor handle."""
+        spec = ReplicaSpec(name=member.name, epoch=epoch, role=role)
+        options = {
+            "name": member.name,
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "max_restarts": 0,
+            "resources": {node_resource(member.node): 1},
+        }
+        state = self._map.state
+        shard = self._map.shard_of[group]
+        if shard is None:
+            handle = CoordinatorActor.options(**options).remote(  # type: ignore[attr-defined]
+                state.shard_count, "", state.fsync, spec
+            )
+        else:
+            handle = ShardActor.options(**options).remote(  # type: ignore[attr-defined]
+                shard, state.shard_count, "", state.fsync, spec
+            )
+        self._handles[member.name] = handle
+        self._liveness.expect(member.name, REPLICA_CREATE_TIMEOUT_SECONDS)
+        return handle
+
+    async def handle(self, member: Member) -> Any:
+        """The replica's actor handle, looked up off the event loop when not cached."""
+        handle = self._handles.get(member.name)
+        if handle is None:
+            handle = await asyncio.to_thread(ray.get_actor, member.name, namespace=NAMESPACE)
+            self._handles[member.name] = handle
+        return handle
+
+    async def kill(self, member: Member | None) -> None:
+        if member is None:
+            return
+        try:
+            handle = await self.handle(member)
+            self._handles.pop(member.name, None)
+            await asyncio.to_thread(ray.kill, handle, no_restart=True)
+        except Exception as error:
+            log.info("could not kill %s (already gone?): %r", member.name, error)
+
+    def retire(self, member: Member | None) -> None:
+        """Fence a replaced replica now and end its process later.
+
+        It may be paused rather than dead; the fence (and, anyway, its expired lease and
+        the epoch its backup now refuses) keeps it harmless until the kill lands. Runs
+        as its own task: nothing here may hold up the monitor.
+        """
+        if member is None:
+            return
+
+        async def retire() -> None:
+            try:
+                (await self.handle(member)).fence.remote()
+            except Exception as error:
+                log.info("could not fence %s: %r", member.name, error)
+            await asyncio.sleep(RETIRE_AFTER_SECONDS)
+            await self.kill(member)
+
+        asyncio.get_running_loop().create_task(retire())

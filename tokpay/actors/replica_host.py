@@ -1,0 +1,275 @@
+"""The replica host: role, epoch, lease, fencing, install, heartbeat and routes, written once.
+
+A shard and the coordinator are two state machines (``ReplicatedService`` subclasses)
+plugged into this one host. The host decides whether a request may be served (a
+primary, under its lease, with replication intact) and handles everything a replica
+does for the cluster: follow its primary's records as a backup, receive a chunked
+install, be promoted, attach a new backup, fence itself when a newer epoch exists,
+report to the controller every ``HEARTBEAT_SECONDS`` and hand its routes to clients.
+
+In the single-node default there is no controller: the one copy is a primary forever,
+with a lease that never runs out, at ``SINGLE_NODE_EPOCH``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import ray
+
+from tokpay.actors.channel import NotPrimary
+from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
+from tokpay.actors.protocol import (
+    ChannelAddress,
+    HeartbeatAnswer,
+    HeartbeatReport,
+    Install,
+    ReplicaSpec,
+    ReplicaStatus,
+)
+from tokpay.actors.replicated_service import ReplicatedService, prepare_install
+from tokpay.actors.replication import (
+    INSTALL_METHODS,
+    Heartbeat,
+    InstallReceiver,
+    Lease,
+    Role,
+)
+from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
+
+log = logging.getLogger("tokpay.replica")
+
+SINGLE_NODE_EPOCH = 1
+"""The epoch of a copy that has no peers (the single-node default)."""
+
+NODE_DATA_DIR_ENV = "TOKPAY_NODE_DATA_DIR"
+"""Set on every node of a cluster: the node's own disk, as on a separate machine."""
+
+S = TypeVar("S", bound=ReplicatedService)
+
+OpenService = Callable[[int, bool, int], S]
+"""(epoch, replicated, wal_floor) -> the state machine opened from the host's root."""
+
+
+def replica_root(name: str) -> Path:
+    """Where replica ``name`` keeps its log and snapshots on this node."""
+    base = os.environ.get(NODE_DATA_DIR_ENV)
+    if not base:
+        raise RuntimeError(f"{NODE_DATA_DIR_ENV} is not set on this node (see cluster/)")
+    return Path(base) / "replicas" / name
+
+
+class ReplicaHost(Generic[S]):
+    """One copy of a replicated group (or the single copy), around its state machine.
+
+    Not thread-safe by itself: the actor holds ``lock`` around every call, except
+    ``fence``, which takes it (the heartbeat thread fences).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        spec: ReplicaSpec | None,
+        root: Path,
+        open_service: OpenService[S],
+        *,
+        fsync: bool,
+    ) -> None:
+        self.label = label
+        self.fsync = fsync
+        self.spec = spec
+        self.root = root
+        self.lock = threading.Lock()
+        self._open = open_service
+        self._routes = b""
+        self._receiver = InstallReceiver()
+        self.service: S | None
+        if spec is None:
+            self.role, self.epoch = Role.PRIMARY, SINGLE_NODE_EPOCH
+            self.lease = Lease(forever=True)
+            self.service = open_service(SINGLE_NODE_EPOCH, False, 0)
+        else:
+            self.role, self.epoch = Role(spec.role), spec.epoch
+            self.lease = Lease(forever=False)
+            # A primary is created only with the cluster: later primaries are promoted backups.
+            self.service = open_service(spec.epoch, True, 0) if self.role is Role.PRIMARY else None
+        self._heartbeat: Heartbeat | None = None
+
+    def start_heartbeat(self) -> None:
+        """Report to the controller from now on (a cluster replica only)."""
+        if self.spec is not None and self._heartbeat is None:
+            self._heartbeat = _controller_heartbeat(self.report, self.on_answer)
+
+    # -- may this copy serve? --------------------------------------------------------------------
+
+    def primary(self) -> S:
+        if self.role is not Role.PRIMARY or self.service is None:
+            raise NotPrimary(f"{self.label}: this replica is {self.role}")
+        return self.service
+
+    def leased(self) -> S:
+        """The primary, while its lease holds: only one primary acts at a time.
+
+        (Even without this check a replaced primary could not make a write durable on
+        two machines, since its backup refuses its epoch; the lease keeps it from
+        touching its own log at all.)
+        """
+        service = self.primary()
+        if not self.lease.valid():
+            raise NotPrimary(f"{self.label}: no lease from the controller")
+        return service
+
+    def readable(self) -> S:
+        service = self.leased()
+        if service.log.broken:
+            raise NotPrimary(f"{self.label}: waiting for a new backup")
+        return service
+
+    def check_lease_after_read(self) -> None:
+        """Checked again after a read: a pause in between (GC, SIGSTOP) must not let a
+        deposed primary answer after its lease ran out."""
+        if not self.lease.valid():
+            raise NotPrimary(f"{self.label}: lease ran out during the read")
+
+    # -- what the cluster asks of a replica on its channel ----------------------------------------
+
+    def serve_replication(self, method: str, payload: bytes) -> bytes:
+        """``replicate``, the install frames and ``routes``; anything else is refused."""
+        if method == "replicate":
+            return self._backup().follow(payload)
+        if method in INSTALL_METHODS:
+            self._require_backup()
+            install = self._receiver.receive(method, payload, self.epoch)
+            return self._install(install) if install is not None else b""
+        if method == "routes":
+            if self.role is Role.FENCED:
+                raise NotPrimary("fenced: this replica's routes are stale")
+            return self._routes
+        raise ValueError(f"{method!r} is not served on the channel")
+
+    def _backup(self) -> S:
+        self._require_backup()
+        if self.service is None:
+            raise NotPrimary(f"{self.label}: this backup has no state installed yet")
+        return self.service
+
+    def _require_backup(self) -> None:
+        if self.role is not Role.BACKUP:
+            raise NotPrimary(f"{self.label}: this replica is {self.role}, not a backup")
+
+    def _install(self, install: Install) -> bytes:
+        if self.role is not Role.BACKUP or install.epoch != self.epoch:
+            raise NotPrimary(
+                f"install of epoch {install.epoch} refused by a {self.role} at {self.epoch}"
+            )
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+        prepare_install(self.root, install, fsync=self.fsync)
+        self.service = self._open(install.epoch, True, install.sequence)
+        log.info("%s: backup installed at sequence %d", self.label, install.sequence)
+        return b""
+
+    # -- reconfiguration (called by the controller) -------------------------------------------------
+
+    def promote(self, epoch: int) -> bool:
+        """Backup -> primary at ``epoch``; records of any older epoch are refused from now."""
+        if self.role is not Role.BACKUP or self.service is None or epoch <= self.epoch:
+            return False
+        self.epoch = epoch
+        self.service.log.detach(epoch)
+        self.role = Role.PRIMARY
+        log.warning("%s: promoted to primary at epoch %d", self.label, epoch)
+        return True
+
+    def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
+        """Make the backup at ``address`` (already at ``epoch``) this primary's, from a snapshot."""
+        service = self.primary()
+        if epoch < self.epoch:
+            raise NotPrimary(f"attach of epoch {epoch} refused at epoch {self.epoch}")
+        self.epoch = epoch
+        started = time.perf_counter()
+        sequence = service.log.attach(epoch, address, service.snapshot_payload())
+        log.info(
+            "%s: backup attached at epoch %d, sequence %d, in %.3f s",
+            self.label,
+            epoch,
+            sequence,
+            time.perf_counter() - started,
+        )
+        return sequence
+
+    def fence(self) -> None:
+        """Stop serving anything: a newer epoch exists elsewhere."""
+        self.lease.revoke()
+        with self.lock:
+            if self.role is not Role.FENCED:
+                log.warning("%s: fenced at epoch %d", self.label, self.epoch)
+            self.role = Role.FENCED
+            if self.service is not None:
+                self.service.log.detach(self.epoch)
+
+    # -- reports ------------------------------------------------------------------------------------
+
+    def report(self) -> HeartbeatReport:
+        """What this replica tells the controller about itself."""
+        service = self.service
+        return HeartbeatReport(
+            name=self.spec.name if self.spec else "",
+            epoch=self.epoch,
+            role=str(self.role),
+            sequence=service.last_sequence if service else 0,
+            broken=bool(service and service.log.broken),
+        )
+
+    def on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:
+        if answer.routes:
+            self._routes = answer.routes
+        if answer.fence:
+            self.fence()
+        elif answer.lease and self.role is Role.PRIMARY:
+            self.lease.extend_from(asked_at)
+
+    def status(self) -> ReplicaStatus:
+        service = self.service
+        return ReplicaStatus(
+            role=str(self.role),
+            epoch=self.epoch,
+            sequence=service.last_sequence if service else 0,
+            lease=self.lease.valid(),
+            broken=service.log.broken if service else None,
+            pid=os.getpid(),
+            installed=service is not None,
+        )
+
+    def state_bytes(self) -> bytes:
+        """The full in-memory state, encoded: equal bytes mean equal replicas."""
+        with self.lock:
+            return self.service.snapshot_payload() if self.service else b""
+
+
+def _controller_heartbeat(
+    report: Callable[[], HeartbeatReport],
+    on_answer: Callable[[float, HeartbeatAnswer], None],
+) -> Heartbeat:
+    controller: list[Any] = []
+
+    def send() -> HeartbeatAnswer:
+        if not controller:
+            controller.append(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE))
+        try:
+            answer: HeartbeatAnswer = ray.get(
+                controller[0].heartbeat.remote(report()), timeout=HEARTBEAT_TIMEOUT_SECONDS
+            )
+        except Exception:
+            controller.clear()
+            raise
+        return answer
+
+    return Heartbeat(send, on_answer)

@@ -1,0 +1,181 @@
+"""What every replicated state machine does with its files: recover, log, follow, install.
+
+A shard and the coordinator differ in what their records mean, not in how records are
+kept. ``ReplicatedService`` holds the shared part once: open the latest snapshot and the
+write-ahead log, replay the log after the snapshot, append one record per batch through
+the ``ReplicatedLog`` (durable here and on the backup, or refused), take a snapshot every
+``SNAPSHOT_EVERY_RECORDS`` records, follow a primary's records as a backup, and build a
+backup's directory from its primary's snapshot. A subclass supplies three things: how to
+restore its state from a snapshot, how to apply one record, and how to encode a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tokpay.actors.channel import NotPrimary
+from tokpay.actors.protocol import Install, ShippedRecord, decode
+from tokpay.actors.replication import ReplicatedLog, ReplicationFailed
+from tokpay.actors.timing import SNAPSHOT_EVERY_RECORDS
+from tokpay.ledger.errors import InvariantViolation, check
+from tokpay.wal import SequenceGap, WriteAheadLog, read_latest_snapshot, write_snapshot
+
+log = logging.getLogger("tokpay.replica")
+
+SNAPSHOTS_DIR = "snapshots"
+WAL_DIR = "wal"
+STOP_EXIT_CODE = 70
+"""The exit status of a replica that stopped itself rather than serve a state it cannot trust."""
+
+
+class ReplicatedService(ABC):
+    """One copy of a state machine, made durable by a write-ahead log (and a backup)."""
+
+    label = "replica"
+    """How log lines name this copy (``shard 3``, ``coordinator``)."""
+
+    def __init__(
+        self, root: Path, *, fsync: bool, epoch: int, replicated: bool, wal_floor: int = 0
+    ) -> None:
+        self._root = root
+        self._fsync = fsync
+        self._snapshot_dir = root / SNAPSHOTS_DIR
+        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
+        found = read_latest_snapshot(self._snapshot_dir)
+        snapshot_sequence = 0 if found is None else found[0]
+        self.restore(None if found is None else found[1])
+        self._wal = WriteAheadLog.open(root / WAL_DIR, fsync=fsync, floor=wal_floor)
+        self.log = ReplicatedLog(self._wal, epoch, required=replicated)
+        check(
+            self._wal.last_sequence >= snapshot_sequence,
+            f"{self.label}: log ends at {self._wal.last_sequence}, before its snapshot at "
+            f"{snapshot_sequence}; refusing to start on a lost or replaced log",
+        )
+        replayed = 0
+        for record in self._wal.records(after_sequence=snapshot_sequence):
+            self.apply_record(record.payload)
+            replayed += 1
+        self._records_since_snapshot = replayed
+        self.recovered(snapshot_sequence, replayed)
+
+    # -- what a state machine supplies ---------------------------------------------------------
+
+    @abstractmethod
+    def restore(self, snapshot: bytes | None) -> None:
+        """Set the in-memory state from a snapshot (None: the empty state)."""
+
+    @abstractmethod
+    def apply_record(self, payload: bytes) -> None:
+        """Apply one log record (replayed after a restart, or followed as a backup)."""
+
+    @abstractmethod
+    def snapshot_payload(self) -> bytes:
+        """The whole in-memory state, encoded: what a snapshot and a backup install carry."""
+
+    def recovered(self, snapshot_sequence: int, replayed: int) -> None:
+        """Called once the log is replayed: check invariants, say what was recovered."""
+        log.info(
+            "%s recovered: snapshot at %d, %d log records replayed",
+            self.label,
+            snapshot_sequence,
+            replayed,
+        )
+
+    def note_append(self, seconds: float, items: int) -> None:  # noqa: B027 (optional hook)
+        """Called after each durable record (statistics); nothing by default."""
+
+    # -- the log ---------------------------------------------------------------------------------
+
+    @property
+    def last_sequence(self) -> int:
+        return self._wal.last_sequence
+
+    def append(self, payload: bytes, items: int) -> None:
+        """Durable here and on the backup, or ``ReplicationFailed`` (the log is then broken).
+
+        A local write failure stops the process: a failed fsync may have dropped dirty
+        pages, so it is never retried; the replica restarts from its log.
+        """
+        started = time.perf_counter()
+        try:
+            self.log.append(payload)
+        except ReplicationFailed:
+            raise
+        except Exception:
+            log.critical("%s: log write failed; stopping", self.label, exc_info=True)
+            os._exit(STOP_EXIT_CODE)
+        self._after_append(started, items)
+
+    def follow(self, payload: bytes) -> bytes:
+        """Backup: append the primary's record verbatim (same epoch and sequence), then apply it."""
+        shipped = decode(payload, ShippedRecord)
+        if shipped.epoch != self.log.epoch:
+            raise NotPrimary(
+                f"record of epoch {shipped.epoch} refused: this backup follows epoch {self.log.epoch}"
+            )
+        started = time.perf_counter()
+        try:
+            self._wal.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
+        except SequenceGap as error:
+            raise NotPrimary(f"out of order: {error}") from error
+        except Exception:
+            log.critical("%s: backup log write failed; stopping", self.label, exc_info=True)
+            os._exit(STOP_EXIT_CODE)
+        with self.stop_if_broken():
+            self.apply_record(shipped.payload)
+        self._after_append(started, 1)
+        return b""
+
+    def _after_append(self, started: float, items: int) -> None:
+        self.note_append(time.perf_counter() - started, items)
+        self._records_since_snapshot += 1
+        if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
+            try:
+                self.write_snapshot()
+            except Exception:
+                # The record is already durable in the log; a failed snapshot only means
+                # a longer replay. Never report the committed batch as failed.
+                log.exception("%s: snapshot failed; will retry later", self.label)
+                self._records_since_snapshot = 0
+
+    def write_snapshot(self) -> int:
+        sequence = self._wal.last_sequence
+        write_snapshot(self._snapshot_dir, sequence, self.snapshot_payload())
+        self._wal.truncate_before(sequence + 1)
+        self._records_since_snapshot = 0
+        return sequence
+
+    @contextmanager
+    def stop_if_broken(self) -> Iterator[None]:
+        """Stop the process when a rule finds a state that must never exist.
+
+        The failing batch may be half applied in memory and is not in the log: serving
+        that state would show effects that can be lost. The replica restarts from its log.
+        """
+        try:
+            yield
+        except InvariantViolation:
+            log.critical("%s: invariant violated; stopping", self.label, exc_info=True)
+            os._exit(STOP_EXIT_CODE)
+
+    def close(self) -> None:
+        self.log.detach(self.log.epoch)
+        self._wal.close()
+
+
+def prepare_install(root: Path, install: Install, *, fsync: bool) -> None:
+    """Lay out a backup's directory from its primary's snapshot, wiping the old one first.
+
+    A replica never rejoins from its own (possibly stale or wiped) files: it always
+    starts from the surviving copy's state.
+    """
+    shutil.rmtree(root, ignore_errors=True)
+    (root / SNAPSHOTS_DIR).mkdir(parents=True)
+    write_snapshot(root / SNAPSHOTS_DIR, install.sequence, install.snapshot, fsync=fsync)

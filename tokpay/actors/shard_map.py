@@ -1,0 +1,131 @@
+"""The controller's shard map: group -> (epoch, primary, backup), kept in Ray's GCS.
+
+The map is the controller's only durable state. It lives in the GCS key-value store
+(which Redis backs under GCS fault tolerance) and is written there before the
+controller acts on a change, so a restarted controller carries on from it. Routes
+(where each group's primary and backup listen) are derived from it for clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from ray.experimental import internal_kv
+
+from tokpay.actors.naming import replica_groups
+from tokpay.actors.protocol import ChannelAddress, Route
+
+log = logging.getLogger("tokpay.controller")
+
+KV_NAMESPACE = "tokpay"
+KV_STATE_KEY = b"controller/state"
+
+
+class Member(msgspec.Struct):
+    """One replica of a group: its unique actor name and the node it is pinned to."""
+
+    name: str
+    node: str
+
+
+class Group(msgspec.Struct):
+    epoch: int
+    primary: Member | None
+    backup: Member | None = None
+    backup_ready: bool = False
+    address: ChannelAddress | None = None
+    backup_address: ChannelAddress | None = None
+    standby: Member | None = None
+    """The previous backup while its replacement is being installed: until the new one
+    is in sync it holds every acknowledged record, so it stays a promotion candidate."""
+
+
+class ClusterState(msgspec.Struct):
+    shard_count: int
+    fsync: bool
+    nodes: list[str]
+    groups: dict[str, Group]
+    generation: int = 0
+
+
+class MemberStatus(msgspec.Struct):
+    name: str
+    node: str
+    alive: bool
+    sequence: int
+    role: str
+
+
+class GroupStatus(msgspec.Struct):
+    group: str
+    epoch: int
+    primary: MemberStatus | None
+    backup: MemberStatus | None
+    backup_ready: bool
+    lag: int | None
+
+
+class ControllerStatus(msgspec.Struct):
+    shard_count: int
+    nodes: dict[str, bool]
+    groups: list[GroupStatus]
+    failovers: int
+    rebuilds: int
+
+
+class ShardMap:
+    """The cluster state with its persistence; every change is saved before it is acted on."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.shard_of: dict[str, int | None] = replica_groups(state.shard_count)
+        """Group -> its shard (None: the coordinator), from the shard count, never parsed."""
+        self._save_lock = asyncio.Lock()
+
+    @classmethod
+    def load(cls, shard_count: int, nodes: list[str], fsync: bool) -> ShardMap:
+        """The stored map, or a new empty one (a first start)."""
+        stored = internal_kv._internal_kv_get(KV_STATE_KEY, namespace=KV_NAMESPACE)
+        if stored:
+            state = msgspec.msgpack.decode(stored, type=ClusterState)
+            log.warning("controller restarted: state of %d groups reloaded", len(state.groups))
+            return cls(state)
+        return cls(ClusterState(shard_count=shard_count, fsync=fsync, nodes=nodes, groups={}))
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        return self.state.groups
+
+    def _persist(self) -> None:
+        internal_kv._internal_kv_put(
+            KV_STATE_KEY,
+            msgspec.msgpack.encode(self.state),
+            overwrite=True,
+            namespace=KV_NAMESPACE,
+        )
+
+    async def save(self) -> None:
+        """Persist off the event loop (a slow GCS must not stall heartbeats), in order.
+
+        The state is encoded when the write runs, under the lock, so a later write
+        never lands before an earlier one with older contents.
+        """
+        async with self._save_lock:
+            await asyncio.to_thread(self._persist)
+
+    def new_member(self, group: str, node: str) -> Member:
+        self.state.generation += 1
+        return Member(name=f"tokpay-{group}-g{self.state.generation}", node=node)
+
+    def routes(self) -> dict[str, Route]:
+        return {
+            group: Route(
+                epoch=g.epoch,
+                primary=g.primary.name if g.primary else None,
+                address=g.address,
+                backup=g.backup_address if g.backup_ready else None,
+            )
+            for group, g in self.state.groups.items()
+        }

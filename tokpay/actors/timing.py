@@ -1,0 +1,140 @@
+"""Every interval the replicas, the controller and the clients must agree on, in one place.
+
+Safety rests on a few relations between these numbers (a primary's lease ends before
+the controller's view of it, a replica is declared lost only after several missed
+heartbeats, a client keeps retrying for longer than a failover takes). They are
+checked at import, so a change that breaks one fails at once instead of in a drill.
+Python drops ``assert`` under ``-O``, hence ``_require``.
+"""
+
+from __future__ import annotations
+
+# -- replicas and the controller ------------------------------------------------------------
+
+HEARTBEAT_SECONDS = 0.2
+"""How often every replica reports to the controller (a primary's report renews its lease)."""
+
+HEARTBEAT_TIMEOUT_SECONDS = 0.5
+"""How long a replica waits for the controller's answer to one report."""
+
+LEASE_SECONDS = 1.0
+"""How long a primary may serve after it asked the controller for its lease."""
+
+LEASE_MARGIN_SECONDS = 0.2
+"""Added to the lease before promoting: clock-rate differences and scheduling."""
+
+DEAD_AFTER_SECONDS = 0.8
+"""A replica silent this long is treated as lost."""
+
+MONITOR_SECONDS = 0.1
+"""How often the controller looks for lost replicas."""
+
+CONTROLLER_STALL_SECONDS = 0.3
+"""A monitor round this much late means the controller itself stalled (nobody's silence
+during the stall counts against them)."""
+
+NODES_REFRESH_SECONDS = 0.5
+"""How often the controller asks Ray which nodes are alive."""
+
+RETIRE_AFTER_SECONDS = 30.0
+"""A replaced replica is fenced at once and its process ended this much later."""
+
+SUSPECT_SECONDS = 5.0
+"""A node that just lost a replica gets no new one for this long."""
+
+RECONFIGURE_RETRY_SECONDS = 0.5
+"""Pause before the monitor tries a failed reconfiguration again."""
+
+NO_CANDIDATE_WAIT_SECONDS = 1.0
+"""Pause when a group has no copy to promote or no node for a backup."""
+
+CONTROLLER_CALL_TIMEOUT_SECONDS = 10.0
+"""The controller's calls to one replica (promote, status, address)."""
+
+REPLICA_CREATE_TIMEOUT_SECONDS = 60.0
+"""Starting a replica process and installing a backup."""
+
+# -- replication between a primary and its backup -------------------------------------------
+
+SHIP_TIMEOUT_SECONDS = 2.0
+"""How long a primary waits for its backup's answer before it stops taking writes."""
+
+INSTALL_TIMEOUT_SECONDS = 60.0
+"""One chunk of a snapshot install; it may take far longer than one record."""
+
+SNAPSHOT_EVERY_RECORDS = 20_000
+"""Log records between snapshots (shards and the coordinator): bounds replay and disk."""
+
+# -- the coordinator --------------------------------------------------------------------------
+
+DECIDE_ATTEMPTS = 10
+"""Tries to deliver a decision before leaving it to the periodic sweep."""
+
+DECIDE_BACKOFF_SECONDS = 0.5
+SWEEP_INTERVAL_SECONDS = 2.0
+"""How often the coordinator resolves in-doubt transactions."""
+
+SHARD_CALL_TIMEOUT_SECONDS = 10.0
+"""One in-doubt query or decision batch to one shard during the sweep."""
+
+# -- clients (gateway, coordinator) -----------------------------------------------------------
+
+CHANNEL_RETRY_BUDGET_SECONDS = 15.0
+"""How long a channel call keeps retrying through a failover before it gives up."""
+
+CHANNEL_RETRY_BACKOFF_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+CHANNEL_REQUEST_TIMEOUT_SECONDS = 5.0
+"""One request on a channel (a batch, or a route lookup)."""
+
+ROUTES_TIMEOUT_SECONDS = 2.0
+ROUTES_FRESH_SECONDS = 0.05
+"""Concurrent lookups within this window share one answer."""
+
+ROUTES_REFRESH_SECONDS = 1.0
+"""How often a directory follows the routes in the background."""
+
+ROUTES_ASK_TIMEOUT_SECONDS = 0.5
+"""One replica's answer to a route lookup."""
+
+
+def _require(condition: bool, relation: str) -> None:
+    if not condition:
+        raise RuntimeError(f"timing constants break their relation: {relation}")
+
+
+_require(
+    DEAD_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS,
+    "a replica is declared lost only after three missed heartbeats",
+)
+_require(
+    HEARTBEAT_TIMEOUT_SECONDS < LEASE_SECONDS,
+    "a report can come back while the lease it renews still holds",
+)
+_require(
+    HEARTBEAT_SECONDS * 2 <= LEASE_SECONDS,
+    "a primary renews its lease at least twice per lease",
+)
+_require(
+    CONTROLLER_STALL_SECONDS < DEAD_AFTER_SECONDS,
+    "the controller notices its own stall before it would count a replica lost",
+)
+_require(MONITOR_SECONDS < HEARTBEAT_SECONDS, "the monitor looks more often than replicas report")
+_require(LEASE_MARGIN_SECONDS > 0, "the controller waits a margin beyond the lease")
+_require(
+    SHIP_TIMEOUT_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
+    "a client outlasts a primary giving up on its backup",
+)
+_require(
+    DEAD_AFTER_SECONDS + LEASE_SECONDS + LEASE_MARGIN_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
+    "a client keeps retrying for longer than detection plus the lease wait of a failover",
+)
+_require(
+    CHANNEL_REQUEST_TIMEOUT_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
+    "a channel retries at least once within its budget",
+)
+_require(
+    SHARD_CALL_TIMEOUT_SECONDS < SWEEP_INTERVAL_SECONDS * DECIDE_ATTEMPTS,
+    "one slow shard does not hold the sweep for many rounds",
+)
+_require(ROUTES_FRESH_SECONDS < ROUTES_REFRESH_SECONDS, "shared lookups are fresher than refreshes")
+_require(SNAPSHOT_EVERY_RECORDS > 0, "snapshots are taken")
