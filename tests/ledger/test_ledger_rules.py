@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from tests.support.orders import account_specs, pay, topup
+from tests.support.orders import account_specs, ids_on, pay, topup
 from tokpay.ledger.errors import ErrorCode, InvariantViolation, LedgerError
 from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from tokpay.ledger.model import (
@@ -23,7 +23,6 @@ from tokpay.ledger.model import (
     TransferOutcome,
     funding_account_id,
 )
-from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import ShardLedger, effect_on
 
 T0 = 1_700_000_000_000_000
@@ -398,7 +397,7 @@ def test_check_invariants_stops_holds_that_disagree_with_prepared(ledger: ShardL
 def test_wrong_shard_is_refused_without_stopping_the_shard() -> None:
     # A caller with a stale shard map gets a retryable refusal; the shard carries on.
     ledger = ShardLedger(0, 2)
-    foreign = next(f"u{i}" for i in range(100) if shard_of(f"u{i}", 2) == 1)
+    (foreign,) = ids_on(1, 2, 1, "u")
     outcomes, created = ledger.create_accounts(
         [AccountSpec(id=foreign, currency="USD", owner="o")], T0
     )

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.support.orders import pay, topup
+from tests.support.orders import ids_on, pay, topup
 from tokpay.ledger.errors import HTTP_STATUS, ErrorCode, LedgerError
 from tokpay.ledger.limits import (
     MAX_AMOUNT,
@@ -35,7 +35,6 @@ from tokpay.ledger.model import (
     TransferOrder,
     funding_account_id,
 )
-from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import ShardLedger
 from tokpay.ledger.validation import validate_account_spec, validate_order
 
@@ -254,7 +253,7 @@ def test_shard_refuses_invalid_order_and_changes_nothing(
 
 def test_topup_from_another_shards_funding_account_is_refused() -> None:
     shard_count = 4
-    target = next(f"user-{i}" for i in range(1000) if shard_of(f"user-{i}", shard_count) == 2)
+    (target,) = ids_on(2, shard_count, 1, "user")
     right = topup(target, 5, id="tu-1", shard_count=shard_count)
     assert right.debit == funding_account_id("USD", 2)
     validate_order(right, shard_count)
