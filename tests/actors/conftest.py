@@ -81,19 +81,21 @@ class LedgerRunner:
         self._owned.clear()
 
 
-@pytest.fixture
-def ledger_runner(ray_session: None) -> Iterator[LedgerRunner]:
+def _runner() -> Iterator[LedgerRunner]:
     runner = LedgerRunner()
     try:
         yield runner
     finally:
         runner.stop()
+
+
+@pytest.fixture
+def ledger_runner(ray_session: None) -> Iterator[LedgerRunner]:
+    """Ledgers of one test, stopped when it ends."""
+    yield from _runner()
 
 
 @pytest.fixture(scope="module")
 def module_ledger_runner(ray_session: None) -> Iterator[LedgerRunner]:
-    runner = LedgerRunner()
-    try:
-        yield runner
-    finally:
-        runner.stop()
+    """Ledgers shared by the tests of one module, stopped after the last of them."""
+    yield from _runner()

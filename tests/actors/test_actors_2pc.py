@@ -15,24 +15,16 @@ from typing import Any, TypeVar
 import pytest
 import ray
 
+from tests.support.audit import assert_books_balance, full_history, in_doubt
+from tests.support.orders import account_spec, ids_on, pay, topup
 from tokpay.actors.deploy import LedgerHandles
 from tokpay.actors.protocol import decode, encode
 from tokpay.client import LedgerClient, SyncLedgerClient
 from tokpay.ledger.errors import ErrorCode
-from tokpay.ledger.model import (
-    AccountSpec,
-    Credit,
-    Transfer,
-    TransferKind,
-    TransferOrder,
-    TransferOutcome,
-    funding_account_id,
-    is_system_account,
-)
+from tokpay.ledger.model import Transfer, TransferOrder, TransferOutcome
 from tokpay.ledger.routing import shard_of
 
 SHARDS = 3
-CURRENCY = "EUR"
 ACCOUNTS = 60
 TOPUP = 30
 TRANSFERS = 2_000
@@ -54,51 +46,23 @@ def ledger(module_ledger_runner: Any, tmp_path_factory: pytest.TempPathFactory) 
     return handles
 
 
-def topup_order(account_id: str, amount: int, transfer_id: str) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=funding_account_id(CURRENCY, shard_of(account_id, SHARDS)),
-        credits=(Credit(account_id, amount),),
-        currency=CURRENCY,
-        kind=TransferKind.TOPUP,
-    )
-
-
-def pay(debit: str, credits: Sequence[tuple[str, int]], transfer_id: str) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=debit,
-        credits=tuple(Credit(a, n) for a, n in credits),
-        currency=CURRENCY,
-    )
-
-
 def is_cross_shard(order: TransferOrder) -> bool:
     return len({shard_of(a, SHARDS) for a in order.accounts()}) > 1
 
 
-def ids_on(shard: int, count: int, prefix: str) -> list[str]:
-    found: list[str] = []
-    candidate = 0
-    while len(found) < count:
-        account_id = f"{prefix}-{candidate}"
-        if shard_of(account_id, SHARDS) == shard:
-            found.append(account_id)
-        candidate += 1
-    return found
+def cross_shard_pair(tag: str, hops: int) -> tuple[str, str]:
+    """A payer and a payee ``hops`` shards further on, both named after ``tag``."""
+    payer_shard = shard_of(f"{tag}-seed", SHARDS)
+    payer = ids_on(payer_shard, SHARDS, 1, f"{tag}-payer")[0]
+    payee = ids_on((payer_shard + hops) % SHARDS, SHARDS, 1, f"{tag}-payee")[0]
+    return payer, payee
 
 
-async def open_accounts(client: LedgerClient, ids: Sequence[str], topup: int, tag: str) -> None:
-    created = await asyncio.gather(
-        *(
-            client.create_account(AccountSpec(id=a, currency=CURRENCY, owner=f"{a}@example.com"))
-            for a in ids
-        )
-    )
+async def open_accounts(client: LedgerClient, ids: Sequence[str], amount: int, tag: str) -> None:
+    created = await asyncio.gather(*(client.create_account(account_spec(a)) for a in ids))
     assert all(o.created for o in created), created
-    funded = await asyncio.gather(
-        *(client.submit(topup_order(a, topup, f"{tag}-top-{a}")) for a in ids)
-    )
+    topups = [topup(a, amount, id=f"{tag}-top-{a}", shard_count=SHARDS) for a in ids]
+    funded = await asyncio.gather(*(client.submit(order) for order in topups))
     assert all(o.transfer is not None and not o.replayed for o in funded), funded
 
 
@@ -114,17 +78,6 @@ def replay_balances(accounts: Sequence[str], transfers: Sequence[Transfer]) -> d
     return balances
 
 
-async def full_history(client: LedgerClient, account_id: str) -> list[tuple[Transfer, int]]:
-    items: list[tuple[Transfer, int]] = []
-    cursor: int | None = None
-    while True:
-        page = await client.history(account_id, 200, cursor)
-        items.extend(page.items)
-        if page.next_cursor is None:
-            return items
-        cursor = page.next_cursor
-
-
 def balances_now(ledger: LedgerHandles, accounts: Sequence[str]) -> dict[str, int]:
     views = SyncLedgerClient(ledger).balances(accounts)
     assert all(v is not None for v in views)
@@ -133,16 +86,8 @@ def balances_now(ledger: LedgerHandles, accounts: Sequence[str]) -> dict[str, in
 
 def audit_shards(ledger: LedgerHandles) -> None:
     """Books balance everywhere: sums zero, no user overdrawn, invariants, nothing in doubt."""
-    sums = SyncLedgerClient(ledger).currency_sums()
-    assert sums and all(total == 0 for total in sums.values()), sums
-    for balances in ray.get([s.all_balances.remote() for s in ledger.shards]):
-        overdrawn = {a: b for a, b in balances.items() if not is_system_account(a) and b < 0}
-        assert overdrawn == {}
-    assert ray.get([s.check_invariants.remote() for s in ledger.shards]) == [True] * SHARDS
-    assert [
-        decode(r, list[str])
-        for r in ray.get([s.call.remote("in_doubt", b"") for s in ledger.shards])
-    ] == [[]] * SHARDS
+    assert_books_balance(ledger)
+    assert in_doubt(ledger.shards) == [[]] * SHARDS
     assert ray.get(ledger.coordinator.stats.remote())["pending_commits"] == 0
 
 
@@ -168,12 +113,12 @@ def random_orders(rng: random.Random, accounts: list[str]) -> list[TransferOrder
         transfer_id = f"w-t{index}"
         if rng.random() < 0.05:
             payee = rng.choice([a for a in accounts if a != debit])
-            orders.append(pay(debit, [(payee, OVERDRAW_AMOUNT)], transfer_id))
+            orders.append(pay(debit, [(payee, OVERDRAW_AMOUNT)], id=transfer_id))
             continue
         same_shard = rng.random() < 0.5
         pool = by_shard[shard_of(debit, SHARDS)] if same_shard else accounts
         payees = rng.sample([a for a in pool if a != debit], rng.randint(1, 3))
-        orders.append(pay(debit, [(p, rng.randint(1, 3)) for p in payees], transfer_id))
+        orders.append(pay(debit, [(p, rng.randint(1, 3)) for p in payees], id=transfer_id))
     return orders
 
 
@@ -276,21 +221,19 @@ def test_replaying_committed_orders_changes_nothing(
 
 def test_same_id_with_another_body_is_a_conflict(ledger: LedgerHandles) -> None:
     shard_a = shard_of("cf-seed", SHARDS)
-    payer, local_payee = ids_on(shard_a, 2, "cf-local")
-    remote_payee = ids_on((shard_a + 1) % SHARDS, 1, "cf-remote")[0]
+    payer, local_payee = ids_on(shard_a, SHARDS, 2, "cf-local")
+    remote_payee = ids_on((shard_a + 1) % SHARDS, SHARDS, 1, "cf-remote")[0]
     accounts = [payer, local_payee, remote_payee]
-    single = pay(payer, [(local_payee, 5)], "cf-single")
-    cross = pay(payer, [(remote_payee, 5)], "cf-cross")
+    single = pay(payer, [(local_payee, 5)], id="cf-single")
+    cross = pay(payer, [(remote_payee, 5)], id="cf-cross")
     assert not is_cross_shard(single) and is_cross_shard(cross)
     variants = [
-        pay(payer, [(local_payee, 6)], single.id),
-        TransferOrder(
-            id=single.id, debit=payer, credits=single.credits, currency=CURRENCY, memo="x"
-        ),
-        pay(payer, [(remote_payee, 5)], single.id),  # now cross-shard
-        pay(payer, [(remote_payee, 7)], cross.id),
-        pay(payer, [(remote_payee, 5), (local_payee, 1)], cross.id),
-        pay(payer, [(local_payee, 5)], cross.id),  # now single-shard
+        pay(payer, [(local_payee, 6)], id=single.id),
+        pay(payer, [(local_payee, 5)], id=single.id, memo="x"),
+        pay(payer, [(remote_payee, 5)], id=single.id),  # now cross-shard
+        pay(payer, [(remote_payee, 7)], id=cross.id),
+        pay(payer, [(remote_payee, 5), (local_payee, 1)], id=cross.id),
+        pay(payer, [(local_payee, 5)], id=cross.id),  # now single-shard
     ]
 
     async def main() -> tuple[list[TransferOutcome], list[TransferOutcome]]:
@@ -312,11 +255,9 @@ def test_same_id_with_another_body_is_a_conflict(ledger: LedgerHandles) -> None:
 
 
 def test_two_bodies_in_flight_under_one_id_apply_one(ledger: LedgerHandles) -> None:
-    shard_a = shard_of("fl-seed", SHARDS)
-    payer = ids_on(shard_a, 1, "fl-payer")[0]
-    payee = ids_on((shard_a + 2) % SHARDS, 1, "fl-payee")[0]
-    first = pay(payer, [(payee, 4)], "fl-1")
-    second = pay(payer, [(payee, 9)], "fl-1")
+    payer, payee = cross_shard_pair("fl", hops=2)
+    first = pay(payer, [(payee, 4)], id="fl-1")
+    second = pay(payer, [(payee, 9)], id="fl-1")
 
     async def main() -> list[TransferOutcome]:
         client = LedgerClient(ledger)
@@ -332,12 +273,10 @@ def test_two_bodies_in_flight_under_one_id_apply_one(ledger: LedgerHandles) -> N
 
 
 def test_concurrent_submissions_of_one_cross_shard_id_apply_once(ledger: LedgerHandles) -> None:
-    shard_a = shard_of("dup-seed", SHARDS)
-    payer = ids_on(shard_a, 1, "dup-payer")[0]
-    payee = ids_on((shard_a + 1) % SHARDS, 1, "dup-payee")[0]
-    batched = pay(payer, [(payee, 3)], "dup-batched")
-    direct = pay(payer, [(payee, 5)], "dup-direct")
-    scripted = pay(payer, [(payee, 7)], "dup-scripted")
+    payer, payee = cross_shard_pair("dup", hops=1)
+    batched = pay(payer, [(payee, 3)], id="dup-batched")
+    direct = pay(payer, [(payee, 5)], id="dup-direct")
+    scripted = pay(payer, [(payee, 7)], id="dup-scripted")
 
     async def main() -> tuple[list[TransferOutcome], list[TransferOutcome]]:
         client = LedgerClient(ledger)
@@ -371,13 +310,11 @@ def test_concurrent_submissions_of_one_cross_shard_id_apply_once(ledger: LedgerH
     "another body on shards the first one never touched is accepted (needs a global id registry)",
 )
 def test_reused_id_on_untouched_shards_is_a_conflict(ledger: LedgerHandles) -> None:
-    shard_a = shard_of("ru-seed", SHARDS)
-    shard_c = (shard_a + 2) % SHARDS
-    payer = ids_on(shard_a, 1, "ru-payer")[0]
-    payee = ids_on((shard_a + 1) % SHARDS, 1, "ru-payee")[0]
-    other_payer, other_payee = ids_on(shard_c, 2, "ru-other")
-    original = pay(payer, [(payee, 2)], "ru-1")
-    reused = pay(other_payer, [(other_payee, 2)], "ru-1")
+    payer, payee = cross_shard_pair("ru", hops=1)
+    shard_c = (shard_of(payer, SHARDS) + 2) % SHARDS
+    other_payer, other_payee = ids_on(shard_c, SHARDS, 2, "ru-other")
+    original = pay(payer, [(payee, 2)], id="ru-1")
+    reused = pay(other_payer, [(other_payee, 2)], id="ru-1")
 
     async def main() -> TransferOutcome:
         client = LedgerClient(ledger)

@@ -8,44 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
+from tests.support.orders import CURRENCY, account_specs, ids_on, pay, topup
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
 from tokpay.client import LedgerClient, SyncLedgerClient
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH, MAX_LOOKUP_IDS
-from tokpay.ledger.model import (
-    AccountSpec,
-    BalanceView,
-    Credit,
-    TransferKind,
-    TransferOrder,
-    funding_account_id,
-)
+from tokpay.ledger.model import BalanceView, TransferOrder
 from tokpay.ledger.routing import shard_of
 
 SHARDS = 3
-CURRENCY = "EUR"
 HEAVY_SHARD = 0
 HEAVY_ACCOUNTS = MAX_BATCH + 200
 """Accounts on one shard: more than one batch, so every per-shard path must chunk."""
 LIGHT_ACCOUNTS = 400
-
-
-def ids_on(shard: int, count: int, prefix: str) -> list[str]:
-    found: list[str] = []
-    candidate = 0
-    while len(found) < count:
-        account_id = f"{prefix}-{candidate}"
-        if shard_of(account_id, SHARDS) == shard:
-            found.append(account_id)
-        candidate += 1
-    return found
 
 
 class RecordingHandle:
@@ -79,16 +60,6 @@ def recording(handles: LedgerHandles) -> tuple[LedgerHandles, dict[str, list[tup
     return LedgerHandles(shards=shards, coordinator=coordinator), calls
 
 
-def topup(account_id: str, amount: int) -> TransferOrder:
-    return TransferOrder(
-        id=f"top-{account_id}",
-        debit=funding_account_id(CURRENCY, shard_of(account_id, SHARDS)),
-        credits=(Credit(account_id, amount),),
-        currency=CURRENCY,
-        kind=TransferKind.TOPUP,
-    )
-
-
 @pytest.fixture(scope="module")
 def ledger(module_ledger_runner: Any, tmp_path_factory: pytest.TempPathFactory) -> LedgerHandles:
     module_ledger_runner.start(tmp_path_factory.mktemp("ledger-client"), SHARDS)
@@ -98,18 +69,18 @@ def ledger(module_ledger_runner: Any, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def funded(ledger: LedgerHandles) -> dict[str, int]:
     """Accounts (heavy on one shard) created and topped up through the sync client."""
-    accounts = ids_on(HEAVY_SHARD, HEAVY_ACCOUNTS, "cl")
+    accounts = ids_on(HEAVY_SHARD, SHARDS, HEAVY_ACCOUNTS, "cl")
     for shard in range(SHARDS):
         if shard != HEAVY_SHARD:
-            accounts += ids_on(shard, LIGHT_ACCOUNTS, "cl")
+            accounts += ids_on(shard, SHARDS, LIGHT_ACCOUNTS, "cl")
     amounts = {a: 10 + index for index, a in enumerate(accounts)}
     recorded, calls = recording(ledger)
     client = SyncLedgerClient(recorded)
-    specs = [AccountSpec(id=a, currency=CURRENCY, owner=f"{a}@example.com") for a in accounts]
-    created = client.create_accounts(specs)
+    created = client.create_accounts(account_specs(accounts))
     assert [o.account.id if o.account else None for o in created] == accounts
     assert all(o.created for o in created)
-    funded = client.submit_many([topup(a, amounts[a]) for a in accounts])
+    topups = [topup(a, amounts[a], id=f"top-{a}", shard_count=SHARDS) for a in accounts]
+    funded = client.submit_many(topups)
     assert all(o.transfer is not None for o in funded)
     heavy = [n for m, n in calls[f"shard-{HEAVY_SHARD}"] if m == "create_accounts"]
     assert sorted(heavy) == sorted([MAX_BATCH, HEAVY_ACCOUNTS - MAX_BATCH])
@@ -122,7 +93,7 @@ def test_balances_of_3000_ids_come_back_in_request_order(
 ) -> None:
     rng = random.Random(1)
     known = rng.sample(sorted(funded), 2_000)
-    unknown = ids_on(HEAVY_SHARD, 990, "nobody") + ["nobody-else"] * 10
+    unknown = ids_on(HEAVY_SHARD, SHARDS, 990, "nobody") + ["nobody-else"] * 10
     request = known + unknown
     rng.shuffle(request)
     assert len(request) == 3_000
@@ -146,10 +117,11 @@ def test_submit_many_chunks_by_max_batch_and_keeps_order(
     orders: list[TransferOrder] = []
     for index in range(1_300):  # single-shard, all on the heavy shard
         debit, credit = rng.sample(heavy, 2)
-        orders.append(_pay(f"sm-local-{index}", debit, [(credit, rng.randint(1, 5))]))
+        orders.append(pay(debit, [(credit, rng.randint(1, 5))], id=f"sm-local-{index}"))
     for index in range(1_700):  # mostly cross-shard
         debit, *credits = rng.sample(everyone, rng.randint(2, 4))
-        orders.append(_pay(f"sm-mixed-{index}", debit, [(c, rng.randint(1, 5)) for c in credits]))
+        legs = [(c, rng.randint(1, 5)) for c in credits]
+        orders.append(pay(debit, legs, id=f"sm-mixed-{index}"))
     rng.shuffle(orders)
     before = SyncLedgerClient(ledger).balances(everyone)
 
@@ -187,15 +159,6 @@ def test_async_lookup_refuses_more_than_max_lookup_ids(ledger: LedgerHandles) ->
     assert refused.value.code == ErrorCode.TOO_MANY_IDS
 
 
-def _pay(transfer_id: str, debit: str, credits: Sequence[tuple[str, int]]) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=debit,
-        credits=tuple(Credit(a, n) for a, n in credits),
-        currency=CURRENCY,
-    )
-
-
 # -- Batcher ---------------------------------------------------------------------------------
 
 
@@ -226,6 +189,23 @@ async def _until(condition: Any) -> None:
     raise AssertionError("condition never became true")
 
 
+async def busy_batcher(
+    *, max_pending: int, waiting: int
+) -> tuple[Target, Batcher[int, int], asyncio.Future[int], list[asyncio.Future[int]]]:
+    """A batcher with one slot, taken by ``submit(0)`` at a gated target, and ``waiting``
+    more submits (1, 2, ...) queued behind it.
+    """
+    target = Target(gated=True)
+    batcher: Batcher[int, int] = Batcher(
+        target.send, max_batch=MAX_BATCH, max_pending=max_pending, max_inflight=1
+    )
+    in_flight = asyncio.ensure_future(batcher.submit(0))
+    await _until(lambda: len(target.batches) == 1)
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, waiting + 1)]
+    await _until(lambda: batcher.pending == waiting)
+    return target, batcher, in_flight, queued
+
+
 def test_batcher_coalesces_concurrent_submits() -> None:
     async def main() -> None:
         target = Target()
@@ -253,14 +233,7 @@ def test_batcher_coalesces_concurrent_submits() -> None:
 
 def test_batcher_grows_batches_while_the_target_is_busy() -> None:
     async def main() -> None:
-        target = Target(gated=True)
-        batcher: Batcher[int, int] = Batcher(
-            target.send, max_batch=MAX_BATCH, max_pending=10_000, max_inflight=1
-        )
-        first = asyncio.ensure_future(batcher.submit(0))
-        await _until(lambda: len(target.batches) == 1)
-        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 301)]
-        await _until(lambda: batcher.pending == 300)
+        target, _, first, rest = await busy_batcher(max_pending=10_000, waiting=300)
         assert len(target.batches) == 1  # nothing leaves while the one slot is busy
         assert target.gate is not None
         target.gate.set()
@@ -273,14 +246,7 @@ def test_batcher_grows_batches_while_the_target_is_busy() -> None:
 
 def test_batcher_overflow_is_an_immediate_overloaded_error() -> None:
     async def main() -> None:
-        target = Target(gated=True)
-        batcher: Batcher[int, int] = Batcher(
-            target.send, max_batch=MAX_BATCH, max_pending=10, max_inflight=1
-        )
-        busy = asyncio.ensure_future(batcher.submit(0))
-        await _until(lambda: len(target.batches) == 1)
-        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 11)]
-        await _until(lambda: batcher.pending == 10)
+        target, batcher, busy, waiting = await busy_batcher(max_pending=10, waiting=10)
         with pytest.raises(LedgerError) as refused:
             await asyncio.wait_for(batcher.submit(99), timeout=1.0)
         assert refused.value.code == ErrorCode.OVERLOADED

@@ -12,20 +12,13 @@ from pathlib import Path
 import pytest
 
 import tokpay.actors.two_phase as two_phase_module
+from tests.support.orders import ids_on, pay, topup
+from tests.support.services import InProcessShards, apply_orders, create_accounts
 from tokpay.actors.coordinator import CoordinatorService
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.errors import ErrorCode
-from tokpay.ledger.model import (
-    AccountSpec,
-    BalanceView,
-    Credit,
-    TransferKind,
-    TransferOrder,
-    TransferOutcome,
-    funding_account_id,
-)
-from tokpay.ledger.routing import shard_of
+from tokpay.ledger.model import BalanceView, TransferOutcome
 
 
 @pytest.mark.parametrize("unreachable", [0, 1], ids=["debit-shard", "credit-shard"])
@@ -35,26 +28,12 @@ def test_retry_during_partial_delivery_is_never_a_false_ack_or_conflict(
     monkeypatch.setattr(two_phase_module, "DECIDE_ATTEMPTS", 2)
     monkeypatch.setattr(two_phase_module, "DECIDE_BACKOFF_SECONDS", 0)
     shards = [ShardService(i, 2, tmp_path, fsync=False) for i in range(2)]
-    payer = next(f"u{n}" for n in range(100) if shard_of(f"u{n}", 2) == 0)
-    payee = next(f"u{n}" for n in range(100) if shard_of(f"u{n}", 2) == 1)
-    shards[0].create_accounts(encode([AccountSpec(id=payer, currency="USD", owner="o")]))
-    shards[1].create_accounts(encode([AccountSpec(id=payee, currency="USD", owner="o")]))
-    seed = TransferOrder(
-        id="seed",
-        debit=funding_account_id("USD", 0),
-        credits=(Credit(payer, 100),),
-        currency="USD",
-        kind=TransferKind.TOPUP,
-    )
-    shards[0].apply_orders(encode([seed]))
-    blocked: set[int] = {unreachable}
-
-    async def call(shard: int, method: str, payload: bytes) -> object:
-        if method == "decide" and shard in blocked:
-            raise OSError("shard unreachable")
-        if method == "in_doubt":
-            return shards[shard].in_doubt()
-        return getattr(shards[shard], method)(payload)
+    (payer,) = ids_on(0, 2, 1, "u")
+    (payee,) = ids_on(1, 2, 1, "u")
+    create_accounts(shards[0], [payer])
+    create_accounts(shards[1], [payee])
+    apply_orders(shards[0], [topup(payer, 100, id="seed", shard_count=2)])
+    caller = InProcessShards(shards, unreachable={unreachable})
 
     def balances() -> tuple[int, int]:
         views = [
@@ -63,14 +42,14 @@ def test_retry_during_partial_delivery_is_never_a_false_ack_or_conflict(
         return views[0][0].balance, views[1][1].balance  # type: ignore[union-attr]
 
     async def scenario() -> None:
-        coordinator = CoordinatorService(2, tmp_path, call, fsync=False)
-        order = TransferOrder(id="X", debit=payer, credits=(Credit(payee, 10),), currency="USD")
+        coordinator = CoordinatorService(2, tmp_path, caller, fsync=False)
+        order = pay(payer, [(payee, 10)], id="X")
         first = decode(await coordinator.submit(encode([order])), list[TransferOutcome])[0]
         assert first.error == ErrorCode.UNAVAILABLE  # committed, not yet applied everywhere
         retry = decode(await coordinator.submit(encode([order])), list[TransferOutcome])[0]
         # Neither "already done" while a leg is missing, nor "id taken" for the same body.
         assert retry.error == ErrorCode.UNAVAILABLE, retry
-        blocked.clear()
+        caller.unreachable.clear()
         for _ in range(3):  # the shard is back: a retry or two settles it
             settled = decode(await coordinator.submit(encode([order])), list[TransferOutcome])[0]
             if settled.transfer is not None:

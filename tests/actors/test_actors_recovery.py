@@ -17,6 +17,9 @@ import pytest
 import ray
 
 import tokpay.actors.two_phase as two_phase_module
+from tests.support.audit import assert_books_balance, full_history, in_doubt
+from tests.support.orders import CURRENCY, account_specs, ids_on, pay, topup
+from tests.support.services import InProcessShards, apply_orders, create_accounts
 from tokpay.actors.coordinator import CoordinatorActor, CoordinatorService
 from tokpay.actors.deploy import LedgerHandles, connect_ledger, read_shard_count
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
@@ -24,63 +27,17 @@ from tokpay.actors.protocol import ShardStats, decode, encode
 from tokpay.actors.shard import ShardService
 from tokpay.client import LedgerClient, SyncLedgerClient
 from tokpay.ledger.errors import ErrorCode
-from tokpay.ledger.model import (
-    Account,
-    AccountSpec,
-    Credit,
-    Prepare,
-    Transfer,
-    TransferKind,
-    TransferOrder,
-    TransferOutcome,
-    Vote,
-    funding_account_id,
-    is_system_account,
-)
+from tokpay.ledger.model import Account, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
 from tokpay.ledger.routing import shard_of
 
 SHARDS = 3
-CURRENCY = "EUR"
 RESTART_TIMEOUT_SECONDS = 60.0
 
 
-def ids_on(shard: int, count: int, prefix: str) -> list[str]:
-    found: list[str] = []
-    candidate = 0
-    while len(found) < count:
-        account_id = f"{prefix}-{candidate}"
-        if shard_of(account_id, SHARDS) == shard:
-            found.append(account_id)
-        candidate += 1
-    return found
-
-
-def specs(ids: Sequence[str]) -> list[AccountSpec]:
-    return [AccountSpec(id=a, currency=CURRENCY, owner=f"{a}@example.com") for a in ids]
-
-
-def topup(account_id: str, amount: int) -> TransferOrder:
-    return TransferOrder(
-        id=f"top-{account_id}",
-        debit=funding_account_id(CURRENCY, shard_of(account_id, SHARDS)),
-        credits=(Credit(account_id, amount),),
-        currency=CURRENCY,
-        kind=TransferKind.TOPUP,
-    )
-
-
-def pay(debit: str, credits: Sequence[tuple[str, int]], transfer_id: str) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=debit,
-        credits=tuple(Credit(a, n) for a, n in credits),
-        currency=CURRENCY,
-    )
-
-
 def open_funded(client: SyncLedgerClient, ids: Sequence[str], amount: int) -> None:
-    assert all(o.created for o in client.create_accounts(specs(ids)))
-    assert all(o.transfer is not None for o in client.submit_many([topup(a, amount) for a in ids]))
+    assert all(o.created for o in client.create_accounts(account_specs(ids)))
+    topups = [topup(a, amount, id=f"top-{a}", shard_count=SHARDS) for a in ids]
+    assert all(o.transfer is not None for o in client.submit_many(topups))
 
 
 def remote_account(handles: LedgerHandles, account_id: str) -> Account:
@@ -100,20 +57,12 @@ def wait_until_unregistered(name: str) -> None:
         time.sleep(0.05)
 
 
-def assert_books_balance(handles: LedgerHandles) -> None:
-    sums = SyncLedgerClient(handles).currency_sums()
-    assert sums and all(total == 0 for total in sums.values()), sums
-    for balances in ray.get([s.all_balances.remote() for s in handles.shards]):
-        assert all(b >= 0 for a, b in balances.items() if not is_system_account(a))
-    assert ray.get([s.check_invariants.remote() for s in handles.shards]) == [True] * SHARDS
-
-
 def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     handles: LedgerHandles = ledger_runner.start(data_dir, SHARDS)
     payer_shard = shard_of("ind-seed", SHARDS)
-    payer, neighbour = ids_on(payer_shard, 2, "ind-payer")
-    payee = ids_on((payer_shard + 1) % SHARDS, 1, "ind-payee")[0]
+    payer, neighbour = ids_on(payer_shard, SHARDS, 2, "ind-payer")
+    payee = ids_on((payer_shard + 1) % SHARDS, SHARDS, 1, "ind-payee")[0]
     sync = SyncLedgerClient(handles)
     open_funded(sync, [payer, neighbour, payee], 100)
 
@@ -127,7 +76,7 @@ def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_pat
     handles = connect_ledger(SHARDS)
     sync = SyncLedgerClient(handles)
 
-    order = pay(payer, [(payee, 60)], "ind-1")
+    order = pay(payer, [(payee, 60)], id="ind-1")
     prepare = encode([Prepare(txid="ind-tx", transfer=Transfer(order=order, created_at=1))])
     participants = [handles.shards[payer_shard], handles.shards[shard_of(payee, SHARDS)]]
     votes = [
@@ -135,24 +84,18 @@ def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_pat
         for raw in ray.get([p.call.remote("prepare", prepare) for p in participants])
     ]
     assert votes == [[Vote(txid="ind-tx", ok=True)]] * 2
-    assert [
-        decode(r, list[str])
-        for r in ray.get([p.call.remote("in_doubt", b"") for p in participants])
-    ] == [["ind-tx"]] * 2
+    assert in_doubt(participants) == [["ind-tx"]] * 2
     held_payer, held_payee = remote_account(handles, payer), remote_account(handles, payee)
     assert (held_payer.balance, held_payer.held_debit) == (100, 60)
     assert (held_payee.balance, held_payee.held_credit) == (100, 60)
     # Held money cannot be spent twice; the id is taken while in doubt.
-    spend = sync.submit_many([pay(payer, [(neighbour, 41)], "ind-spend")])
+    spend = sync.submit_many([pay(payer, [(neighbour, 41)], id="ind-spend")])
     assert spend[0].error == ErrorCode.INSUFFICIENT_FUNDS
-    taken = sync.submit_many([pay(payer, [(neighbour, 1)], order.id)])
+    taken = sync.submit_many([pay(payer, [(neighbour, 1)], id=order.id)])
     assert taken[0].error == ErrorCode.TRANSFER_ID_CONFLICT
 
     assert ray.get(coordinator.resolve_in_doubt.remote()) == {"redelivered": 0, "aborted": 2}
-    assert [
-        decode(r, list[str])
-        for r in ray.get([s.call.remote("in_doubt", b"") for s in handles.shards])
-    ] == [[]] * SHARDS
+    assert in_doubt(handles.shards) == [[]] * SHARDS
     released_payer, released_payee = remote_account(handles, payer), remote_account(handles, payee)
     assert (released_payer.balance, released_payer.held_debit) == (100, 0)
     assert (released_payee.balance, released_payee.held_credit) == (100, 0)
@@ -167,39 +110,21 @@ def test_in_doubt_without_a_commit_record_is_aborted(ledger_runner: Any, tmp_pat
     assert_books_balance(handles)
 
 
-class FlakyShards:
-    """ShardServices reached in-process; ``decide`` fails for the shards in ``unreachable``."""
-
-    def __init__(self, services: list[ShardService], unreachable: set[int]) -> None:
-        self.services = services
-        self.unreachable = unreachable
-
-    async def __call__(self, shard: int, method: str, payload: bytes) -> Any:
-        await asyncio.sleep(0)
-        if method == "decide" and shard in self.unreachable:
-            raise ConnectionError(f"shard {shard} is unreachable")
-        service = self.services[shard]
-        if method == "in_doubt":
-            return service.in_doubt()
-        return getattr(service, method)(payload)
-
-
 def test_logged_commit_is_redelivered_after_coordinator_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(two_phase_module, "DECIDE_ATTEMPTS", 2)
     monkeypatch.setattr(two_phase_module, "DECIDE_BACKOFF_SECONDS", 0.0)
     services = [ShardService(i, SHARDS, tmp_path) for i in range(SHARDS)]
-    payer = ids_on(0, 1, "rd-payer")[0]
-    payee_1 = ids_on(1, 1, "rd-payee")[0]
-    payee_2 = ids_on(2, 1, "rd-payee")[0]
+    payer = ids_on(0, SHARDS, 1, "rd-payer")[0]
+    payee_1 = ids_on(1, SHARDS, 1, "rd-payee")[0]
+    payee_2 = ids_on(2, SHARDS, 1, "rd-payee")[0]
     for account_id in [payer, payee_1, payee_2]:
-        service = services[shard_of(account_id, SHARDS)]
-        service.create_accounts(encode(specs([account_id])))
-    services[0].apply_orders(encode([topup(payer, 100)]))
-    order = pay(payer, [(payee_1, 5), (payee_2, 7)], "rd-1")
+        create_accounts(services[shard_of(account_id, SHARDS)], [account_id])
+    apply_orders(services[0], [topup(payer, 100, id=f"top-{payer}", shard_count=SHARDS)])
+    order = pay(payer, [(payee_1, 5), (payee_2, 7)], id="rd-1")
 
-    first = CoordinatorService(SHARDS, tmp_path, FlakyShards(services, unreachable={2}))
+    first = CoordinatorService(SHARDS, tmp_path, InProcessShards(services, unreachable={2}))
     outcome = decode(asyncio.run(first.submit(encode([order]))), list[TransferOutcome])[0]
     assert outcome.transfer is None and outcome.error == ErrorCode.UNAVAILABLE
     assert "committed" in outcome.detail
@@ -215,7 +140,7 @@ def test_logged_commit_is_redelivered_after_coordinator_restart(
     services[2] = ShardService(2, SHARDS, tmp_path)  # and so does shard 2: the hold is durable
     assert services[2].in_doubt() == [txid]
 
-    second = CoordinatorService(SHARDS, tmp_path, FlakyShards(services, unreachable=set()))
+    second = CoordinatorService(SHARDS, tmp_path, InProcessShards(services))
     assert second.pending_commits == {txid: [0, 1, 2]}
     assert asyncio.run(second.resolve_in_doubt()) == {"redelivered": 1, "aborted": 0}
     assert [s.in_doubt() for s in services] == [[], [], []]
@@ -240,7 +165,7 @@ def test_logged_commit_is_redelivered_after_coordinator_restart(
     # Delivered means done: not re-sent by the next sweep, nor after another restart.
     assert second.pending_commits == {}
     assert asyncio.run(second.resolve_in_doubt()) == {"redelivered": 0, "aborted": 0}
-    third = CoordinatorService(SHARDS, tmp_path, FlakyShards(services, unreachable=set()))
+    third = CoordinatorService(SHARDS, tmp_path, InProcessShards(services))
     assert third.pending_commits == {}
     # The client's retry with the same id gets the committed transfer back.
     retry = decode(asyncio.run(third.submit(encode([order]))), list[TransferOutcome])[0]
@@ -255,19 +180,12 @@ def random_orders(rng: random.Random, accounts: list[str], count: int) -> list[T
     for index in range(count):
         debit = rng.choice(accounts)
         payees = rng.sample([a for a in accounts if a != debit], rng.randint(1, 3))
-        orders.append(pay(debit, [(p, rng.randint(1, 3)) for p in payees], f"kl-{index}"))
+        orders.append(pay(debit, [(p, rng.randint(1, 3)) for p in payees], id=f"kl-{index}"))
     return orders
 
 
 async def history_ids(client: LedgerClient, account_id: str) -> list[str]:
-    ids: list[str] = []
-    cursor: int | None = None
-    while True:
-        page = await client.history(account_id, 200, cursor)
-        ids.extend(t.order.id for t, _ in page.items)
-        if page.next_cursor is None:
-            return ids
-        cursor = page.next_cursor
+    return [t.order.id for t, _ in await full_history(client, account_id)]
 
 
 def is_definitive(result: TransferOutcome | BaseException) -> bool:
@@ -337,10 +255,7 @@ def test_shard_killed_under_load_keeps_every_acknowledged_transfer(
         assert committed[transfer_id] == transfer, "an acknowledged transfer changed or vanished"
 
     ray.get(handles.coordinator.resolve_in_doubt.remote())
-    assert [
-        decode(r, list[str])
-        for r in ray.get([s.call.remote("in_doubt", b"") for s in handles.shards])
-    ] == [[]] * SHARDS
+    assert in_doubt(handles.shards) == [[]] * SHARDS
 
     async def audit() -> tuple[list[list[str]], list[Transfer | None]]:
         client = LedgerClient(handles)

@@ -11,20 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.actors.test_actors_service import (
-    CURRENCY,
-    SHARD,
-    SHARD_COUNT,
-    create,
-    ids_on,
-    pay,
-    topup,
-)
+from tests.support.orders import CURRENCY, ids_on, pay, topup
+from tests.support.services import apply_orders, create_accounts
 from tokpay.actors.channel import ChannelServer, NotPrimary
-from tokpay.actors.protocol import ShippedRecord, decode, encode
+from tokpay.actors.protocol import ShippedRecord, encode
 from tokpay.actors.replication import InstallReceiver, ReplicatedLog
 from tokpay.actors.shard import ShardService
-from tokpay.ledger.model import TransferOutcome
+
+SHARD = 0
+SHARD_COUNT = 2
 
 
 class BackupHarness:
@@ -58,34 +53,34 @@ class BackupHarness:
             return self.service.follow(payload)
 
 
-def primary_service(root: Path) -> ShardService:
-    return ShardService(SHARD, SHARD_COUNT, root.parent, replicated=True, root=root)
+@pytest.fixture
+def primary(tmp_path: Path) -> ShardService:
+    """A primary that must ship each record to a backup before it answers."""
+    return ShardService(SHARD, SHARD_COUNT, tmp_path, replicated=True, root=tmp_path / "p")
 
 
-def apply(service: ShardService, orders: list) -> list[TransferOutcome]:  # type: ignore[type-arg]
-    outcomes: list[TransferOutcome] = decode(
-        service.apply_orders(encode(orders)), list[TransferOutcome]
-    )
-    return outcomes
+def attach_backup(primary: ShardService, root: Path, epoch: int) -> BackupHarness:
+    """A new backup in ``root``, installed from the primary's snapshot and following it."""
+    backup = BackupHarness(root, epoch)
+    primary.log.attach(epoch, backup.server.address, primary.snapshot_payload())
+    return backup
 
 
-def test_writes_wait_for_a_backup_and_change_nothing(tmp_path: Path) -> None:
-    primary = primary_service(tmp_path / "p")
+def test_writes_wait_for_a_backup_and_change_nothing(primary: ShardService) -> None:
     with pytest.raises(NotPrimary):
-        create(primary, ids_on(SHARD, 1, "a"))
+        create_accounts(primary, ids_on(SHARD, SHARD_COUNT, 1, "a"))
     assert primary.ledger.accounts == {}
     assert primary.log.last_sequence == 0
 
 
-def test_backup_follows_primary_byte_for_byte(tmp_path: Path) -> None:
-    primary = primary_service(tmp_path / "p")
-    accounts = ids_on(SHARD, 6, "acct")
-    backup = BackupHarness(tmp_path / "b", epoch=2)
-    primary.log.attach(2, backup.server.address, primary.snapshot_payload())
-    create(primary, accounts)
-    assert all(o.transfer for o in apply(primary, [topup(a, 1_000, f"t-{a}") for a in accounts]))
+def test_backup_follows_primary_byte_for_byte(tmp_path: Path, primary: ShardService) -> None:
+    accounts = ids_on(SHARD, SHARD_COUNT, 6, "acct")
+    backup = attach_backup(primary, tmp_path / "b", epoch=2)
+    create_accounts(primary, accounts)
+    topups = [topup(a, 1_000, id=f"t-{a}", shard_count=SHARD_COUNT) for a in accounts]
+    assert all(o.transfer for o in apply_orders(primary, topups))
     for n in range(20):
-        apply(primary, [pay(accounts[n % 6], [(accounts[(n + 1) % 6], 7)], f"p-{n}")])
+        apply_orders(primary, [pay(accounts[n % 6], [(accounts[(n + 1) % 6], 7)], id=f"p-{n}")])
     assert backup.service is not None
     assert backup.service.snapshot_payload() == primary.snapshot_payload()
     assert backup.service.log.last_sequence == primary.log.last_sequence
@@ -95,31 +90,27 @@ def test_backup_follows_primary_byte_for_byte(tmp_path: Path) -> None:
     assert reopened.snapshot_payload() == primary.snapshot_payload()
 
 
-def test_promoted_backup_fences_the_old_primary(tmp_path: Path) -> None:
-    primary = primary_service(tmp_path / "p")
-    accounts = ids_on(SHARD, 2, "f")
-    backup = BackupHarness(tmp_path / "b", epoch=2)
-    primary.log.attach(2, backup.server.address, primary.snapshot_payload())
-    create(primary, accounts)
-    apply(primary, [topup(accounts[0], 500, "t0")])
+def test_promoted_backup_fences_the_old_primary(tmp_path: Path, primary: ShardService) -> None:
+    accounts = ids_on(SHARD, SHARD_COUNT, 2, "f")
+    backup = attach_backup(primary, tmp_path / "b", epoch=2)
+    create_accounts(primary, accounts)
+    apply_orders(primary, [topup(accounts[0], 500, id="t0", shard_count=SHARD_COUNT)])
     before = backup.service.snapshot_payload() if backup.service else b""
     backup.promoted = True
     # The old primary applies the batch locally but cannot get it acknowledged.
     with pytest.raises(NotPrimary):
-        apply(primary, [pay(accounts[0], [(accounts[1], 100)], "zombie")])
+        apply_orders(primary, [pay(accounts[0], [(accounts[1], 100)], id="zombie")])
     assert primary.log.broken is not None
     # From now on it takes no write at all; the promoted copy never saw the batch.
     with pytest.raises(NotPrimary):
-        apply(primary, [pay(accounts[0], [(accounts[1], 1)], "zombie-2")])
+        apply_orders(primary, [pay(accounts[0], [(accounts[1], 1)], id="zombie-2")])
     assert backup.service is not None
     assert backup.service.snapshot_payload() == before
     assert backup.service.ledger.transfer("zombie") is None
 
 
-def test_backup_refuses_records_of_another_epoch(tmp_path: Path) -> None:
-    primary = primary_service(tmp_path / "p")
-    backup = BackupHarness(tmp_path / "b", epoch=3)
-    primary.log.attach(3, backup.server.address, primary.snapshot_payload())
+def test_backup_refuses_records_of_another_epoch(tmp_path: Path, primary: ShardService) -> None:
+    backup = attach_backup(primary, tmp_path / "b", epoch=3)
     assert backup.service is not None
     stale = ShippedRecord(epoch=2, sequence=1, payload=b"")
     with pytest.raises(NotPrimary):
@@ -127,20 +118,20 @@ def test_backup_refuses_records_of_another_epoch(tmp_path: Path) -> None:
     assert backup.service.log.last_sequence == 0
 
 
-def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(tmp_path: Path) -> None:
-    primary = primary_service(tmp_path / "p")
-    accounts = ids_on(SHARD, 2, "n")
-    first = BackupHarness(tmp_path / "b1", epoch=2)
-    primary.log.attach(2, first.server.address, primary.snapshot_payload())
-    create(primary, accounts)
+def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(
+    tmp_path: Path, primary: ShardService
+) -> None:
+    accounts = ids_on(SHARD, SHARD_COUNT, 2, "n")
+    first = attach_backup(primary, tmp_path / "b1", epoch=2)
+    create_accounts(primary, accounts)
     first.promoted = True  # stands for a lost backup: it answers nothing useful
+    lost_ack = [topup(accounts[0], 900, id="lost-ack", shard_count=SHARD_COUNT)]
     with pytest.raises(NotPrimary):
-        apply(primary, [topup(accounts[0], 900, "lost-ack")])
-    second = BackupHarness(tmp_path / "b2", epoch=3)
-    primary.log.attach(3, second.server.address, primary.snapshot_payload())
+        apply_orders(primary, lost_ack)
+    second = attach_backup(primary, tmp_path / "b2", epoch=3)
     assert primary.log.broken is None
     # The client's retry with the same id is answered from the ledger, once.
-    (outcome,) = apply(primary, [topup(accounts[0], 900, "lost-ack")])
+    (outcome,) = apply_orders(primary, lost_ack)
     assert outcome.replayed and outcome.transfer is not None
     assert second.service is not None
     assert second.service.snapshot_payload() == primary.snapshot_payload()
@@ -152,23 +143,22 @@ def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(tmp_path: Pat
 def test_a_single_copy_log_needs_no_backup(tmp_path: Path) -> None:
     service = ShardService(SHARD, SHARD_COUNT, tmp_path)
     assert isinstance(service.log, ReplicatedLog) and not service.log.required
-    create(service, ids_on(SHARD, 1, "s"))
+    create_accounts(service, ids_on(SHARD, SHARD_COUNT, 1, "s"))
     assert service.log.last_sequence == 1
 
 
-def test_snapshot_travels_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snapshot_travels_in_chunks(
+    tmp_path: Path, primary: ShardService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tokpay.actors.replication as replication
 
-    primary = primary_service(tmp_path / "p")
-    accounts = ids_on(SHARD, 20, "chunk")
-    first = BackupHarness(tmp_path / "b1", epoch=2)
-    primary.log.attach(2, first.server.address, primary.snapshot_payload())
-    create(primary, accounts)
-    apply(primary, [topup(a, 10, f"t-{a}") for a in accounts])
+    accounts = ids_on(SHARD, SHARD_COUNT, 20, "chunk")
+    _first = attach_backup(primary, tmp_path / "b1", epoch=2)  # acknowledges the writes below
+    create_accounts(primary, accounts)
+    apply_orders(primary, [topup(a, 10, id=f"t-{a}", shard_count=SHARD_COUNT) for a in accounts])
     # A tiny chunk size: the install below takes many frames, reassembled exactly.
     monkeypatch.setattr(replication, "INSTALL_CHUNK_BYTES", 97)
     assert len(primary.snapshot_payload()) > 20 * 97
-    second = BackupHarness(tmp_path / "b2", epoch=3)
-    primary.log.attach(3, second.server.address, primary.snapshot_payload())
+    second = attach_backup(primary, tmp_path / "b2", epoch=3)
     assert second.service is not None
     assert second.service.snapshot_payload() == primary.snapshot_payload()

@@ -13,85 +13,21 @@ from typing import Any
 import pytest
 
 import tokpay.actors.replicated_service as replicated_service_module
+from tests.support.orders import CURRENCY, ids_on, pay, topup
+from tests.support.services import account_of, apply_orders, create_accounts
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.errors import ErrorCode
-from tokpay.ledger.model import (
-    Account,
-    AccountOutcome,
-    AccountSpec,
-    Credit,
-    Decision,
-    Prepare,
-    Transfer,
-    TransferKind,
-    TransferOrder,
-    TransferOutcome,
-    Vote,
-    funding_account_id,
-)
-from tokpay.ledger.routing import shard_of
+from tokpay.ledger.model import Decision, Prepare, Transfer, Vote, funding_account_id
 from tokpay.wal import WriteAheadLog
 
 SHARD = 0
 SHARD_COUNT = 2
-CURRENCY = "EUR"
 FUNDING = funding_account_id(CURRENCY, SHARD)
-
-
-def ids_on(shard: int, count: int, prefix: str) -> list[str]:
-    """``count`` account ids that route to ``shard`` of SHARD_COUNT."""
-    found: list[str] = []
-    candidate = 0
-    while len(found) < count:
-        account_id = f"{prefix}-{candidate}"
-        if shard_of(account_id, SHARD_COUNT) == shard:
-            found.append(account_id)
-        candidate += 1
-    return found
 
 
 def open_service(data_dir: Path, *, fsync: bool = True) -> ShardService:
     return ShardService(SHARD, SHARD_COUNT, data_dir, fsync=fsync)
-
-
-def create(service: ShardService, ids: list[str]) -> list[AccountOutcome]:
-    specs = [AccountSpec(id=i, currency=CURRENCY, owner=f"{i}@example.com") for i in ids]
-    outcomes: list[AccountOutcome] = decode(
-        service.create_accounts(encode(specs)), list[AccountOutcome]
-    )
-    return outcomes
-
-
-def topup(account_id: str, amount: int, transfer_id: str) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=FUNDING,
-        credits=(Credit(account_id, amount),),
-        currency=CURRENCY,
-        kind=TransferKind.TOPUP,
-    )
-
-
-def pay(debit: str, credits: list[tuple[str, int]], transfer_id: str) -> TransferOrder:
-    return TransferOrder(
-        id=transfer_id,
-        debit=debit,
-        credits=tuple(Credit(a, n) for a, n in credits),
-        currency=CURRENCY,
-    )
-
-
-def apply(service: ShardService, orders: list[TransferOrder]) -> list[TransferOutcome]:
-    outcomes: list[TransferOutcome] = decode(
-        service.apply_orders(encode(orders)), list[TransferOutcome]
-    )
-    return outcomes
-
-
-def account(service: ShardService, account_id: str) -> Account:
-    found: Account = decode(service.account(account_id), Account)
-    return found
 
 
 def state(service: ShardService) -> dict[str, Any]:
@@ -109,24 +45,42 @@ def state(service: ShardService) -> dict[str, Any]:
 
 def populate(service: ShardService, prefix: str, rounds: int) -> list[str]:
     """Accounts, top-ups and payments (some refused) in several batches."""
-    users = ids_on(SHARD, 8, prefix)
-    assert all(o.created for o in create(service, users))
-    outcomes = apply(service, [topup(u, 100, f"{prefix}-top-{u}") for u in users])
+    users = ids_on(SHARD, SHARD_COUNT, 8, prefix)
+    assert all(o.created for o in create_accounts(service, users))
+    outcomes = apply_orders(
+        service, [topup(u, 100, id=f"{prefix}-top-{u}", shard_count=SHARD_COUNT) for u in users]
+    )
     assert all(o.transfer is not None for o in outcomes)
     for round_ in range(rounds):
         orders = [
             pay(
                 users[i],
                 [(users[(i + 1) % 8], 3), (users[(i + 3) % 8], 2)],
-                f"{prefix}-p{round_}-{i}",
+                id=f"{prefix}-p{round_}-{i}",
             )
             for i in range(8)
         ]
-        orders.append(pay(users[0], [(users[1], 10_000)], f"{prefix}-over-{round_}"))
-        outcomes = apply(service, orders)
+        orders.append(pay(users[0], [(users[1], 10_000)], id=f"{prefix}-over-{round_}"))
+        outcomes = apply_orders(service, orders)
         assert outcomes[-1].error == ErrorCode.INSUFFICIENT_FUNDS
         assert all(o.transfer is not None for o in outcomes[:-1])
     return users
+
+
+def hold_a_cross_shard_payment(
+    service: ShardService, tag: str
+) -> tuple[str, str, Transfer, list[Vote]]:
+    """Payer (topped up with 50) and another account on this shard; 30 of the payer's money
+    prepared for an account on the other shard under txid ``tx-{tag}``, and the shard's vote.
+    """
+    payer, other = ids_on(SHARD, SHARD_COUNT, 2, tag)
+    remote = ids_on(1 - SHARD, SHARD_COUNT, 1, f"{tag}-remote")[0]
+    create_accounts(service, [payer, other])
+    apply_orders(service, [topup(payer, 50, id=f"{tag}-top", shard_count=SHARD_COUNT)])
+    transfer = Transfer(order=pay(payer, [(remote, 30)], id=f"{tag}-cross"), created_at=1)
+    prepare = encode([Prepare(txid=f"tx-{tag}", transfer=transfer)])
+    votes: list[Vote] = decode(service.prepare(prepare), list[Vote])
+    return payer, other, transfer, votes
 
 
 def test_restart_rebuilds_balances_transfers_and_history(tmp_path: Path) -> None:
@@ -147,7 +101,9 @@ def test_restart_rebuilds_balances_transfers_and_history(tmp_path: Path) -> None
     assert "rs-over-0" not in before["transfers"]
     reopened.check_invariants()
     # A replayed order after the restart is recognised, not applied again.
-    again = apply(reopened, [topup(users[0], 100, f"rs-top-{users[0]}")])
+    again = apply_orders(
+        reopened, [topup(users[0], 100, id=f"rs-top-{users[0]}", shard_count=SHARD_COUNT)]
+    )
     assert again[0].replayed and reopened.all_balances()[users[0]] == 100
     reopened.close()
 
@@ -181,9 +137,11 @@ def test_snapshot_drops_old_segments_and_restart_matches(
     assert len(after_snapshot) == 1
     assert set(after_snapshot) < set(segments_before)
 
-    more = apply(service, [pay(users[i], [(users[i - 1], 1)], f"sn-after-{i}") for i in range(8)])
+    more = apply_orders(
+        service, [pay(users[i], [(users[i - 1], 1)], id=f"sn-after-{i}") for i in range(8)]
+    )
     assert all(o.transfer is not None for o in more)
-    create(service, ids_on(SHARD, 2, "sn-late"))
+    create_accounts(service, ids_on(SHARD, SHARD_COUNT, 2, "sn-late"))
     before = state(service)
     service.close()
 
@@ -212,25 +170,20 @@ def test_automatic_snapshot_every_n_records(
 
 def test_prepared_transaction_survives_restart_and_holds_funds(tmp_path: Path) -> None:
     service = open_service(tmp_path)
-    payer, other = ids_on(SHARD, 2, "pp")
-    remote = ids_on(1 - SHARD, 1, "pp-remote")[0]
-    create(service, [payer, other])
-    apply(service, [topup(payer, 50, "pp-top")])
-    transfer = Transfer(order=pay(payer, [(remote, 30)], "pp-cross"), created_at=1)
-    votes = decode(service.prepare(encode([Prepare(txid="tx-pp", transfer=transfer)])), list[Vote])
+    payer, other, transfer, votes = hold_a_cross_shard_payment(service, "pp")
     assert votes == [Vote(txid="tx-pp", ok=True)]
     service.close()
 
     reopened = open_service(tmp_path)
     assert reopened.in_doubt() == ["tx-pp"]
-    held = account(reopened, payer)
+    held = account_of(reopened, payer)
     assert (held.balance, held.held_debit) == (50, 30)
     # Reads show committed state only; the hold still stops a second spend of the money.
     assert reopened.all_balances()[payer] == 50
-    refused = apply(reopened, [pay(payer, [(other, 21)], "pp-second-spend")])
+    refused = apply_orders(reopened, [pay(payer, [(other, 21)], id="pp-second-spend")])
     assert refused[0].error == ErrorCode.INSUFFICIENT_FUNDS
     # The same id cannot be used for another transfer while it is in doubt.
-    blocked = apply(reopened, [pay(payer, [(other, 1)], "pp-cross")])
+    blocked = apply_orders(reopened, [pay(payer, [(other, 1)], id="pp-cross")])
     assert blocked[0].error == ErrorCode.TRANSFER_ID_CONFLICT
     reopened.check_invariants()
 
@@ -239,14 +192,14 @@ def test_prepared_transaction_survives_restart_and_holds_funds(tmp_path: Path) -
     reopened.close()
     from_snapshot = open_service(tmp_path)
     assert from_snapshot.in_doubt() == ["tx-pp"]
-    assert account(from_snapshot, payer).held_debit == 30
+    assert account_of(from_snapshot, payer).held_debit == 30
 
     assert from_snapshot.decide(encode([Decision("tx-pp", True)])) == 1
     assert from_snapshot.decide(encode([Decision("tx-pp", True)])) == 0
     from_snapshot.close()
     decided = open_service(tmp_path)
     assert decided.in_doubt() == []
-    payer_after = account(decided, payer)
+    payer_after = account_of(decided, payer)
     assert (payer_after.balance, payer_after.held_debit) == (20, 0)
     assert decided.ledger.transfer("pp-cross") == transfer
     decided.check_invariants()
@@ -263,27 +216,29 @@ def test_one_fdatasync_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
     service = open_service(tmp_path)
-    users = ids_on(SHARD, 50, "fs")
+    users = ids_on(SHARD, SHARD_COUNT, 50, "fs")
 
     def synced(action: Any) -> int:
         calls.clear()
         action()
         return len(calls)
 
-    assert synced(lambda: create(service, users)) == 1
-    assert synced(lambda: apply(service, [topup(u, 10, f"fs-top-{u}") for u in users])) == 1
-    batch = [pay(users[i], [(users[i - 1], 1)], f"fs-pay-{i}") for i in range(50)]
-    assert synced(lambda: apply(service, batch)) == 1
+    assert synced(lambda: create_accounts(service, users)) == 1
+    topups = [topup(u, 10, id=f"fs-top-{u}", shard_count=SHARD_COUNT) for u in users]
+    assert synced(lambda: apply_orders(service, topups)) == 1
+    batch = [pay(users[i], [(users[i - 1], 1)], id=f"fs-pay-{i}") for i in range(50)]
+    assert synced(lambda: apply_orders(service, batch)) == 1
     # Nothing changed, nothing logged: replays, refusals and unknown decisions cost no fsync.
-    assert synced(lambda: apply(service, batch)) == 0
-    assert synced(lambda: apply(service, [pay(users[0], [(users[1], 999)], "fs-no")])) == 0
+    assert synced(lambda: apply_orders(service, batch)) == 0
+    overdraft = [pay(users[0], [(users[1], 999)], id="fs-no")]
+    assert synced(lambda: apply_orders(service, overdraft)) == 0
     assert synced(lambda: service.decide(encode([Decision("unknown", True)]))) == 0
     assert synced(lambda: service.balances(encode(users))) == 0
     assert decode(service.current_stats(), Any)["fsyncs"] == 3
     service.close()
 
     unsynced = open_service(tmp_path / "nosync", fsync=False)
-    assert synced(lambda: create(unsynced, users)) == 0
+    assert synced(lambda: create_accounts(unsynced, users)) == 0
     assert unsynced.all_balances() == dict.fromkeys(users, 0)
     unsynced.close()
 
@@ -299,15 +254,10 @@ def test_broken_invariant_stops_the_shard_instead_of_serving_unlogged_state(
         raise ShardStopped(status)
 
     service = open_service(tmp_path)
-    payer, other = ids_on(SHARD, 2, "iv")
-    remote = ids_on(1 - SHARD, 1, "iv-remote")[0]
-    create(service, [payer, other])
-    apply(service, [topup(payer, 50, "iv-top")])
-    transfer = Transfer(order=pay(payer, [(remote, 30)], "iv-cross"), created_at=1)
-    service.prepare(encode([Prepare(txid="tx-iv", transfer=transfer)]))
+    payer, other, _, _ = hold_a_cross_shard_payment(service, "iv")
     # A rule bug forgets the hold, so the held money is spent again...
     service.ledger.accounts[payer].held_debit = 0
-    assert apply(service, [pay(payer, [(other, 40)], "iv-spend")])[0].transfer is not None
+    assert apply_orders(service, [pay(payer, [(other, 40)], id="iv-spend")])[0].transfer is not None
     # ...and committing the prepared transfer would overdraw the payer.
     monkeypatch.setattr(os, "_exit", fake_exit)
     with pytest.raises(ShardStopped) as stopped:

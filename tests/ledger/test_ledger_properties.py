@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.orders import ids_on, topup
 from tokpay.ledger.errors import ErrorCode
 from tokpay.ledger.model import (
     Account,
@@ -46,17 +48,6 @@ encode = msgspec.msgpack.encode
 
 def other_currency(currency: str) -> str:
     return CURRENCIES[1 - CURRENCIES.index(currency)]
-
-
-def ids_on_shard(shard: int, shard_count: int, count: int, prefix: str) -> list[str]:
-    ids: list[str] = []
-    n = 0
-    while len(ids) < count:
-        candidate = f"{prefix}{n}"
-        if shard_of(candidate, shard_count) == shard:
-            ids.append(candidate)
-        n += 1
-    return ids
 
 
 # -- the reference model ----------------------------------------------------------------------
@@ -238,8 +229,8 @@ class Runner:
         users: list[str] = []
         ghosts: list[str] = []
         for shard in range(shard_count):
-            users += ids_on_shard(shard, shard_count, 2, f"user-{shard}-")
-            ghosts += ids_on_shard(shard, shard_count, 1, f"ghost-{shard}-")
+            users += ids_on(shard, shard_count, 2, f"user-{shard}")
+            ghosts += ids_on(shard, shard_count, 1, f"ghost-{shard}")
         self.users = users
         self.ghosts = ghosts
         specs = [
@@ -385,15 +376,10 @@ class Runner:
                 target = funding_account_id("EUR", 0)
             elif flaw == "currency":
                 currency = other_currency(currency)
-            self.submit(
-                TransferOrder(
-                    id=self.fresh_id(),
-                    debit=funding_account_id(currency, shard_of(target, self.shard_count)),
-                    credits=(Credit(target, amount),),
-                    currency=currency,
-                    kind=TransferKind.TOPUP,
-                )
+            order = topup(
+                target, amount, id=self.fresh_id(), shard_count=self.shard_count, currency=currency
             )
+            self.submit(order)
         elif kind in ("pay", "prepare"):
             _, debit_index, legs, flaw, lose_vote = op
             order = self._payment(self.fresh_id(), debit_index, legs, flaw)
@@ -561,36 +547,53 @@ STREAM_OPS = st.one_of(TOPUP, PAY, PAY, PAY, BATCH, SQUEEZE_NOW, AGAIN, CONFLICT
 INTERLEAVED_OPS = st.one_of(
     TOPUP, PAY, BATCH, PREPARE, PREPARE, SQUEEZE, SQUEEZE, DECIDE, DECIDE, AGAIN, RETRY, STEAL
 )
+# Only prepares: each leaves its transaction in doubt.
+HOLD_OPS = st.one_of(PREPARE, SQUEEZE.map(lambda op: (*op[:4], True)))
 
 SHARD_COUNTS = st.integers(1, 4)
 SETUP = st.tuples(st.lists(st.sampled_from(CURRENCIES), min_size=1, max_size=3), st.booleans())
 
 
-def new_runner(shard_count: int, setup: tuple[list[str], bool], seed: list[int]) -> Runner:
-    """A runner whose users start with the given top-ups (so that holds have money to hold)."""
-    runner = Runner(shard_count, *setup)
-    for i, amount in enumerate(seed):
-        runner.step(("topup", i, amount, "none"))
-    return runner
-
-
 SEED = st.lists(st.integers(100, 1_000), min_size=8, max_size=8)
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a run begins: shard count, user currencies and overdraft, each user's first top-up."""
+
+    shard_count: int
+    setup: tuple[list[str], bool]
+    seed: list[int]
+
+    def runner(self, ops: Sequence[tuple[Any, ...]] = ()) -> Runner:
+        """A runner whose users start with the seed top-ups (so that holds have money to hold),
+        after it has taken ``ops``.
+        """
+        runner = Runner(self.shard_count, *self.setup)
+        for i, amount in enumerate(self.seed):
+            runner.step(("topup", i, amount, "none"))
+        for op in ops:
+            runner.step(op)
+        return runner
+
+
+def starts(shard_counts: st.SearchStrategy[int] = SHARD_COUNTS) -> st.SearchStrategy[Start]:
+    return st.builds(Start, shard_counts, SETUP, SEED)
+
+
+MULTI_SHARD_STARTS = starts(st.integers(2, 4))
+RNG = st.randoms(use_true_random=False)
 
 
 # -- (a) random streams ----------------------------------------------------------------------
 
 
 @settings(max_examples=400, deadline=None)
-@given(SHARD_COUNTS, SETUP, SEED, st.lists(STREAM_OPS, min_size=5, max_size=40))
+@given(starts(), st.lists(STREAM_OPS, min_size=5, max_size=40))
 def test_streams_keep_money_conserved_and_match_the_reference(
-    shard_count: int,
-    setup: tuple[list[str], bool],
-    seed: list[int],
-    ops: list[tuple[Any, ...]],
+    start: Start, ops: list[tuple[Any, ...]]
 ) -> None:
-    runner = new_runner(shard_count, setup, seed)
-    for op in ops:
-        runner.step(op)
+    runner = start.runner(ops)
     assert runner.open == []
     assert all(ledger.in_doubt() == [] for ledger in runner.ledgers)
 
@@ -599,45 +602,20 @@ def test_streams_keep_money_conserved_and_match_the_reference(
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    st.integers(2, 4),
-    SETUP,
-    SEED,
-    st.lists(INTERLEAVED_OPS, min_size=5, max_size=40),
-    st.randoms(use_true_random=False),
-)
+@given(MULTI_SHARD_STARTS, st.lists(INTERLEAVED_OPS, min_size=5, max_size=40), RNG)
 def test_interleaved_transactions_hold_funds_until_decided(
-    shard_count: int,
-    setup: tuple[list[str], bool],
-    seed: list[int],
-    ops: list[tuple[Any, ...]],
-    rng: random.Random,
+    start: Start, ops: list[tuple[Any, ...]], rng: random.Random
 ) -> None:
-    runner = new_runner(shard_count, setup, seed)
-    for op in ops:
-        runner.step(op)
-    runner.finish(rng)
+    start.runner(ops).finish(rng)
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.integers(2, 4),
-    SETUP,
-    SEED,
-    st.lists(st.one_of(PREPARE, SQUEEZE.map(lambda op: (*op[:4], True))), min_size=2, max_size=10),
-    st.randoms(use_true_random=False),
-)
+@given(MULTI_SHARD_STARTS, st.lists(HOLD_OPS, min_size=2, max_size=10), RNG)
 def test_prepare_all_then_decide_in_random_order(
-    shard_count: int,
-    setup: tuple[list[str], bool],
-    seed: list[int],
-    prepares: list[tuple[Any, ...]],
-    rng: random.Random,
+    start: Start, prepares: list[tuple[Any, ...]], rng: random.Random
 ) -> None:
     """Every transaction is in doubt at once before any decision arrives."""
-    runner = new_runner(shard_count, setup, seed)
-    for op in prepares:
-        runner.step(op)
+    runner = start.runner(prepares)
     assert len(runner.open) == len(prepares)
     runner.finish(rng)
 
@@ -664,24 +642,15 @@ def assert_same_state(restored: ShardLedger, original: ShardLedger) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    SHARD_COUNTS,
-    SETUP,
-    SEED,
+    starts(),
     st.lists(INTERLEAVED_OPS, min_size=5, max_size=30),
     st.lists(INTERLEAVED_OPS, max_size=15),
-    st.randoms(use_true_random=False),
+    RNG,
 )
 def test_snapshot_round_trip_keeps_everything_including_prepared(
-    shard_count: int,
-    setup: tuple[list[str], bool],
-    seed: list[int],
-    before: list[tuple[Any, ...]],
-    after: list[tuple[Any, ...]],
-    rng: random.Random,
+    start: Start, before: list[tuple[Any, ...]], after: list[tuple[Any, ...]], rng: random.Random
 ) -> None:
-    runner = new_runner(shard_count, setup, seed)
-    for op in before:
-        runner.step(op)
+    runner = start.runner(before)
     restored = copy.deepcopy(runner)
     restored.ledgers = [round_trip(ledger) for ledger in runner.ledgers]
     for original, again in zip(runner.ledgers, restored.ledgers, strict=True):
@@ -715,24 +684,16 @@ def replay(ledger: ShardLedger, records: list[tuple[str, bytes]]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    SHARD_COUNTS,
-    SETUP,
-    SEED,
+    starts(),
     st.lists(INTERLEAVED_OPS, min_size=5, max_size=40),
     st.integers(0, 40),
     st.booleans(),
-    st.randoms(use_true_random=False),
+    RNG,
 )
 def test_replaying_the_log_rebuilds_the_same_state(
-    shard_count: int,
-    setup: tuple[list[str], bool],
-    seed: list[int],
-    ops: list[tuple[Any, ...]],
-    snapshot_at: int,
-    decide_all: bool,
-    rng: random.Random,
+    start: Start, ops: list[tuple[Any, ...]], snapshot_at: int, decide_all: bool, rng: random.Random
 ) -> None:
-    runner = new_runner(shard_count, setup, seed)
+    runner = start.runner()
     snapshots: list[tuple[bytes, int]] = []
     for index, op in enumerate(ops):
         if index == snapshot_at:
@@ -745,7 +706,7 @@ def test_replaying_the_log_rebuilds_the_same_state(
         runner.finish(rng)
     for shard, original in enumerate(runner.ledgers):
         # From the whole log...
-        rebuilt = ShardLedger(shard, shard_count)
+        rebuilt = ShardLedger(shard, start.shard_count)
         replay(rebuilt, runner.logs[shard])
         assert_same_state(rebuilt, original)
         # ...and from a snapshot plus the records after it, as recovery does.

@@ -9,46 +9,24 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from tests.support.orders import account_specs, ids_on, pay, topup
 from tokpay.ledger.errors import ErrorCode, InvariantViolation, LedgerError
 from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from tokpay.ledger.model import (
     AccountOutcome,
     AccountSpec,
     BalanceView,
-    Credit,
     Decision,
     Prepare,
     Transfer,
-    TransferKind,
     TransferOrder,
     TransferOutcome,
     funding_account_id,
 )
-from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import ShardLedger, effect_on
 
 T0 = 1_700_000_000_000_000
 FUNDING_USD = funding_account_id("USD", 0)
-
-
-def pay(debit: str, *credits: tuple[str, int], id: str, memo: str = "") -> TransferOrder:
-    return TransferOrder(
-        id=id,
-        debit=debit,
-        credits=tuple(Credit(account, amount) for account, amount in credits),
-        currency="USD",
-        memo=memo,
-    )
-
-
-def topup(target: str, amount: int, *, id: str) -> TransferOrder:
-    return TransferOrder(
-        id=id,
-        debit=FUNDING_USD,
-        credits=(Credit(target, amount),),
-        currency="USD",
-        kind=TransferKind.TOPUP,
-    )
 
 
 def state_of(ledger: ShardLedger) -> bytes:
@@ -70,9 +48,7 @@ USERS = ("alice", "bob", "carol", "dave")
 def ledger() -> ShardLedger:
     """alice 1000, bob/carol/dave 0, all USD, on a one-shard ledger."""
     ledger = ShardLedger(0, 1)
-    created, _ = ledger.create_accounts(
-        [AccountSpec(id=a, currency="USD", owner=f"{a}@example.com") for a in USERS], T0
-    )
+    created, _ = ledger.create_accounts(account_specs(USERS, "USD"), T0)
     assert all(o.created for o in created)
     outcomes, _ = ledger.apply_orders([topup("alice", 1_000, id="seed")], T0)
     assert outcomes[0].error is None
@@ -83,7 +59,7 @@ def ledger() -> ShardLedger:
 
 
 def test_same_order_again_replays_the_original_transfer(ledger: ShardLedger) -> None:
-    order = pay("alice", ("bob", 30), ("carol", 20), id="pay-1", memo="rent")
+    order = pay("alice", [("bob", 30), ("carol", 20)], id="pay-1", memo="rent")
     first, committed = ledger.apply_orders([order], T0 + 10)
     assert first == [TransferOutcome(transfer=Transfer(order=order, created_at=T0 + 10))]
     assert committed == [Transfer(order=order, created_at=T0 + 10)]
@@ -100,7 +76,7 @@ def test_same_order_again_replays_the_original_transfer(ledger: ShardLedger) -> 
 
 
 def test_replay_within_one_batch(ledger: ShardLedger) -> None:
-    order = pay("alice", ("bob", 100), id="pay-1")
+    order = pay("alice", [("bob", 100)], id="pay-1")
     outcomes, committed = ledger.apply_orders([order, order, order], T0 + 5)
     transfer = Transfer(order=order, created_at=T0 + 5)
     assert outcomes == [
@@ -115,7 +91,7 @@ def test_replay_within_one_batch(ledger: ShardLedger) -> None:
 
 def test_replay_wins_over_insufficient_funds(ledger: ShardLedger) -> None:
     """A retry of an applied order is answered from memory, not re-checked against balances."""
-    order = pay("alice", ("bob", 1_000), id="all-in")
+    order = pay("alice", [("bob", 1_000)], id="all-in")
     first, _ = ledger.apply_orders([order], T0 + 1)
     assert ledger.account("alice").balance == 0
     again, committed = ledger.apply_orders([order], T0 + 2)
@@ -133,19 +109,19 @@ def test_topup_replays_too(ledger: ShardLedger) -> None:
 
 def test_refused_order_is_not_remembered(ledger: ShardLedger) -> None:
     """Only applied transfers are idempotency keys: a refused order may be retried later."""
-    order = pay("bob", ("carol", 50), id="pay-bob")
+    order = pay("bob", [("carol", 50)], id="pay-bob")
     refused, _ = ledger.apply_orders([order], T0 + 1)
     assert refused[0].error == ErrorCode.INSUFFICIENT_FUNDS
     assert ledger.transfer("pay-bob") is None
-    ledger.apply_orders([pay("alice", ("bob", 50), id="fund-bob")], T0 + 2)
+    ledger.apply_orders([pay("alice", [("bob", 50)], id="fund-bob")], T0 + 2)
     retried, committed = ledger.apply_orders([order], T0 + 3)
     assert retried == [TransferOutcome(transfer=Transfer(order=order, created_at=T0 + 3))]
     assert len(committed) == 1
 
 
 def test_conflict_in_the_same_batch(ledger: ShardLedger) -> None:
-    first = pay("alice", ("bob", 10), id="dup")
-    second = pay("alice", ("bob", 11), id="dup")
+    first = pay("alice", [("bob", 10)], id="dup")
+    second = pay("alice", [("bob", 11)], id="dup")
     outcomes, committed = ledger.apply_orders([first, second, first], T0 + 1)
     assert outcomes[0].transfer is not None and not outcomes[0].replayed
     assert outcomes[1].error == ErrorCode.TRANSFER_ID_CONFLICT
@@ -173,17 +149,17 @@ def test_account_create_is_idempotent(ledger: ShardLedger) -> None:
     ("order", "code"),
     [
         pytest.param(
-            pay("alice", ("bob", 1), ("carol", 2), ("ghost", 3), id="m"),
+            pay("alice", [("bob", 1), ("carol", 2), ("ghost", 3)], id="m"),
             ErrorCode.ACCOUNT_NOT_FOUND,
             id="last leg missing",
         ),
         pytest.param(
-            pay("alice", ("bob", 1), ("erin", 2), ("carol", 3), id="m"),
+            pay("alice", [("bob", 1), ("erin", 2), ("carol", 3)], id="m"),
             ErrorCode.CURRENCY_MISMATCH,
             id="middle leg other currency",
         ),
         pytest.param(
-            pay("alice", ("bob", 400), ("carol", 400), ("dave", 201), id="m"),
+            pay("alice", [("bob", 400), ("carol", 400), ("dave", 201)], id="m"),
             ErrorCode.INSUFFICIENT_FUNDS,
             id="total one over balance",
         ),
@@ -199,7 +175,7 @@ def test_multi_leg_transfer_applies_all_legs_or_none(
     assert state_of(ledger) == before
 
     # The same legs that fit the balance exactly go through together.
-    exact = pay("alice", ("bob", 400), ("carol", 400), ("dave", 200), id="exact")
+    exact = pay("alice", [("bob", 400), ("carol", 400), ("dave", 200)], id="exact")
     outcomes, committed = ledger.apply_orders([exact], T0 + 2)
     assert outcomes[0].error is None
     assert balances(ledger, *USERS) == [0, 400, 400, 200]
@@ -213,13 +189,13 @@ def test_multi_leg_transfer_applies_all_legs_or_none(
 
 def test_later_orders_in_a_batch_see_earlier_effects(ledger: ShardLedger) -> None:
     orders = [
-        pay("bob", ("carol", 100), id="too-early"),  # bob has nothing yet
-        pay("alice", ("bob", 100), id="a-b"),
-        pay("bob", ("carol", 100), id="b-c"),  # paid from what a-b just brought
-        pay("carol", ("dave", 60), id="c-d"),
-        pay("carol", ("dave", 60), id="c-d-2"),  # carol has 40 left
+        pay("bob", [("carol", 100)], id="too-early"),  # bob has nothing yet
+        pay("alice", [("bob", 100)], id="a-b"),
+        pay("bob", [("carol", 100)], id="b-c"),  # paid from what a-b just brought
+        pay("carol", [("dave", 60)], id="c-d"),
+        pay("carol", [("dave", 60)], id="c-d-2"),  # carol has 40 left
         topup("carol", 20, id="tu-c"),
-        pay("carol", ("dave", 60), id="c-d-3"),  # 40 + 20 is exactly enough
+        pay("carol", [("dave", 60)], id="c-d-3"),  # 40 + 20 is exactly enough
     ]
     outcomes, committed = ledger.apply_orders(orders, T0 + 1)
     assert [o.error for o in outcomes] == [
@@ -238,7 +214,7 @@ def test_later_orders_in_a_batch_see_earlier_effects(ledger: ShardLedger) -> Non
 
 
 def test_batch_drains_an_account_exactly_once(ledger: ShardLedger) -> None:
-    orders = [pay("alice", ("bob", 400), id=f"p{i}") for i in range(4)]
+    orders = [pay("alice", [("bob", 400)], id=f"p{i}") for i in range(4)]
     outcomes, committed = ledger.apply_orders(orders, T0 + 1)
     assert [o.error for o in outcomes] == [
         None,
@@ -258,12 +234,12 @@ def _make_history(ledger: ShardLedger, count: int) -> list[str]:
     ids = []
     for i in range(count):
         order = (
-            pay("alice", ("bob", i % 5 + 1), id=f"h{i}")
+            pay("alice", [("bob", i % 5 + 1)], id=f"h{i}")
             if i % 3
-            else pay("bob", ("alice", 1), ("carol", 1), id=f"h{i}")
+            else pay("bob", [("alice", 1), ("carol", 1)], id=f"h{i}")
         )
         if i % 3 == 0:
-            ledger.apply_orders([pay("alice", ("bob", 2), id=f"fund{i}")], T0 + 2 * i)
+            ledger.apply_orders([pay("alice", [("bob", 2)], id=f"fund{i}")], T0 + 2 * i)
             ids.append(f"fund{i}")
         outcomes, _ = ledger.apply_orders([order], T0 + 2 * i + 1)
         assert outcomes[0].error is None, outcomes[0]
@@ -298,7 +274,7 @@ def test_history_pages_walk_everything_once_newest_first(ledger: ShardLedger, li
 
 
 def test_history_effects_are_signed(ledger: ShardLedger) -> None:
-    ledger.apply_orders([pay("alice", ("bob", 30), ("carol", 5), id="x")], T0 + 1)
+    ledger.apply_orders([pay("alice", [("bob", 30), ("carol", 5)], id="x")], T0 + 1)
     assert [(t.order.id, e) for t, e in ledger.history_page("alice").items] == [
         ("x", -35),
         ("seed", 1_000),
@@ -313,7 +289,7 @@ def test_history_cursor_is_stable_while_new_transfers_arrive(ledger: ShardLedger
     expected = _make_history(ledger, 9)
     first = ledger.history_page("alice", 4)
     assert first.next_cursor is not None
-    newer = [pay("alice", ("dave", 1), id=f"new{i}") for i in range(5)]
+    newer = [pay("alice", [("dave", 1)], id=f"new{i}") for i in range(5)]
     outcomes, _ = ledger.apply_orders(newer, T0 + 10**6)
     assert all(o.error is None for o in outcomes)
     seen = [t.order.id for t, _ in first.items]
@@ -379,7 +355,8 @@ def test_reads(ledger: ShardLedger) -> None:
 
 def test_user_accounts_never_go_below_zero(ledger: ShardLedger) -> None:
     outcomes, _ = ledger.apply_orders(
-        [pay("alice", ("bob", 1_000), id="all"), pay("alice", ("bob", 1), id="one-more")], T0 + 1
+        [pay("alice", [("bob", 1_000)], id="all"), pay("alice", [("bob", 1)], id="one-more")],
+        T0 + 1,
     )
     assert [o.error for o in outcomes] == [None, ErrorCode.INSUFFICIENT_FUNDS]
     assert balances(ledger, "alice", "bob") == [0, 1_000]
@@ -391,8 +368,8 @@ def test_overdraft_accounts_may_go_negative(ledger: ShardLedger) -> None:
     assert ledger.create_accounts([spec], T0)[0][0].created
     outcomes, _ = ledger.apply_orders(
         [
-            pay("credit-line", ("bob", 500), id="loan-1"),
-            pay("credit-line", ("carol", 250), ("dave", 250), id="loan-2"),
+            pay("credit-line", [("bob", 500)], id="loan-1"),
+            pay("credit-line", [("carol", 250), ("dave", 250)], id="loan-2"),
         ],
         T0 + 1,
     )
@@ -420,7 +397,7 @@ def test_check_invariants_stops_holds_that_disagree_with_prepared(ledger: ShardL
 def test_wrong_shard_is_refused_without_stopping_the_shard() -> None:
     # A caller with a stale shard map gets a retryable refusal; the shard carries on.
     ledger = ShardLedger(0, 2)
-    foreign = next(f"u{i}" for i in range(100) if shard_of(f"u{i}", 2) == 1)
+    (foreign,) = ids_on(1, 2, 1, "u")
     outcomes, created = ledger.create_accounts(
         [AccountSpec(id=foreign, currency="USD", owner="o")], T0
     )
@@ -439,7 +416,7 @@ def _prepare(ledger: ShardLedger, txid: str, order: TransferOrder) -> bool:
 
 
 def test_held_funds_cannot_be_spent_twice(ledger: ShardLedger) -> None:
-    assert _prepare(ledger, "tx-1", pay("alice", ("bob", 700), id="p1"))
+    assert _prepare(ledger, "tx-1", pay("alice", [("bob", 700)], id="p1"))
     alice = ledger.account("alice")
     assert (alice.balance, alice.held_debit) == (1_000, 700)
     assert ledger.account("bob").held_credit == 700
@@ -449,14 +426,14 @@ def test_held_funds_cannot_be_spent_twice(ledger: ShardLedger) -> None:
         BalanceView("bob", 0, "USD"),
     ]
     # Neither a second prepare nor a single-shard payment may use the held 700.
-    assert not _prepare(ledger, "tx-2", pay("alice", ("carol", 301), id="p2"))
-    outcomes, _ = ledger.apply_orders([pay("alice", ("carol", 301), id="p3")], T0)
+    assert not _prepare(ledger, "tx-2", pay("alice", [("carol", 301)], id="p2"))
+    outcomes, _ = ledger.apply_orders([pay("alice", [("carol", 301)], id="p3")], T0)
     assert outcomes[0].error == ErrorCode.INSUFFICIENT_FUNDS
     # Held incoming credit is not spendable either.
-    outcomes, _ = ledger.apply_orders([pay("bob", ("carol", 1), id="p4")], T0)
+    outcomes, _ = ledger.apply_orders([pay("bob", [("carol", 1)], id="p4")], T0)
     assert outcomes[0].error == ErrorCode.INSUFFICIENT_FUNDS
     # What is left is.
-    outcomes, _ = ledger.apply_orders([pay("alice", ("carol", 300), id="p5")], T0)
+    outcomes, _ = ledger.apply_orders([pay("alice", [("carol", 300)], id="p5")], T0)
     assert outcomes[0].error is None
     ledger.check_invariants()
 
@@ -465,25 +442,25 @@ def test_held_funds_cannot_be_spent_twice(ledger: ShardLedger) -> None:
     assert ledger.account("alice").held_debit == 0 and ledger.account("bob").held_credit == 0
     assert ledger.in_doubt() == []
     assert ledger.transfer("p1") == Transfer(
-        order=pay("alice", ("bob", 700), id="p1"), created_at=T0
+        order=pay("alice", [("bob", 700)], id="p1"), created_at=T0
     )
     ledger.check_invariants()
 
 
 def test_abort_releases_holds_and_leaves_no_trace(ledger: ShardLedger) -> None:
     before = state_of(ledger)
-    assert _prepare(ledger, "tx-1", pay("alice", ("bob", 700), id="p1"))
+    assert _prepare(ledger, "tx-1", pay("alice", [("bob", 700)], id="p1"))
     assert ledger.in_doubt() == ["tx-1"]
     assert ledger.decide([Decision("tx-1", False)]) == [Decision("tx-1", False)]
     assert state_of(ledger) == before
     assert ledger.transfer("p1") is None
     # The id is free again once aborted.
-    outcomes, _ = ledger.apply_orders([pay("alice", ("bob", 1_000), id="p1")], T0)
+    outcomes, _ = ledger.apply_orders([pay("alice", [("bob", 1_000)], id="p1")], T0)
     assert outcomes[0].error is None
 
 
 def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
-    order = pay("alice", ("bob", 600), id="p1")
+    order = pay("alice", [("bob", 600)], id="p1")
     request = Prepare(txid="tx-1", transfer=Transfer(order=order, created_at=T0))
     votes, prepared = ledger.prepare([request, request])
     assert [v.ok for v in votes] == [True, True] and len(prepared) == 1
@@ -506,7 +483,7 @@ def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
 
 
 def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> None:
-    order = pay("alice", ("bob", 1), id="p1")
+    order = pay("alice", [("bob", 1)], id="p1")
     assert _prepare(ledger, "tx-1", order)
     votes, prepared = ledger.prepare(
         [Prepare(txid="tx-2", transfer=Transfer(order=order, created_at=T0))]
@@ -518,7 +495,7 @@ def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> No
 def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
     ledger: ShardLedger,
 ) -> None:
-    order = pay("alice", ("bob", 300), id="p-fence")
+    order = pay("alice", [("bob", 300)], id="p-fence")
     request = Prepare(
         txid="tx-new", transfer=Transfer(order=order, created_at=T0), coordinator_epoch=7
     )
@@ -534,7 +511,7 @@ def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
     # A transaction the old coordinator prepared may be aborted by the new one.
     old = Prepare(
         txid="tx-old",
-        transfer=Transfer(order=pay("alice", ("bob", 5), id="p-old"), created_at=T0),
+        transfer=Transfer(order=pay("alice", [("bob", 5)], id="p-old"), created_at=T0),
         coordinator_epoch=5,
     )
     assert ledger.prepare([old])[0][0].ok

@@ -8,11 +8,13 @@ holds, transfers, history, prepared records) must be byte-for-byte what it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
+from tests.support.orders import ids_on, pay, topup
 from tokpay.ledger.errors import HTTP_STATUS, ErrorCode, LedgerError
 from tokpay.ledger.limits import (
     MAX_AMOUNT,
@@ -33,7 +35,6 @@ from tokpay.ledger.model import (
     TransferOrder,
     funding_account_id,
 )
-from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import ShardLedger
 from tokpay.ledger.validation import validate_account_spec, validate_order
 
@@ -50,25 +51,8 @@ def payment(
     currency: str = "USD",
     memo: str = "",
 ) -> TransferOrder:
-    return TransferOrder(
-        id=id,
-        debit=debit,
-        credits=tuple(Credit(account, amount) for account, amount in credits),
-        currency=currency,
-        memo=memo,
-    )
-
-
-def topup(
-    target: str, amount: Any, *, id: str, currency: str = "USD", debit: str = ""
-) -> TransferOrder:
-    return TransferOrder(
-        id=id,
-        debit=debit or funding_account_id(currency, 0),
-        credits=(Credit(target, amount),),
-        currency=currency,
-        kind=TransferKind.TOPUP,
-    )
+    """A valid payment of 10 from alice to bob, unless an argument spoils it."""
+    return pay(debit, credits, id=id, currency=currency, memo=memo)
 
 
 def state_of(ledger: ShardLedger) -> bytes:
@@ -131,6 +115,11 @@ def assert_prepare_refused(ledger: ShardLedger, order: TransferOrder, code: Erro
     assert "tx-x" not in ledger.in_doubt()
     assert state_of(ledger) == before
     ledger.check_invariants()
+
+
+def cases(table: Sequence[tuple[str, object, ErrorCode]]) -> list[Any]:
+    """A table of (name, input, expected code) as pytest parameters named after each row."""
+    return [pytest.param(given, code, id=name) for name, given, code in table]
 
 
 # -- stateless order checks -----------------------------------------------------------------
@@ -245,10 +234,7 @@ STATELESS_REFUSALS: list[tuple[str, TransferOrder, ErrorCode]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("order", "code"),
-    [pytest.param(order, code, id=name) for name, order, code in STATELESS_REFUSALS],
-)
+@pytest.mark.parametrize(("order", "code"), cases(STATELESS_REFUSALS))
 def test_validate_order_refuses(order: TransferOrder, code: ErrorCode) -> None:
     with pytest.raises(LedgerError) as raised:
         validate_order(order, 1)
@@ -257,10 +243,7 @@ def test_validate_order_refuses(order: TransferOrder, code: ErrorCode) -> None:
     assert raised.value.status == HTTP_STATUS[code]
 
 
-@pytest.mark.parametrize(
-    ("order", "code"),
-    [pytest.param(order, code, id=name) for name, order, code in STATELESS_REFUSALS],
-)
+@pytest.mark.parametrize(("order", "code"), cases(STATELESS_REFUSALS))
 def test_shard_refuses_invalid_order_and_changes_nothing(
     ledger: ShardLedger, order: TransferOrder, code: ErrorCode
 ) -> None:
@@ -270,14 +253,9 @@ def test_shard_refuses_invalid_order_and_changes_nothing(
 
 def test_topup_from_another_shards_funding_account_is_refused() -> None:
     shard_count = 4
-    target = next(f"user-{i}" for i in range(1000) if shard_of(f"user-{i}", shard_count) == 2)
-    right = TransferOrder(
-        id="tu-1",
-        debit=funding_account_id("USD", 2),
-        credits=(Credit(target, 5),),
-        currency="USD",
-        kind=TransferKind.TOPUP,
-    )
+    (target,) = ids_on(2, shard_count, 1, "user")
+    right = topup(target, 5, id="tu-1", shard_count=shard_count)
+    assert right.debit == funding_account_id("USD", 2)
     validate_order(right, shard_count)
     for shard in (0, 1, 3):
         wrong = msgspec.structs.replace(right, debit=funding_account_id("USD", shard))
@@ -330,54 +308,42 @@ def test_exactly_max_credits_is_accepted() -> None:
 # -- stateful order checks -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("order", "code"),
-    [
-        pytest.param(payment(debit="ghost"), ErrorCode.ACCOUNT_NOT_FOUND, id="debit missing"),
-        pytest.param(
-            payment(credits=(("bob", 1), ("ghost", 1))),
-            ErrorCode.ACCOUNT_NOT_FOUND,
-            id="one credit missing",
-        ),
-        pytest.param(
-            topup("ghost", 5, id="tu"), ErrorCode.ACCOUNT_NOT_FOUND, id="topup target missing"
-        ),
-        pytest.param(
-            payment(credits=(("erin", 1),)), ErrorCode.CURRENCY_MISMATCH, id="credit in EUR"
-        ),
-        pytest.param(
-            payment(debit="erin", credits=(("alice", 1),), currency="EUR"),
-            ErrorCode.CURRENCY_MISMATCH,
-            id="credit in USD for a EUR order",
-        ),
-        pytest.param(
-            payment(credits=(("bob", 1),), currency="EUR"),
-            ErrorCode.CURRENCY_MISMATCH,
-            id="debit and credit in USD for a EUR order",
-        ),
-        pytest.param(
-            payment(credits=(("bob", 1), ("erin", 1))),
-            ErrorCode.CURRENCY_MISMATCH,
-            id="mixed currencies",
-        ),
-        pytest.param(
-            topup("erin", 5, id="tu"), ErrorCode.CURRENCY_MISMATCH, id="USD topup into EUR"
-        ),
-        pytest.param(
-            payment(credits=(("bob", 1_000),)), ErrorCode.INSUFFICIENT_FUNDS, id="one over"
-        ),
-        pytest.param(
-            payment(credits=(("bob", 500), ("carol", 500))),
-            ErrorCode.INSUFFICIENT_FUNDS,
-            id="legs fit alone but not together",
-        ),
-        pytest.param(
-            payment(debit="bob", credits=(("carol", 2),)),
-            ErrorCode.INSUFFICIENT_FUNDS,
-            id="nearly empty account",
-        ),
-    ],
-)
+STATEFUL_REFUSALS: list[tuple[str, TransferOrder, ErrorCode]] = [
+    ("debit missing", payment(debit="ghost"), ErrorCode.ACCOUNT_NOT_FOUND),
+    (
+        "one credit missing",
+        payment(credits=(("bob", 1), ("ghost", 1))),
+        ErrorCode.ACCOUNT_NOT_FOUND,
+    ),
+    ("topup target missing", topup("ghost", 5, id="tu"), ErrorCode.ACCOUNT_NOT_FOUND),
+    ("credit in EUR", payment(credits=(("erin", 1),)), ErrorCode.CURRENCY_MISMATCH),
+    (
+        "credit in USD for a EUR order",
+        payment(debit="erin", credits=(("alice", 1),), currency="EUR"),
+        ErrorCode.CURRENCY_MISMATCH,
+    ),
+    (
+        "debit and credit in USD for a EUR order",
+        payment(credits=(("bob", 1),), currency="EUR"),
+        ErrorCode.CURRENCY_MISMATCH,
+    ),
+    ("mixed currencies", payment(credits=(("bob", 1), ("erin", 1))), ErrorCode.CURRENCY_MISMATCH),
+    ("USD topup into EUR", topup("erin", 5, id="tu"), ErrorCode.CURRENCY_MISMATCH),
+    ("one over", payment(credits=(("bob", 1_000),)), ErrorCode.INSUFFICIENT_FUNDS),
+    (
+        "legs fit alone but not together",
+        payment(credits=(("bob", 500), ("carol", 500))),
+        ErrorCode.INSUFFICIENT_FUNDS,
+    ),
+    (
+        "nearly empty account",
+        payment(debit="bob", credits=(("carol", 2),)),
+        ErrorCode.INSUFFICIENT_FUNDS,
+    ),
+]
+
+
+@pytest.mark.parametrize(("order", "code"), cases(STATEFUL_REFUSALS))
 def test_stateful_refusals_change_nothing(
     ledger: ShardLedger, order: TransferOrder, code: ErrorCode
 ) -> None:
@@ -406,14 +372,20 @@ def test_prepare_refuses_stateful_problems_and_holds_nothing(ledger: ShardLedger
     )
 
 
-def test_balance_limit_exceeded_on_credit_changes_nothing() -> None:
+def ledger_near_the_balance_limit(headroom: int) -> ShardLedger:
+    """``rich`` holds ``headroom`` less than MAX_BALANCE, ``payer`` holds 100; both USD."""
     ledger = ShardLedger(0, 1)
     ledger.replay_accounts(
         [
-            Account(id="rich", currency="USD", owner="r", balance=MAX_BALANCE - 5),
+            Account(id="rich", currency="USD", owner="r", balance=MAX_BALANCE - headroom),
             Account(id="payer", currency="USD", owner="p", balance=100),
         ]
     )
+    return ledger
+
+
+def test_balance_limit_exceeded_on_credit_changes_nothing() -> None:
+    ledger = ledger_near_the_balance_limit(headroom=5)
     assert_order_refused(ledger, payment("payer", (("rich", 6),)), ErrorCode.BALANCE_LIMIT_EXCEEDED)
     assert_prepare_refused(
         ledger, payment("payer", (("rich", 6),)), ErrorCode.BALANCE_LIMIT_EXCEEDED
@@ -424,13 +396,7 @@ def test_balance_limit_exceeded_on_credit_changes_nothing() -> None:
 
 
 def test_held_credits_count_toward_the_balance_limit() -> None:
-    ledger = ShardLedger(0, 1)
-    ledger.replay_accounts(
-        [
-            Account(id="rich", currency="USD", owner="r", balance=MAX_BALANCE - 10),
-            Account(id="payer", currency="USD", owner="p", balance=100),
-        ]
-    )
+    ledger = ledger_near_the_balance_limit(headroom=10)
     first = payment("payer", (("rich", 6),), id="in-1")
     votes, prepared = ledger.prepare(
         [Prepare(txid="tx-1", transfer=Transfer(order=first, created_at=NOW))]
@@ -527,9 +493,7 @@ SPEC_REFUSALS: list[tuple[str, AccountSpec, ErrorCode]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("spec", "code"), [pytest.param(spec, code, id=name) for name, spec, code in SPEC_REFUSALS]
-)
+@pytest.mark.parametrize(("spec", "code"), cases(SPEC_REFUSALS))
 def test_account_spec_refusals_change_nothing(
     ledger: ShardLedger, spec: AccountSpec, code: ErrorCode
 ) -> None:

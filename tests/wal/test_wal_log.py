@@ -11,7 +11,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokpay.wal import (
-    DEFAULT_SEGMENT_BYTES,
-    MAX_RECORD_BYTES,
-    LogRecord,
-    RecordTooLarge,
-    SequenceGap,
-    StaleEpoch,
-    WalCorruption,
-    WalError,
-    WalFatalIOError,
-    WriteAheadLog,
-)
+import tokpay.wal
+from tokpay.wal import DEFAULT_SEGMENT_BYTES, MAX_RECORD_BYTES, LogRecord, WriteAheadLog
 
 HEADER_BYTES = 8
 SMALL_SEGMENT_BYTES = 120
@@ -165,7 +155,7 @@ def test_closed_log_refuses_appends(tmp_path: Path) -> None:
     wal.append(1, b"a")
     wal.close()
     wal.close()
-    with pytest.raises(WalError, match="closed"):
+    with pytest.raises(tokpay.wal.WalError, match="closed"):
         wal.append(1, b"b")
     assert reopen_records(tmp_path) == [LogRecord(1, 1, b"a")]
 
@@ -220,7 +210,7 @@ def test_empty_segment_left_by_a_crash_during_a_roll_is_reused(tmp_path: Path) -
 def test_empty_segment_that_is_not_the_newest_is_corruption(tmp_path: Path) -> None:
     (tmp_path / segment_name(1)).touch()
     (tmp_path / segment_name(2)).write_bytes(encode_frame(1, 2, b"x"))
-    with pytest.raises(WalCorruption, match=segment_name(1)):
+    with pytest.raises(tokpay.wal.WalCorruption, match=segment_name(1)):
         WriteAheadLog.open(tmp_path, fsync=False)
 
 
@@ -242,7 +232,7 @@ def test_records_out_of_order_on_disk_are_corruption(
     for first_sequence, epochs_and_sequences in files.items():
         data = b"".join(encode_frame(e, s, b"body") for e, s in epochs_and_sequences)
         (tmp_path / segment_name(first_sequence)).write_bytes(data)
-    with pytest.raises(WalCorruption, match=problem):
+    with pytest.raises(tokpay.wal.WalCorruption, match=problem):
         WriteAheadLog.open(tmp_path, fsync=False)
 
 
@@ -315,7 +305,7 @@ def test_garbage_longer_than_any_record_at_the_tail_is_corruption(tmp_path: Path
     good_size = segment.stat().st_size
     with segment.open("ab") as stream:
         stream.truncate(good_size + MAX_RECORD_BYTES + 1024)
-    with pytest.raises(WalCorruption, match=f"offset {good_size}"):
+    with pytest.raises(tokpay.wal.WalCorruption, match=f"offset {good_size}"):
         WriteAheadLog.open(tmp_path, fsync=False)
 
 
@@ -333,7 +323,7 @@ def test_bit_flip_in_a_middle_record_is_corruption(tmp_path: Path, byte: int, bi
     middle = read_frames(segment)[2]
     size = segment.stat().st_size
     flip_bit(segment, middle.offset + (byte % middle.size), bit)
-    with pytest.raises(WalCorruption) as caught:
+    with pytest.raises(tokpay.wal.WalCorruption) as caught:
         WriteAheadLog.open(tmp_path, fsync=False)
     assert segment.name in str(caught.value)
     assert f"offset {middle.offset}" in str(caught.value)
@@ -349,7 +339,7 @@ def test_bit_flip_in_the_last_record_of_an_older_segment_is_corruption(
     older = segment_files(tmp_path)[0]
     last = read_frames(older)[-1]
     flip_bit(older, last.offset + (byte % last.size), bit)
-    with pytest.raises(WalCorruption, match=f"{older.name} at offset {last.offset}"):
+    with pytest.raises(tokpay.wal.WalCorruption, match=f"{older.name} at offset {last.offset}"):
         WriteAheadLog.open(tmp_path, fsync=False)
 
 
@@ -357,7 +347,7 @@ def test_truncated_older_segment_is_corruption(tmp_path: Path) -> None:
     write_log(tmp_path, [body_of(i) for i in range(10)], segment_bytes=SMALL_SEGMENT_BYTES)
     older = segment_files(tmp_path)[0]
     os.truncate(older, older.stat().st_size - 1)
-    with pytest.raises(WalCorruption, match=older.name):
+    with pytest.raises(tokpay.wal.WalCorruption, match=older.name):
         WriteAheadLog.open(tmp_path, fsync=False)
 
 
@@ -371,7 +361,7 @@ def test_record_of_exactly_the_maximum_size_works_and_one_byte_more_does_not(
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         assert wal.append(1, biggest) == 1
         size = (tmp_path / segment_name(1)).stat().st_size
-        with pytest.raises(RecordTooLarge) as caught:
+        with pytest.raises(tokpay.wal.RecordTooLarge) as caught:
             wal.append(1, biggest + b"\x00")
         assert isinstance(caught.value, ValueError)
         assert wal.last_sequence == 1
@@ -392,13 +382,13 @@ def test_maximum_size_record_with_a_bad_crc_at_the_tail_is_a_torn_tail(tmp_path:
 def test_stale_epoch_is_refused(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         wal.append(2, b"a")
-        with pytest.raises(StaleEpoch):
+        with pytest.raises(tokpay.wal.StaleEpoch):
             wal.append(1, b"b")
         assert wal.append(2, b"c") == 2
         assert wal.append(3, b"d") == 3
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         assert wal.last_epoch == 3
-        with pytest.raises(StaleEpoch):
+        with pytest.raises(tokpay.wal.StaleEpoch):
             wal.append(2, b"e")
         assert [r.payload for r in wal.records()] == [b"a", b"c", b"d"]
 
@@ -407,7 +397,7 @@ def test_explicit_sequence_must_follow_the_last_one(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         assert wal.append(1, b"a", sequence=1) == 1
         for wrong in (1, 3, 100):
-            with pytest.raises(SequenceGap) as caught:
+            with pytest.raises(tokpay.wal.SequenceGap) as caught:
                 wal.append(1, b"b", sequence=wrong)
             assert isinstance(caught.value, ValueError)
         assert wal.append(1, b"b", sequence=2) == 2
@@ -455,7 +445,7 @@ def test_truncate_before_everything_still_remembers_sequence_and_epoch(tmp_path:
     assert segment_files(tmp_path) == [newest]
     with WriteAheadLog.open(tmp_path, segment_bytes=SMALL_SEGMENT_BYTES) as wal:
         assert (wal.last_sequence, wal.last_epoch) == (31, 6)
-        with pytest.raises(StaleEpoch):
+        with pytest.raises(tokpay.wal.StaleEpoch):
             wal.append(5, b"fenced out")
         assert wal.append(6, b"after") == 32
 
@@ -472,7 +462,7 @@ def test_truncate_before_keeps_the_newest_record_behind_an_empty_segment(tmp_pat
 def test_truncate_before_past_the_end_is_refused(tmp_path: Path) -> None:
     write_log(tmp_path, [b"a", b"b"])
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
-        with pytest.raises(SequenceGap):
+        with pytest.raises(tokpay.wal.SequenceGap):
             wal.truncate_before(4)
         with pytest.raises(ValueError):
             wal.truncate_before(0)
@@ -482,20 +472,34 @@ def test_truncate_before_past_the_end_is_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------- I/O failures
 
 
+def append_fails_and_poisons(
+    wal: WriteAheadLog,
+    monkeypatch: pytest.MonkeyPatch,
+    os_call: str,
+    failing: Callable[..., int | None],
+    match: str,
+) -> None:
+    """An append fails for good while ``os.<os_call>`` misbehaves; once the real call is back,
+    the next append is refused all the same: a failed write or fsync is never retried.
+    """
+    with monkeypatch.context() as patch:
+        patch.setattr(os, os_call, failing)
+        with pytest.raises(tokpay.wal.WalFatalIOError, match=match):
+            wal.append(1, b"maybe lost")
+    with pytest.raises(tokpay.wal.WalFatalIOError):
+        wal.append(1, b"refused")
+
+
 def test_failed_fdatasync_poisons_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_fdatasync(fd: int) -> None:
         raise OSError(errno.EIO, "injected fsync failure")
 
     with WriteAheadLog.open(tmp_path, fsync=True) as wal:
         wal.append(1, b"durable")
-        with monkeypatch.context() as patch:
-            patch.setattr(os, "fdatasync", failing_fdatasync)
-            with pytest.raises(WalFatalIOError, match="injected fsync failure"):
-                wal.append(1, b"maybe lost")
-        # The real fdatasync is back, but a failed fsync is never retried.
-        with pytest.raises(WalFatalIOError):
-            wal.append(1, b"refused")
-        with pytest.raises(WalFatalIOError):
+        append_fails_and_poisons(
+            wal, monkeypatch, "fdatasync", failing_fdatasync, "injected fsync failure"
+        )
+        with pytest.raises(tokpay.wal.WalFatalIOError):
             wal.truncate_before(1)
         assert wal.last_sequence == 1
         assert list(wal.records()) == [LogRecord(1, 1, b"durable")]
@@ -506,12 +510,7 @@ def test_failed_write_poisons_the_log(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError(errno.ENOSPC, "injected full disk")
 
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
-        with monkeypatch.context() as patch:
-            patch.setattr(os, "write", failing_write)
-            with pytest.raises(WalFatalIOError, match="injected full disk"):
-                wal.append(1, b"a")
-        with pytest.raises(WalFatalIOError):
-            wal.append(1, b"b")
+        append_fails_and_poisons(wal, monkeypatch, "write", failing_write, "injected full disk")
     assert reopen_records(tmp_path) == []
 
 
@@ -525,12 +524,7 @@ def test_short_write_poisons_the_log_and_reopen_cuts_the_tail(
 
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         wal.append(1, b"whole")
-        with monkeypatch.context() as patch:
-            patch.setattr(os, "write", half_write)
-            with pytest.raises(WalFatalIOError, match="short write"):
-                wal.append(1, b"half of this record")
-        with pytest.raises(WalFatalIOError):
-            wal.append(1, b"refused")
+        append_fails_and_poisons(wal, monkeypatch, "write", half_write, "short write")
     with WriteAheadLog.open(tmp_path, fsync=False) as wal:
         assert list(wal.records()) == [LogRecord(1, 1, b"whole")]
         assert wal.append(1, b"again") == 2
