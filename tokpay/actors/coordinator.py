@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import ray
 
@@ -33,8 +33,8 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
-from tokpay.actors.replica_host import SINGLE_NODE_EPOCH, ReplicaHost, replica_root
-from tokpay.actors.replicated_service import ReplicatedService
+from tokpay.actors.replica_host import ReplicaHost, replica_root
+from tokpay.actors.replicated_service import LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed, Role
 from tokpay.actors.timing import SHARD_CALL_TIMEOUT_SECONDS, SWEEP_INTERVAL_SECONDS
 from tokpay.actors.two_phase import (
@@ -64,12 +64,7 @@ class CoordinatorService(ReplicatedService):
         shard_count: int,
         data_dir: Path,
         call_shard: ShardCall,
-        *,
-        fsync: bool = True,
-        epoch: int = SINGLE_NODE_EPOCH,
-        replicated: bool = False,
-        root: Path | None = None,
-        wal_floor: int = 0,
+        **options: Unpack[LogOptions],
     ) -> None:
         self._shard_count = shard_count
         self._call_shard = call_shard
@@ -80,13 +75,7 @@ class CoordinatorService(ReplicatedService):
         self._recovery_lock = asyncio.Lock()
         self.committed = 0
         self.aborted = 0
-        super().__init__(
-            root if root is not None else data_dir / "coordinator",
-            fsync=fsync,
-            epoch=epoch,
-            replicated=replicated,
-            wal_floor=wal_floor,
-        )
+        super().__init__(data_dir / "coordinator", options)
 
     # -- the state machine ---------------------------------------------------------------
 
@@ -365,19 +354,10 @@ class CoordinatorActor:
             NamedActorDirectory(shard_count) if replica is None else ControllerDirectory()
         )
         self._sweeper: asyncio.Task[None] | None = None
-        root = Path(data_dir) / "coordinator" if replica is None else replica_root(replica.name)
+        root = replica_root(data_dir, "coordinator", replica)
 
-        def open_service(epoch: int, replicated: bool, wal_floor: int) -> CoordinatorService:
-            return CoordinatorService(
-                shard_count,
-                root.parent,
-                self._call,
-                fsync=fsync,
-                epoch=epoch,
-                replicated=replicated,
-                root=root,
-                wal_floor=wal_floor,
-            )
+        def open_service(options: LogOptions) -> CoordinatorService:
+            return CoordinatorService(shard_count, root.parent, self._call, **options)
 
         self._host = ReplicaHost("coordinator", replica, root, open_service, fsync=fsync)
         self._methods: dict[str, Callable[[bytes], Awaitable[bytes]]] = {

@@ -91,27 +91,28 @@ class Route(msgspec.Struct, frozen=True):
 # -- replication between a primary and its backup ---------------------------------------------
 
 
-class ShippedRecord(msgspec.Struct, array_like=True):
-    """One log record as the primary wrote it, for the backup to append verbatim."""
+class LogPosition(msgspec.Struct, array_like=True):
+    """A place in a replicated log: every frame between primary and backup starts with it."""
 
     epoch: int
     sequence: int
+
+
+class ShippedRecord(LogPosition, array_like=True):
+    """One log record as the primary wrote it, for the backup to append verbatim."""
+
     payload: bytes
 
 
-class Install(msgspec.Struct, array_like=True):
+class Install(LogPosition, array_like=True):
     """Everything a new backup needs: the primary's state at ``sequence``."""
 
-    epoch: int
-    sequence: int
     snapshot: bytes
 
 
-class InstallBegin(msgspec.Struct, array_like=True):
+class InstallBegin(LogPosition, array_like=True):
     """The first frame of a chunked install: the snapshot's size, then chunks follow."""
 
-    epoch: int
-    sequence: int
     size: int
 
 
@@ -126,10 +127,9 @@ class ReplicaSpec(msgspec.Struct, frozen=True):
     role: str
 
 
-class HeartbeatReport(msgspec.Struct, frozen=True):
-    name: str
-    epoch: int
-    role: str
+class HeartbeatReport(ReplicaSpec, frozen=True):
+    """A replica as it stands now (its role may have changed since its spec) and its log."""
+
     sequence: int
     broken: bool
 

@@ -33,7 +33,12 @@ from tokpay.actors.protocol import (
     ReplicaSpec,
     ReplicaStatus,
 )
-from tokpay.actors.replicated_service import ReplicatedService, prepare_install
+from tokpay.actors.replicated_service import (
+    SINGLE_NODE_EPOCH,
+    LogOptions,
+    ReplicatedService,
+    prepare_install,
+)
 from tokpay.actors.replication import (
     INSTALL_METHODS,
     Heartbeat,
@@ -45,24 +50,24 @@ from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
 
 log = logging.getLogger("tokpay.replica")
 
-SINGLE_NODE_EPOCH = 1
-"""The epoch of a copy that has no peers (the single-node default)."""
-
 NODE_DATA_DIR_ENV = "TOKPAY_NODE_DATA_DIR"
 """Set on every node of a cluster: the node's own disk, as on a separate machine."""
 
 S = TypeVar("S", bound=ReplicatedService)
 
-OpenService = Callable[[int, bool, int], S]
-"""(epoch, replicated, wal_floor) -> the state machine opened from the host's root."""
+OpenService = Callable[[LogOptions], S]
+"""Open the state machine with these log options (its root among them)."""
 
 
-def replica_root(name: str) -> Path:
-    """Where replica ``name`` keeps its log and snapshots on this node."""
+def replica_root(data_dir: str, local_name: str, spec: ReplicaSpec | None) -> Path:
+    """Where a copy keeps its log and snapshots: ``data_dir/local_name`` on a single node,
+    ``<node disk>/replicas/<name>`` for a cluster replica."""
+    if spec is None:
+        return Path(data_dir) / local_name
     base = os.environ.get(NODE_DATA_DIR_ENV)
     if not base:
         raise RuntimeError(f"{NODE_DATA_DIR_ENV} is not set on this node (see cluster/)")
-    return Path(base) / "replicas" / name
+    return Path(base) / "replicas" / spec.name
 
 
 class ReplicaHost(Generic[S]):
@@ -93,13 +98,23 @@ class ReplicaHost(Generic[S]):
         if spec is None:
             self.role, self.epoch = Role.PRIMARY, SINGLE_NODE_EPOCH
             self.lease = Lease(forever=True)
-            self.service = open_service(SINGLE_NODE_EPOCH, False, 0)
+            self.service = open_service(self._options(SINGLE_NODE_EPOCH, False, 0))
         else:
             self.role, self.epoch = Role(spec.role), spec.epoch
             self.lease = Lease(forever=False)
             # A primary is created only with the cluster: later primaries are promoted backups.
-            self.service = open_service(spec.epoch, True, 0) if self.role is Role.PRIMARY else None
+            primary = self.role is Role.PRIMARY
+            self.service = open_service(self._options(spec.epoch, True, 0)) if primary else None
         self._heartbeat: Heartbeat | None = None
+
+    def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
+        return LogOptions(
+            root=self.root,
+            fsync=self.fsync,
+            epoch=epoch,
+            replicated=replicated,
+            wal_floor=wal_floor,
+        )
 
     def start_heartbeat(self) -> None:
         """Report to the controller from now on (a cluster replica only)."""
@@ -172,7 +187,7 @@ class ReplicaHost(Generic[S]):
             self.service.close()
             self.service = None
         prepare_install(self.root, install, fsync=self.fsync)
-        self.service = self._open(install.epoch, True, install.sequence)
+        self.service = self._open(self._options(install.epoch, True, install.sequence))
         log.info("%s: backup installed at sequence %d", self.label, install.sequence)
         return b""
 

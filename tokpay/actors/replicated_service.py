@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypedDict
 
 from tokpay.actors.channel import NotPrimary
 from tokpay.actors.protocol import Install, ShippedRecord, decode
@@ -31,8 +32,26 @@ log = logging.getLogger("tokpay.replica")
 
 SNAPSHOTS_DIR = "snapshots"
 WAL_DIR = "wal"
+SINGLE_NODE_EPOCH = 1
+"""The epoch of a copy that has no peers (the single-node default)."""
+
 STOP_EXIT_CODE = 70
 """The exit status of a replica that stopped itself rather than serve a state it cannot trust."""
+
+
+class LogOptions(TypedDict, total=False):
+    """How a state machine's copy is opened (every service takes these as keywords)."""
+
+    fsync: bool
+    """fsync each record (off only in tests and benchmarks that say so)."""
+    epoch: int
+    """The epoch its records carry; a backup refuses any other."""
+    replicated: bool
+    """Appends count only once the backup has them (False: the single-node default)."""
+    root: Path
+    """Its directory; by default one named after the state machine under the data dir."""
+    wal_floor: int
+    """The sequence its log starts after (a backup installed from a snapshot)."""
 
 
 class ReplicatedService(ABC):
@@ -41,9 +60,9 @@ class ReplicatedService(ABC):
     label = "replica"
     """How log lines name this copy (``shard 3``, ``coordinator``)."""
 
-    def __init__(
-        self, root: Path, *, fsync: bool, epoch: int, replicated: bool, wal_floor: int = 0
-    ) -> None:
+    def __init__(self, default_root: Path, options: LogOptions) -> None:
+        root = options.get("root", default_root)
+        fsync = options.get("fsync", True)
         self._root = root
         self._fsync = fsync
         self._snapshot_dir = root / SNAPSHOTS_DIR
@@ -51,8 +70,14 @@ class ReplicatedService(ABC):
         found = read_latest_snapshot(self._snapshot_dir)
         snapshot_sequence = 0 if found is None else found[0]
         self.restore(None if found is None else found[1])
-        self._wal = WriteAheadLog.open(root / WAL_DIR, fsync=fsync, floor=wal_floor)
-        self.log = ReplicatedLog(self._wal, epoch, required=replicated)
+        self._wal = WriteAheadLog.open(
+            root / WAL_DIR, fsync=fsync, floor=options.get("wal_floor", 0)
+        )
+        self.log = ReplicatedLog(
+            self._wal,
+            options.get("epoch", SINGLE_NODE_EPOCH),
+            required=options.get("replicated", False),
+        )
         check(
             self._wal.last_sequence >= snapshot_sequence,
             f"{self.label}: log ends at {self._wal.last_sequence}, before its snapshot at "

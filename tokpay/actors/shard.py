@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 import msgspec
 import ray
@@ -35,8 +35,8 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
-from tokpay.actors.replica_host import SINGLE_NODE_EPOCH, ReplicaHost, replica_root
-from tokpay.actors.replicated_service import ReplicatedService, prepare_install
+from tokpay.actors.replica_host import ReplicaHost, replica_root
+from tokpay.actors.replicated_service import LogOptions, ReplicatedService, prepare_install
 from tokpay.actors.replication import ReplicationFailed
 from tokpay.ledger.errors import LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
@@ -58,24 +58,13 @@ class ShardService(ReplicatedService):
         shard: int,
         shard_count: int,
         data_dir: Path,
-        *,
-        fsync: bool = True,
-        epoch: int = SINGLE_NODE_EPOCH,
-        replicated: bool = False,
-        root: Path | None = None,
-        wal_floor: int = 0,
+        **options: Unpack[LogOptions],
     ) -> None:
         self.label = f"shard {shard}"
         self._shard = shard
         self._shard_count = shard_count
         self.stats = ShardStats(shard=shard, accounts=0, transfers=0, prepared=0, log_sequence=0)
-        super().__init__(
-            root if root is not None else data_dir / f"shard-{shard}",
-            fsync=fsync,
-            epoch=epoch,
-            replicated=replicated,
-            wal_floor=wal_floor,
-        )
+        super().__init__(data_dir / f"shard-{shard}", options)
 
     # -- the state machine ---------------------------------------------------------------
 
@@ -153,24 +142,16 @@ class ShardService(ReplicatedService):
         return answer
 
     def create_accounts(self, payload: bytes) -> bytes:
-        ledger = self.ledger
-        outcomes = self._write(
-            payload,
-            list[AccountSpec],
-            lambda specs: ledger.create_accounts(specs, now_micros()),
-            AccountsCreated,
-        )
-        return encode(outcomes)
+        return encode(self._write(payload, list[AccountSpec], self._create, AccountsCreated))
+
+    def _create(self, specs: list[AccountSpec]) -> tuple[Any, list[Any]]:
+        return self.ledger.create_accounts(specs, now_micros())
 
     def apply_orders(self, payload: bytes) -> bytes:
-        ledger = self.ledger
-        outcomes = self._write(
-            payload,
-            list[TransferOrder],
-            lambda orders: ledger.apply_orders(orders, now_micros()),
-            TransfersCommitted,
-        )
-        return encode(outcomes)
+        return encode(self._write(payload, list[TransferOrder], self._commit, TransfersCommitted))
+
+    def _commit(self, orders: list[TransferOrder]) -> tuple[Any, list[Any]]:
+        return self.ledger.apply_orders(orders, now_micros())
 
     def prepare(self, payload: bytes) -> bytes:
         return encode(self._write(payload, list[Prepare], self.ledger.prepare, TxPrepared))
@@ -307,19 +288,10 @@ class ShardActor:
         replica: ReplicaSpec | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        root = Path(data_dir) / f"shard-{shard}" if replica is None else replica_root(replica.name)
+        root = replica_root(data_dir, f"shard-{shard}", replica)
 
-        def open_service(epoch: int, replicated: bool, wal_floor: int) -> ShardService:
-            return ShardService(
-                shard,
-                shard_count,
-                root.parent,
-                fsync=fsync,
-                epoch=epoch,
-                replicated=replicated,
-                root=root,
-                wal_floor=wal_floor,
-            )
+        def open_service(options: LogOptions) -> ShardService:
+            return ShardService(shard, shard_count, root.parent, **options)
 
         self._shard = shard
         self._host = ReplicaHost(f"shard {shard}", replica, root, open_service, fsync=fsync)

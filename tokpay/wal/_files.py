@@ -6,6 +6,7 @@ A new, renamed or deleted file is only durable once its directory has been fsync
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -16,6 +17,17 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def list_numbered(directory: Path, name: re.Pattern[str]) -> list[tuple[int, Path]]:
+    """Files in ``directory`` whose name matches ``name`` (its group 1 is a number), in order."""
+    found: list[tuple[int, Path]] = []
+    for entry in directory.iterdir():
+        match = name.match(entry.name)
+        if match is not None and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    found.sort()
+    return found
 
 
 def make_directory(directory: Path, *, fsync: bool) -> None:

@@ -23,7 +23,7 @@ from typing import BinaryIO, Self
 import google_crc32c
 import msgspec
 
-from tokpay.wal._files import fsync_directory, make_directory
+from tokpay.wal._files import fsync_directory, list_numbered, make_directory
 
 _log = logging.getLogger("tokpay.wal")
 
@@ -429,7 +429,7 @@ def _load_segments(directory: Path, *, fsync: bool, floor: int = 0) -> tuple[lis
     if not 0 <= floor < _MAX_U64:
         raise ValueError(f"floor must be in 0..{_MAX_U64 - 1}, got {floor}")
     make_directory(directory, fsync=fsync)
-    paths = _list_segments(directory)
+    paths = list_numbered(directory, _SEGMENT_NAME)
     if not paths:
         path = directory / _segment_name(floor + 1)
         _create_segment_file(path, fsync=fsync)
@@ -456,16 +456,6 @@ def _load_segments(directory: Path, *, fsync: bool, floor: int = 0) -> tuple[lis
         segments.append(segment)
         last_sequence = segment.last_sequence
     return segments, last_epoch
-
-
-def _list_segments(directory: Path) -> list[tuple[int, Path]]:
-    found: list[tuple[int, Path]] = []
-    for entry in directory.iterdir():
-        match = _SEGMENT_NAME.match(entry.name)
-        if match is not None and entry.is_file():
-            found.append((int(match.group(1)), entry))
-    found.sort()
-    return found
 
 
 def _create_segment_file(path: Path, *, fsync: bool) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from tokpay.wal._files import fsync_directory, make_directory
+from tokpay.wal._files import fsync_directory, list_numbered, make_directory
 from tokpay.wal.log import WalError, WalFatalIOError
 
 MAX_SNAPSHOT_BYTES: int = 1024 * 1024 * 1024
@@ -60,7 +60,7 @@ def write_snapshot(directory: Path, sequence: int, payload: bytes, *, fsync: boo
     header = _HEADER.pack(_MAGIC, sequence, google_crc32c.value(payload))
     try:
         make_directory(directory, fsync=fsync)
-        existing = _list_snapshots(directory)
+        existing = list_numbered(directory, _SNAPSHOT_NAME)
         if existing and existing[-1][0] > sequence:
             raise ValueError(
                 f"snapshot at {sequence} is older than the existing one at {existing[-1][0]}"
@@ -95,7 +95,7 @@ def read_latest_snapshot(directory: Path) -> tuple[int, bytes] | None:
         if _TEMP_NAME.match(entry.name):
             # No directory fsync needed: if the deletion is lost, the next read deletes again.
             entry.unlink(missing_ok=True)
-    snapshots = _list_snapshots(directory)
+    snapshots = list_numbered(directory, _SNAPSHOT_NAME)
     if not snapshots:
         return None
     sequence, path = snapshots[-1]
@@ -120,18 +120,8 @@ def _read_snapshot(path: Path, sequence: int) -> bytes:
     return payload
 
 
-def _list_snapshots(directory: Path) -> list[tuple[int, Path]]:
-    found: list[tuple[int, Path]] = []
-    for entry in directory.iterdir():
-        match = _SNAPSHOT_NAME.match(entry.name)
-        if match is not None and entry.is_file():
-            found.append((int(match.group(1)), entry))
-    found.sort()
-    return found
-
-
 def _delete_older_snapshots(directory: Path, *, fsync: bool) -> None:
-    doomed = _list_snapshots(directory)[:-SNAPSHOTS_KEPT]
+    doomed = list_numbered(directory, _SNAPSHOT_NAME)[:-SNAPSHOTS_KEPT]
     for _, path in doomed:
         path.unlink()
     if doomed and fsync:
