@@ -2,7 +2,7 @@
 atomic snapshots that let old segments be deleted. Knows files and bytes, nothing of accounts.
 """
 
-from tokpay.wal.log import (
+from tokpay.wal.frames import (
     DEFAULT_SEGMENT_BYTES,
     MAX_RECORD_BYTES,
     LogRecord,
@@ -12,8 +12,8 @@ from tokpay.wal.log import (
     WalCorruption,
     WalError,
     WalFatalIOError,
-    WriteAheadLog,
 )
+from tokpay.wal.log import WriteAheadLog
 from tokpay.wal.snapshot import (
     MAX_SNAPSHOT_BYTES,
     SnapshotCorruption,
