@@ -1,12 +1,12 @@
 """Replication between two ShardServices over the real channel (sockets, files, fsync).
 
-No Ray here: a backup is a ShardService behind a ChannelServer, as the actor has it,
-so the shipping, epoch fencing and snapshot install are tested on their own.
+No Ray here: a backup is the replica host (``ReplicaHost``) with a ShardService behind a
+ChannelServer, as the actor has it, so the shipping, epoch fencing and snapshot install
+are tested on their own.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,9 @@ import pytest
 from tests.support.orders import CURRENCY, ids_on, pay, topup
 from tests.support.services import apply_orders, create_accounts
 from tokpay.actors.channel import ChannelServer, NotPrimary
-from tokpay.actors.protocol import ShippedRecord, encode
-from tokpay.actors.replication import InstallReceiver, ReplicatedLog
+from tokpay.actors.protocol import ReplicaSpec, ShippedRecord, encode
+from tokpay.actors.replica_host import ReplicaHost
+from tokpay.actors.replication import ReplicatedLog
 from tokpay.actors.shard import ShardService
 
 SHARD = 0
@@ -23,34 +24,31 @@ SHARD_COUNT = 2
 
 
 class BackupHarness:
-    """A backup replica as ShardActor runs it: install, then follow records of its epoch."""
+    """A backup exactly as ShardActor runs one: the replica host behind a channel."""
 
     def __init__(self, root: Path, epoch: int) -> None:
-        self.root = root
-        self.epoch = epoch
-        self.promoted = False
-        self.service: ShardService | None = None
-        self.lock = threading.Lock()
-        self.receiver = InstallReceiver()
+        spec = ReplicaSpec(name=root.name, epoch=epoch, role="backup")
+        self.host = ReplicaHost(
+            f"backup {root.name}",
+            spec,
+            root,
+            lambda options: ShardService(SHARD, SHARD_COUNT, root.parent, **options),
+            fsync=True,
+        )
         self.server = ChannelServer(self.dispatch)
 
     def dispatch(self, method: str, payload: bytes) -> bytes:
-        with self.lock:
-            if self.promoted:
-                raise NotPrimary("promoted: no longer a backup")
-            if method == "install_begin":
-                self.receiver.begin(payload, self.epoch)
-                return b""
-            if method == "install_chunk":
-                self.receiver.chunk(payload)
-                return b""
-            if method == "install_end":
-                self.service = ShardService.install(
-                    SHARD, SHARD_COUNT, self.root, self.receiver.end(), fsync=True
-                )
-                return b""
-            assert self.service is not None
-            return self.service.follow(payload)
+        with self.host.lock:
+            return self.host.serve_replication(method, payload)
+
+    @property
+    def service(self) -> ShardService | None:
+        return self.host.service
+
+    def promote(self) -> None:
+        """Become a primary at the next epoch: from now on no record is accepted."""
+        with self.host.lock:
+            assert self.host.promote(self.host.epoch + 1)
 
 
 @pytest.fixture
@@ -96,7 +94,7 @@ def test_promoted_backup_fences_the_old_primary(tmp_path: Path, primary: ShardSe
     create_accounts(primary, accounts)
     apply_orders(primary, [topup(accounts[0], 500, id="t0", shard_count=SHARD_COUNT)])
     before = backup.service.snapshot_payload() if backup.service else b""
-    backup.promoted = True
+    backup.promote()
     # The old primary applies the batch locally but cannot get it acknowledged.
     with pytest.raises(NotPrimary):
         apply_orders(primary, [pay(accounts[0], [(accounts[1], 100)], id="zombie")])
@@ -124,7 +122,7 @@ def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(
     accounts = ids_on(SHARD, SHARD_COUNT, 2, "n")
     first = attach_backup(primary, tmp_path / "b1", epoch=2)
     create_accounts(primary, accounts)
-    first.promoted = True  # stands for a lost backup: it answers nothing useful
+    first.promote()  # stands for a lost backup: it answers nothing useful
     lost_ack = [topup(accounts[0], 900, id="lost-ack", shard_count=SHARD_COUNT)]
     with pytest.raises(NotPrimary):
         apply_orders(primary, lost_ack)
