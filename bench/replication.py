@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.progress import Progress
 from run_all import lua_reads, lua_transfers, wrk  # bench/ is on sys.path when run as a script
 
+from tokpay.cluster.ports import free_port
 from tokpay.ledger.routing import shard_of
-from tokpay.localserver import LocalServer, free_port
+from tokpay.testing.localserver import LocalServer
 
 console = Console(stderr=True)
 SEED_CONCURRENCY = 32

@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
-from tokpay.localserver import LocalServer
+from tokpay.testing.localserver import LocalServer
 
 HERE = Path(__file__).resolve().parent
 console = Console(stderr=True)
