@@ -18,8 +18,12 @@ RESUME_WAIT_SECONDS = 60.0
 
 @dataclass
 class DrillReport:
+    """One drill's findings; ``judge()`` turns them into violations (none: it passed)."""
+
     target: str
+    """What the drill meant to kill: primary, backup, coordinator, gateway or head."""
     victim: str
+    """What it killed, e.g. ``node n1 (session 1234)``."""
     acknowledged: int = 0
     lost: int = 0
     """Acknowledged transfers the ledger does not hold (must be 0)."""
@@ -29,10 +33,14 @@ class DrillReport:
     """Transfers that never got a definitive answer, even retried (must be 0)."""
     sum_of_balances: int | None = None
     backwards_reads: int = 0
+    """Reads lower than a read that completed before they started (must be 0)."""
     write_resume_seconds: float | None = None
+    """From the kill until every route took a write again (None: never)."""
     write_outage_seconds: float | None = None
+    """The longest time any route went without an acknowledged write after the kill."""
     rates: dict[str, Rates] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    """Retried errors by kind (status code or exception name)."""
     violations: list[str] = field(default_factory=list)
 
     @property
