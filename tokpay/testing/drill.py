@@ -72,7 +72,7 @@ async def run_drill(
     report.unsettled = await load.settle()
     show("auditing", load)
     async with load.client() as http:
-        report.add_audit(await audit_ledger(http, load.accounts, load.acked))
+        report.audit = await audit_ledger(http, load.accounts, load.acked)
     report.acknowledged = len(load.acked)
     report.backwards_reads = load.backwards
     report.errors = dict(load.errors)

@@ -24,14 +24,11 @@ class DrillReport:
     """What the drill meant to kill: primary, backup, coordinator, gateway or head."""
     victim: str
     """What it killed, e.g. ``node n1 (session 1234)``."""
+    audit: AuditFindings | None = None
+    """The ledger audit after the load (None until it ran)."""
     acknowledged: int = 0
-    lost: int = 0
-    """Acknowledged transfers the ledger does not hold (must be 0)."""
-    doubled: int = 0
-    """Transfers listed twice plus balances that differ from a replay (must be 0)."""
     unsettled: int = 0
     """Transfers that never got a definitive answer, even retried (must be 0)."""
-    sum_of_balances: int | None = None
     backwards_reads: int = 0
     """Reads lower than a read that completed before they started (must be 0)."""
     write_resume_seconds: float | None = None
@@ -47,10 +44,21 @@ class DrillReport:
     def ok(self) -> bool:
         return not self.violations
 
-    def add_audit(self, findings: AuditFindings) -> None:
-        self.lost += len(findings.lost)
-        self.doubled += findings.listed_twice + len(findings.balances_off)
-        self.sum_of_balances = findings.sum_of_balances
+    @property
+    def lost(self) -> int:
+        """Acknowledged transfers the ledger does not hold (must be 0)."""
+        return 0 if self.audit is None else len(self.audit.lost)
+
+    @property
+    def doubled(self) -> int:
+        """Transfers listed twice plus balances that differ from a replay (must be 0)."""
+        if self.audit is None:
+            return 0
+        return self.audit.listed_twice + len(self.audit.balances_off)
+
+    @property
+    def sum_of_balances(self) -> int | None:
+        return None if self.audit is None else self.audit.sum_of_balances
 
     def judge(self) -> None:
         """Record every violation: the drill passes only with none."""
@@ -75,8 +83,9 @@ class DrillReport:
             self.violations.append("no transfer was acknowledged")
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data, with its verdict."""
+        """The report as JSON-ready data: its fields, the audit's tallies, its verdict."""
         out: dict[str, Any] = asdict(self)
+        out |= {"lost": self.lost, "doubled": self.doubled, "sum_of_balances": self.sum_of_balances}
         out["ok"] = self.ok
         return out
 
