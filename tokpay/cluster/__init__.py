@@ -10,6 +10,7 @@
 - gateway: the HTTP gateway as a child process or cluster service;
 - deploy: the Ray-driver side (join, deploy the controller, ask its status);
 - status: the ``cluster status --json`` document;
+- single: the single-node ledger of ``tokpay serve`` (private Ray, dev login, gateway);
 - scripts/: head.sh, worker.sh, redis.sh (and common.sh), run on every machine.
 
 Nothing here imports Ray at import time, nor tokpay.testing (the harness builds on
