@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tokpay.localserver import free_port
+from tokpay.cluster.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 

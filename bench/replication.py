@@ -25,10 +25,16 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import Progress
-from run_all import lua_reads, lua_transfers, wrk  # bench/ is on sys.path when run as a script
+from run_all import (  # bench/ is on sys.path when run as a script
+    lua_reads,
+    lua_transfers,
+    wrk,
+    wrk_arguments,
+)
 
+from tokpay.cluster.ports import free_port
 from tokpay.ledger.routing import shard_of
-from tokpay.localserver import LocalServer, free_port
+from tokpay.testing.localserver import LocalServer
 
 console = Console(stderr=True)
 SEED_CONCURRENCY = 32
@@ -83,19 +89,7 @@ def tokpay(*args: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2, help="gateway processes")
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--accounts-per-shard", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: run `make setup` (installs it from Debian)")
+    args = wrk_arguments(__doc__, accounts_per_shard=500, nodes={"type": int, "default": 3})
     work = Path(tempfile.mkdtemp(prefix="tokpay-bench-repl-"))
     results: dict[str, Any] = {}
     c, s = args.connections, args.seconds

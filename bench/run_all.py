@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
-from tokpay.localserver import LocalServer
+from tokpay.testing.localserver import LocalServer
 
 HERE = Path(__file__).resolve().parent
 console = Console(stderr=True)
@@ -199,19 +199,30 @@ def wrk(url: str, path: str, script: str | None, connections: int, seconds: int)
     }
 
 
-def main() -> None:
+def wrk_arguments(
+    description: str | None, accounts_per_shard: int, **more: dict[str, Any]
+) -> argparse.Namespace:
+    """The options every wrk benchmark here takes, plus ``more`` (name -> add_argument
+    keywords); exits if wrk is not installed."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="gateway processes")
-    parser.add_argument("--accounts-per-shard", type=int, default=1000)
+    parser.add_argument("--accounts-per-shard", type=int, default=accounts_per_shard)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    for name, keywords in more.items():
+        parser.add_argument(f"--{name}", **keywords)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: run `make setup` (installs it from Debian)")
+    return args
+
+
+def main() -> None:
+    args = wrk_arguments(__doc__, accounts_per_shard=1000)
 
     # The server's Ray cluster uses token authentication; a driver given an explicit
     # address presents the token only if told so before Ray is imported.

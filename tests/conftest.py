@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tokpay.localserver import LocalServer as ServerProcess
+from tokpay.testing.localserver import LocalServer as ServerProcess
 
 __all__ = ["ServerProcess"]
 

@@ -15,29 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from tokpay.localcluster import LocalCluster
+from tokpay.cluster.deploy import join
+from tokpay.cluster.local import LocalCluster
 
 
 def main() -> None:
     data_dir, command, group = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     cluster = LocalCluster.load(data_dir)
-    os.environ.update(cluster.driver_env())
-    import ray
-
+    ray = join(cluster.ray_address, cluster.auth_token_path)
     from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 
-    ray.init(
-        address=cluster.ray_address,
-        namespace=NAMESPACE,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
     if command == "named":
         replica = ray.get(
             ray.get_actor(group, namespace=NAMESPACE).replica_status.remote(), timeout=30

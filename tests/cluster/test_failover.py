@@ -2,7 +2,7 @@
 
 Every node is its own process session with its own disk; "the machine died" is a
 SIGKILL of every process in that session. Load runs through the HTTP gateway and
-every drill audits the ledger's own answers (tokpay.drill): no acknowledged transfer
+every drill audits the ledger's own answers (tokpay.testing.audit): no acknowledged transfer
 lost or applied twice, the sum of balances zero, no read going backwards.
 """
 
@@ -25,12 +25,14 @@ import msgspec
 import pytest
 
 from tokpay.actors.channel import NOT_PRIMARY_CODE, frame, read_frame
-from tokpay.cluster_cli import cluster_status_subprocess, kill_and_recover, wait_cluster_healthy
-from tokpay.drill import DrillReport, run_drill
+from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.ports import free_port
+from tokpay.cluster.sessions import session_pids
 from tokpay.ledger.model import Credit, TransferKind, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
-from tokpay.localcluster import LocalCluster
-from tokpay.localserver import free_port, session_pids
+from tokpay.testing.drill import run_drill
+from tokpay.testing.nemesis import cluster_status_subprocess, kill_and_recover, wait_cluster_healthy
+from tokpay.testing.report import DrillReport
 
 SHARDS = 4
 RESUME_LIMIT_SECONDS = 10.0

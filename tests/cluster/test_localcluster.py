@@ -8,7 +8,6 @@ Ray in it): every Ray call runs in a driver child process.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tokpay.localcluster import LocalCluster
-from tokpay.localserver import session_pids
+from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.sessions import session_pids
 
 NODES = {"n0", "n1", "n2"}
 DRIVER_TIMEOUT_SECONDS = 120
@@ -71,14 +70,12 @@ print(json.dumps(out))
 
 
 def run_driver(cluster: LocalCluster, command: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(cluster.driver_env())
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, command],
         capture_output=True,
         text=True,
         timeout=DRIVER_TIMEOUT_SECONDS,
-        env=env,
+        env=cluster.child_env(),
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,6 +9,7 @@ one twice.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ServerProcess
+from tokpay.testing.audit import AuditFindings, audit_ledger
 
 ACCOUNTS = 24
 INITIAL = 1_000_000
@@ -25,44 +27,24 @@ CLIENT_THREADS = 8
 LOAD_SECONDS_BEFORE_KILL = 4.0
 
 
-def _history(http: httpx.Client, account: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
-        page = http.get(f"/v1/accounts/{account}/transfers", params=params).json()
-        items.extend(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return items
-
-
 def _audit(http: httpx.Client, accounts: list[str], acked: dict[str, dict[str, Any]]) -> None:
-    committed: dict[str, dict[str, Any]] = {}
-    for account in accounts:
-        history = _history(http, account)
-        ids = [item["id"] for item in history]
-        assert len(ids) == len(set(ids)), f"{account} lists a transfer twice"
-        for item in history:
-            committed[item["id"]] = item
-    for transfer_id, body in acked.items():
-        assert transfer_id in committed, f"acknowledged transfer {transfer_id} lost"
-        item = committed[transfer_id]
-        assert (item["from"], item["to"]) == (body["from"], body["to"])
+    """The drills' audit (tokpay.testing.audit), and a lookup of some transfers by id."""
+    findings = asyncio.run(_findings(http.base_url, accounts, acked))
+    assert findings.listed_twice == 0, "an account lists a transfer twice"
+    assert findings.lost == [], f"acknowledged transfers lost: {findings.lost[:10]}"
+    assert findings.altered == []
+    assert findings.balances_off == {}
+    assert findings.negative == []
+    assert findings.sum_of_balances == 0
     for transfer_id in list(acked)[:: max(1, len(acked) // 50)]:
         assert http.get(f"/v1/transfers/{transfer_id}").status_code == 200
-    replayed = dict.fromkeys(accounts, 0)
-    for item in committed.values():
-        if item["kind"] == "payment":
-            replayed[item["from"]] -= item["amount"]
-        for leg in item["to"]:
-            replayed[leg["account"]] += leg["amount"]
-    lookup = http.post("/v1/balances/lookup", json={"account_ids": accounts}).json()
-    actual = {row["account_id"]: row["balance"] for row in lookup["balances"]}
-    assert actual == replayed
-    assert all(value >= 0 for value in actual.values())
-    summary = http.get("/v1/ledger/summary").json()
-    assert summary["currencies"]["USD"]["sum_of_balances"] == 0
+
+
+async def _findings(
+    url: httpx.URL, accounts: list[str], acked: dict[str, dict[str, Any]]
+) -> AuditFindings:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        return await audit_ledger(http, accounts, acked)
 
 
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:

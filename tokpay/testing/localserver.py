@@ -8,69 +8,19 @@ provider) as a power cut would, and nothing else on the machine.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from tokpay.cluster.gateway import wait_healthy
+from tokpay.cluster.ports import free_port
+from tokpay.cluster.sessions import kill_session_pids
 
 START_TIMEOUT_SECONDS = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def session_pids(sid: int) -> list[int]:
-    """Every live process in session ``sid`` (all started by the server we launched).
-
-    Zombies are left out: they are dead, cannot be killed again, and stay until their
-    parent (perhaps another process that started them) reaps them.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) == sid and not _is_zombie(entry):
-                pids.append(int(entry.name))
-        except (ProcessLookupError, PermissionError):
-            continue
-    return pids
-
-
-def _is_zombie(proc_entry: Path) -> bool:
-    try:
-        stat = (proc_entry / "stat").read_text()
-    except OSError:
-        return True  # gone since it was listed
-    # The state follows the command name, which is in parentheses and may hold spaces.
-    return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def wait_healthy(url: str, timeout: float, *, check: Callable[[], None] = lambda: None) -> bool:
-    """Poll ``url``/healthz until it answers 200 (True) or ``timeout`` passes (False).
-
-    ``check`` runs before each try and may raise (say, the server process has exited).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
+KILL_SECONDS = 4.0
+STOP_SECONDS = 20.0
 
 
 class LocalServer:
@@ -114,15 +64,7 @@ class LocalServer:
         """SIGKILL every process of the server's session, as a power cut would."""
         if self.process is None:
             return
-        sid = self.process.pid
-        for _ in range(20):
-            pids = session_pids(sid)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
+        kill_session_pids(self.process.pid, time.monotonic() + KILL_SECONDS)
         self.process.wait(timeout=10)
         self.process = None
 
@@ -131,5 +73,5 @@ class LocalServer:
             return
         self.process.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=STOP_SECONDS)
         self.kill_hard()

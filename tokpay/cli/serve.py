@@ -1,17 +1,11 @@
-"""The ``tokpay`` command: one obvious way to start things.
-
-Typer (on Click) gives typed options and ``--help`` on every command from the
-signatures below, so the help cannot drift from what the code accepts.
-"""
+"""``tokpay serve`` (the single-node ledger and its gateway) and ``tokpay gateway``."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -20,16 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    help="TokPay: a strongly consistent wallet-and-ledger on Ray.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 console = Console(stderr=True)
-
-RAY_OBJECT_STORE_BYTES = 200 * 1024 * 1024
-RAY_CPUS = 2
-DEV_IDP_START_SECONDS = 15.0
 
 
 class Server(StrEnum):
@@ -37,12 +22,6 @@ class Server(StrEnum):
     granian = "granian"
 
 
-@app.callback()
-def main() -> None:
-    """TokPay: a strongly consistent wallet-and-ledger on Ray."""
-
-
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address the gateway binds to.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the HTTP gateway.")] = 8000,
@@ -68,10 +47,14 @@ def serve(
     recovering from DATA_DIR), then the gateway. The single-node default keeps ONE
     copy of the data: losing this machine's disk loses the ledger.
     """
-    import ray
-
-    from tokpay.actors.deploy import read_shard_count, start_ledger
-    from tokpay.actors.naming import NAMESPACE
+    from tokpay.actors.deploy import read_shard_count
+    from tokpay.cluster.gateway import gateway_argv
+    from tokpay.cluster.single import (
+        NoDevIdentityProvider,
+        start_dev_identity_provider,
+        start_local_ledger,
+        stop_local_ledger,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     data_dir = data_dir.resolve()
@@ -81,38 +64,20 @@ def serve(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Starting Ray and {shard_count} shards on {data_dir} ...")
-    ray.init(
-        num_cpus=RAY_CPUS,
-        include_dashboard=False,
-        object_store_memory=RAY_OBJECT_STORE_BYTES,
-        namespace=NAMESPACE,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    # Keep the handles: the actors live only while their owner holds a reference.
-    handles = start_ledger(data_dir, shard_count, fsync=fsync)
-    metrics_dir = data_dir / "run" / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    ray_address = ray.get_runtime_context().gcs_address
-    # Client scripts find this server's Ray cluster here even when others run too.
-    (data_dir / "run" / "ray-address").write_text(ray_address)
-    os.environ.update(
-        {
-            "TOKPAY_RAY_ADDRESS": ray_address,
-            "TOKPAY_DATA_DIR": str(data_dir),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        }
-    )
-    identity = _start_dev_identity_provider(host, port)
+    ledger = start_local_ledger(data_dir, shard_count, fsync)
+    gateway_env = ledger.gateway_env
+    try:
+        identity = start_dev_identity_provider(host, port)
+    except NoDevIdentityProvider as error:
+        console.print(f"[red]{error}[/red]")
+        identity = None
+    if identity is not None:
+        gateway_env |= identity.gateway_env
+        console.print(f"Dev login: OpenID provider at {identity.issuer} (any email, any password)")
     _print_summary(host, port, data_dir, shard_count, workers, server, fsync)
-    # The gateway runs in a child process that never initialised Ray: servers fork
-    # their workers, and a fork of a Ray driver is not a working driver.
-    command = [
-        sys.executable, "-m", "tokpay.cli", "gateway",
-        "--host", host, "--port", str(port), "--workers", str(workers), "--server", server.value,
-    ]  # fmt: skip
-    gateway_process = subprocess.Popen(command)
+    gateway_process = subprocess.Popen(
+        gateway_argv(host, port, workers, server.value), env=gateway_env
+    )
     # SIGTERM (systemd, docker stop, kill) shuts down as cleanly as Ctrl+C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -122,13 +87,8 @@ def serve(
         code = gateway_process.wait()
     finally:
         if identity is not None:
-            identity.terminate()
-            try:
-                identity.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                identity.kill()
-        del handles
-        ray.shutdown()
+            identity.stop()
+        stop_local_ledger(ledger)
     raise typer.Exit(code)
 
 
@@ -136,62 +96,6 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _start_dev_identity_provider(host: str, port: int) -> subprocess.Popen[bytes] | None:
-    """Start the dev OpenID provider (npm ``oidc-provider``) unless an issuer is configured.
-
-    It accepts any login, so it binds to 127.0.0.1 only; the gateway learns of it
-    through TOKPAY_OIDC_* in the environment its workers inherit.
-    """
-    import secrets
-    import socket
-    import time
-
-    from tokpay.settings import Settings
-
-    settings = Settings()
-    if settings.oidc_issuer:
-        return None
-    script = Path(__file__).parent / "web" / "devidp" / "provider.mjs"
-    node = shutil.which("node")
-    if node is None or not (Path(__file__).parent.parent / "node_modules").is_dir():
-        console.print("[red]No issuer configured and no Node/npm packages for the dev login.[/red]")
-        return None
-    idp_port = settings.dev_oidc_port
-    if idp_port == 0:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            idp_port = sock.getsockname()[1]
-    issuer = f"http://127.0.0.1:{idp_port}"
-    secret = secrets.token_urlsafe(24)
-    hosts = dict.fromkeys(
-        [host if host not in {"0.0.0.0", "::"} else "127.0.0.1", "127.0.0.1", "localhost"]
-    )
-    redirects = ",".join(f"http://{h}:{port}/auth/callback" for h in hosts)
-    process = subprocess.Popen(
-        [node, str(script), issuer, settings.oidc_client_id, secret, redirects]
-    )
-    deadline = time.monotonic() + DEV_IDP_START_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", idp_port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    if process.poll() is not None:
-        console.print("[red]The dev OpenID provider did not start; login will not work.[/red]")
-        return None
-    os.environ.update(
-        {
-            "TOKPAY_OIDC_ISSUER": issuer,
-            "TOKPAY_OIDC_CLIENT_SECRET": secret,
-            "TOKPAY_OIDC_DEV": "true",
-        }
-    )
-    console.print(f"Dev login: OpenID provider at {issuer} (any email, any password)")
-    return process
-
-
-@app.command()
 def gateway(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
@@ -205,6 +109,8 @@ def gateway(
     answers about 24,000 requests/s with 2 granian workers and about 1,400/s with
     2 uvicorn workers (uvicorn's multi-worker mode stalls ~40 ms per request).
     """
+    # The server's workers build the app from their environment (tokpay.settings) and
+    # are given nothing else: the bind address reaches them only this way.
     os.environ["TOKPAY_BIND_HOST"] = host
     if server is Server.granian:
         from granian.constants import Interfaces
@@ -251,16 +157,3 @@ def _print_summary(
     )
     console.print(table)
     console.print(f"Ready: http://{host}:{port}  (Ctrl+C stops)")
-
-
-def _add_cluster_commands() -> None:
-    from tokpay.cluster_cli import cluster_app, drill
-
-    app.add_typer(cluster_app, name="cluster")
-    app.command("drill")(drill)
-
-
-_add_cluster_commands()
-
-if __name__ == "__main__":
-    app()

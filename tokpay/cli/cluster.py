@@ -1,0 +1,172 @@
+"""``tokpay cluster up|status|down|deploy``: a local multi-node cluster, or TokPay on
+real machines.
+
+Each Ray node of a local cluster runs in its own process session with its own data
+directory, standing for a separate machine (tokpay.cluster; its scripts are the
+per-machine ones, see cluster/README.md for real machines). TokPay on top: a
+controller (detached), every shard and the coordinator as a primary and a backup on
+different nodes, and the HTTP gateway in a session of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokpay.cluster.deploy import deploy
+from tokpay.cluster.gateway import start_cluster_gateway
+from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.state import state_path
+from tokpay.cluster.status import cluster_status
+
+console = Console()
+cluster_app = typer.Typer(
+    help="A local multi-node TokPay cluster: every node its own process session and disk.",
+    no_args_is_help=True,
+)
+
+DEFAULT_DATA_DIR = Path("var/cluster")
+MIN_NODES = 2
+
+DataDir = Annotated[Path, typer.Option(help="The cluster's directory (state, node disks, logs).")]
+Shards = Annotated[int, typer.Option(help="Shards (each a primary and a backup).")]
+Fsync = Annotated[bool, typer.Option(help="fsync every log batch on both copies.")]
+
+
+def _refuse_too_few_nodes(count: int) -> None:
+    if count < MIN_NODES:
+        console.print(f"[red]replication needs at least {MIN_NODES} nodes[/red]")
+        raise typer.Exit(2)
+
+
+@cluster_app.command("deploy")
+def deploy_command(
+    address: Annotated[str, typer.Option(help="The head's GCS address, host:port.")],
+    nodes: Annotated[
+        str, typer.Option(help="Node names, head first, comma-separated (e.g. n0,n1,n2).")
+    ],
+    shards: Shards = 4,
+    fsync: Fsync = True,
+) -> None:
+    """On real machines: create TokPay on nodes started with cluster/head.sh and
+    worker.sh.
+
+    Starts the controller (detached, on the head), which places every shard's
+    and the coordinator's primary and backup on different nodes and waits
+    until all are in sync. Safe to run again: it finds the running controller.
+    Then run `TOKPAY_RAY_ADDRESS=ADDRESS tokpay gateway` on each gateway
+    machine.
+    """
+    names = [n.strip() for n in nodes.split(",") if n.strip()]
+    _refuse_too_few_nodes(len(names))
+    deploy(address, names, shards, fsync)
+    console.print(f"TokPay deployed on {', '.join(names)}: {shards} shards, replication factor 2")
+
+
+@cluster_app.command("up")
+def up(
+    nodes: Annotated[int, typer.Option(help="Ray nodes (a head and workers), at least 2.")] = 3,
+    port: Annotated[int, typer.Option(help="Port of the HTTP gateway.")] = 8000,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    shards: Shards = 4,
+    workers: Annotated[int, typer.Option(help="Gateway processes.")] = 2,
+    fsync: Fsync = True,
+) -> None:
+    """Start Redis (GCS fault tolerance), the Ray nodes, TokPay and its gateway.
+
+    Every node is a separate process session with its own disk under
+    DATA_DIR/nodes; the head keeps Ray's cluster state in Redis (fsync on
+    every write), so killing and restarting the head loses nothing.
+    Replication factor 2: a shard's primary and backup are always on different
+    nodes.
+    """
+    _refuse_too_few_nodes(nodes)
+    data_dir = data_dir.resolve()
+    if state_path(data_dir).exists():
+        console.print(
+            f"[red]{data_dir} already holds a cluster; `tokpay cluster down --data-dir "
+            f"{data_dir}` first (a new cluster needs a new directory).[/red]"
+        )
+        raise typer.Exit(2)
+    cluster = LocalCluster(data_dir, nodes=nodes)
+    cluster.settings.update({"port": port, "workers": workers, "shards": shards})
+    started = time.monotonic()
+    with console.status(f"Starting Redis and {nodes} Ray nodes ..."):
+        cluster.up()
+    try:
+        with console.status(f"Creating the controller, {shards} shards and the coordinator ..."):
+            deploy(cluster.ray_address, cluster.node_names, shards, fsync, cluster.auth_token_path)
+        with console.status("Starting the gateway ..."):
+            start_cluster_gateway(cluster)
+    except Exception:
+        console.print_exception()
+        console.print("[red]start-up failed; stopping what was started[/red]")
+        cluster.down()
+        raise typer.Exit(1) from None
+    console.print(f"Cluster up in {time.monotonic() - started:.1f} s")
+    _print_status(cluster_status(cluster))
+    console.print(f"Gateway: http://127.0.0.1:{port}  (docs at /docs)")
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    nodes = Table(title="Nodes")
+    for column in ("node", "pid", "role", "alive", "primaries", "backups"):
+        nodes.add_column(column)
+    for node in status["nodes"]:
+        nodes.add_row(
+            node["node_id"],
+            str(node["pid"]),
+            node["role"],
+            "yes" if node["alive"] else "[red]no[/red]",
+            ", ".join(node["primaries"]),
+            ", ".join(node["backups"]),
+        )
+    console.print(nodes)
+    groups = Table(title="Shards and coordinator")
+    for column in ("group", "epoch", "primary", "backup", "in sync", "lag (records)"):
+        groups.add_column(column)
+    for g in status["groups"]:
+        primary, backup = g["primary"], g["backup"]
+        groups.add_row(
+            g["group"],
+            str(g["epoch"]),
+            f"{primary['node']} ({primary['name']})" if primary else "[red]none[/red]",
+            f"{backup['node']} ({backup['name']})" if backup else "[red]none[/red]",
+            "yes" if g["backup_in_sync"] else "[yellow]no[/yellow]",
+            "-" if g["replication_lag"] is None else str(g["replication_lag"]),
+        )
+    console.print(groups)
+    console.print(
+        f"failovers: {status['failovers']}, backup rebuilds: {status['backup_rebuilds']}, "
+        "services: " + ", ".join(f"{n} pid {s['pid']}" for n, s in status["services"].items())
+    )
+
+
+@cluster_app.command("status")
+def status(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Nodes, shards, epochs, primaries, backups and replication lag."""
+    result = cluster_status(LocalCluster.load(data_dir.resolve()))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_status(result)
+
+
+@cluster_app.command("down")
+def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Stop everything `cluster up` started (and nothing else). Data stays on
+    disk.
+    """
+    cluster = LocalCluster.load(data_dir.resolve())
+    with console.status("Stopping the gateway, the nodes and Redis ..."):
+        cluster.down()
+    console.print("Cluster stopped.")

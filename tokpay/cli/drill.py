@@ -1,0 +1,90 @@
+"""``tokpay drill``: failover drills on a running ``tokpay cluster up``, with live
+progress and the reports (the drill itself is tokpay.testing.drill)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from tokpay.cli.cluster import DEFAULT_DATA_DIR, DataDir
+from tokpay.cluster.local import LocalCluster
+from tokpay.testing.drill import drill_cluster
+from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
+from tokpay.testing.report import DrillReport, print_report, print_summary
+from tokpay.testing.workload import DrillLoad
+
+console = Console()
+LIVE_REFRESH_PER_SECOND = 4
+
+
+def drill(
+    target: Annotated[
+        str, typer.Option(help=f"What to SIGKILL: {', '.join(TARGETS)} or random.")
+    ] = "primary",
+    repeat: Annotated[
+        int, typer.Option(help="Drills to run, each on a random target if --target random.")
+    ] = 1,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    before: Annotated[float, typer.Option(help="Seconds of load before the kill.")] = 5.0,
+    after: Annotated[float, typer.Option(help="Seconds of load after the kill.")] = 10.0,
+    report_json: Annotated[
+        Path | None, typer.Option(help="Also write every drill's report here (JSON).")
+    ] = None,
+) -> None:
+    """Failover drill on a running `tokpay cluster up`: load, SIGKILL a target,
+    audit.
+
+    Runs transfers and balance reads through the gateway, kills the target (a
+    shard primary's node, a backup's node, the coordinator's node, the
+    gateway, or the head node), keeps the load going, restarts what was killed
+    (the head and the gateway at once, as a supervisor would; other nodes
+    after the load), then reports acknowledged transfers, lost (must be 0),
+    applied twice (must be 0), the sum of balances (must be 0), reads that
+    went backwards (must be 0), how long until writes succeeded again, and
+    reads/writes per second before, during and after. Exits non-zero on any
+    violation.
+    """
+    if target not in (*TARGETS, "random"):
+        console.print(f"[red]--target must be one of {', '.join(TARGETS)}, random[/red]")
+        raise typer.Exit(2)
+    data_dir = data_dir.resolve()
+    cluster = LocalCluster.load(data_dir)
+    reports = []
+    for run in range(1, repeat + 1):
+        chosen = random.choice(TARGETS) if target == "random" else target
+        console.rule(f"Drill {run}/{repeat}: kill the {chosen}")
+        report = _drill_with_progress(cluster, chosen, before, after)
+        reports.append(report)
+        print_report(console, report)
+    print_summary(console, reports)
+    if report_json is not None:
+        report_json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+    wait_cluster_healthy(data_dir)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _drill_with_progress(
+    cluster: LocalCluster, target: str, before: float, after: float
+) -> DrillReport:
+    started = time.monotonic()
+    with Live(console=console, refresh_per_second=LIVE_REFRESH_PER_SECOND) as live:
+
+        def show(phase: str, load: DrillLoad) -> None:
+            errors = sum(load.errors.values())
+            live.update(
+                f"[bold]{phase}[/bold]  t={time.monotonic() - started:5.1f}s  "
+                f"acknowledged={len(load.acked)}  reads={len(load.reads)}  "
+                f"retried errors={errors}  backwards reads={load.backwards}"
+            )
+
+        return drill_cluster(
+            cluster, target, before_seconds=before, after_seconds=after, progress=show
+        )

@@ -1,0 +1,81 @@
+"""``tokpay cluster status --json``: what scripts and operators read about a local cluster.
+
+The document's fields are a contract (tests/cluster/test_status_fields.py): ``nodes``
+with ``node_id``, ``pid``, ``role``, ``alive``, ``primaries``, ``backups``; ``groups``;
+``services`` with pids. Fields may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokpay.cluster.deploy import controller_status
+from tokpay.cluster.local import LocalCluster
+
+
+def cluster_status(cluster: LocalCluster) -> dict[str, Any]:
+    """The status document: joins the cluster as a Ray driver to ask its controller."""
+    return status_document(cluster, controller_status(cluster.ray_address, cluster.auth_token_path))
+
+
+def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
+    """The controller's ``status`` (ControllerStatus) and the sessions of ``cluster``,
+    as one JSON-ready document."""
+    nodes = []
+    for name in cluster.node_names:
+        node = cluster.nodes[name]
+        nodes.append(
+            {
+                "node_id": name,
+                "pid": node["pid"],
+                "role": node["role"],
+                "alive": bool(status.nodes.get(name)) and cluster.node_running(name),
+                "primaries": [
+                    g.group for g in status.groups if g.primary and g.primary.node == name
+                ],
+                "backups": [g.group for g in status.groups if g.backup and g.backup.node == name],
+            }
+        )
+    groups = [
+        {
+            "group": g.group,
+            "epoch": g.epoch,
+            "primary": _member(g.primary),
+            "backup": _member(g.backup),
+            "backup_in_sync": g.backup_ready,
+            "replication_lag": g.lag,
+        }
+        for g in status.groups
+    ]
+    services = {
+        name: {"pid": pid, "alive": cluster.service_alive(name)}
+        for name, pid in cluster.services.items()
+    }
+    return {
+        "nodes": nodes,
+        "groups": groups,
+        "services": services,
+        "failovers": status.failovers,
+        "backup_rebuilds": status.rebuilds,
+        "gcs_address": cluster.ray_address,
+    }
+
+
+def _member(member: Any) -> dict[str, Any] | None:
+    if member is None:
+        return None
+    return {
+        "name": member.name,
+        "node": member.node,
+        "alive": member.alive,
+        "sequence": member.sequence,
+    }
+
+
+def healthy(status: dict[str, Any]) -> bool:
+    """Every node alive, every group with an in-sync backup, every service alive."""
+    return (
+        all(n["alive"] for n in status["nodes"])
+        and all(g["backup_in_sync"] and g["primary"] and g["backup"] for g in status["groups"])
+        and all(s["alive"] for s in status["services"].values())
+    )

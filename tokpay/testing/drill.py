@@ -1,0 +1,140 @@
+"""Failover drills: load through the gateway, SIGKILL one part of the cluster, audit.
+
+A drill opens fresh accounts and runs transfers and balance reads through the HTTP
+gateway (tokpay.testing.workload), kills a target with SIGKILL (tokpay.testing.nemesis),
+keeps the load going, restarts what a supervisor would, and then audits the ledger
+with its own answers (tokpay.testing.audit) and reports how long writes stopped
+(tokpay.testing.outage) in a DrillReport (tokpay.testing.report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from tokpay.cluster.local import LocalCluster
+from tokpay.testing import outage
+from tokpay.testing.audit import audit_ledger
+from tokpay.testing.nemesis import (
+    choose_victim,
+    cluster_status_subprocess,
+    kill_and_recover,
+    wait_cluster_healthy,
+)
+from tokpay.testing.report import RESUME_WAIT_SECONDS, DrillReport
+from tokpay.testing.workload import DrillLoad
+
+AFTER_RESUME_SECONDS = 4.0
+STALL_SECONDS = 2.0
+"""A route with no acknowledged write for this long counts as stalled: the load goes on."""
+PROGRESS_SECONDS = 0.25
+
+Progress = Callable[[str, DrillLoad], None]
+
+
+async def run_drill(
+    base_url: str,
+    shard_count: int,
+    target: str,
+    kill: Callable[[], str],
+    recover: Callable[[], None],
+    *,
+    before_seconds: float = 5.0,
+    after_seconds: float = 10.0,
+    headers: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> DrillReport:
+    """One drill: load, kill (``kill`` returns what it killed), keep loading, audit.
+
+    ``recover`` runs after the load ends (restart what a supervisor would).
+    """
+    load = DrillLoad(base_url, shard_count, headers or {})
+    show: Progress = progress or (lambda phase, _: None)
+    show("opening accounts", load)
+    await load.open_accounts()
+    tasks = load.start()
+    started = time.monotonic()
+    while time.monotonic() - started < before_seconds:
+        show("load before the kill", load)
+        await asyncio.sleep(PROGRESS_SECONDS)
+    killed_at = time.monotonic()
+    victim = await asyncio.to_thread(kill)
+    report = DrillReport(target=target, victim=victim)
+    await _load_until_resumed(load, killed_at, after_seconds, victim, show)
+    load.stop()
+    show("stopping the load", load)
+    await asyncio.gather(*tasks)
+    ended = time.monotonic()
+    show("restarting what was killed", load)
+    await asyncio.to_thread(recover)
+    show("settling unanswered transfers", load)
+    report.unsettled = await load.settle()
+    show("auditing", load)
+    async with load.client() as http:
+        report.audit = await audit_ledger(http, load.accounts, load.acked)
+    report.acknowledged = len(load.acked)
+    report.backwards_reads = load.backwards
+    report.errors = dict(load.errors)
+    report.write_resume_seconds = outage.resume_seconds(load.acks, killed_at)
+    report.write_outage_seconds = outage.outage_seconds(load.acks, killed_at, ended)
+    resumed_at = killed_at + (report.write_resume_seconds or 0.0)
+    report.rates = outage.phase_rates(
+        load.reads,
+        load.writes,
+        {
+            "before": (started, killed_at),
+            "during": (killed_at, resumed_at),
+            "after": (resumed_at, ended),
+        },
+    )
+    report.judge()
+    return report
+
+
+async def _load_until_resumed(
+    load: DrillLoad, killed_at: float, after_seconds: float, victim: str, show: Progress
+) -> None:
+    """At least ``after_seconds``; longer while writes have not resumed everywhere (up to
+    RESUME_WAIT_SECONDS), then AFTER_RESUME_SECONDS more of steady load."""
+    while True:
+        now = time.monotonic()
+        elapsed = now - killed_at
+        resumed = outage.resume_seconds(load.acks, killed_at)
+        if elapsed >= RESUME_WAIT_SECONDS:
+            return
+        settled = resumed is not None and not outage.stalled(load.acks, now, STALL_SECONDS)
+        if settled and elapsed >= max(after_seconds, (resumed or 0.0) + AFTER_RESUME_SECONDS):
+            return
+        state = "writes resumed" if resumed is not None else "waiting for writes to resume"
+        show(f"killed {victim}; load continues ({state})", load)
+        await asyncio.sleep(PROGRESS_SECONDS)
+
+
+def drill_cluster(
+    cluster: LocalCluster,
+    target: str,
+    *,
+    before_seconds: float,
+    after_seconds: float,
+    progress: Progress | None = None,
+) -> DrillReport:
+    """One drill on a running local cluster: wait until it is healthy, choose a victim
+    for ``target``, and run the drill against its gateway."""
+    data_dir = cluster.data_dir
+    url = f"http://127.0.0.1:{int(cluster.settings['port'])}"
+    wait_cluster_healthy(data_dir)
+    kind, name = choose_victim(target, cluster_status_subprocess(data_dir))
+    kill, recover = kill_and_recover(cluster, kind, name)
+    return asyncio.run(
+        run_drill(
+            url,
+            int(cluster.settings["shards"]),
+            target,
+            kill,
+            recover,
+            before_seconds=before_seconds,
+            after_seconds=after_seconds,
+            progress=progress,
+        )
+    )

@@ -1,0 +1,189 @@
+"""The drill's load: writers and readers against one gateway, with the bookkeeping the
+audit and the outage maths need.
+
+Fresh accounts per drill (payers funded once, sinks that only receive). Transfers
+whose answer was lost are retried with the same id until they settle: the ledger's
+idempotency makes that safe, and it is what real clients do. A read of a sink that
+shows less than a read completed before it started went backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+from tokpay.ledger.routing import shard_of
+from tokpay.testing.outage import Acknowledgement
+
+PAYERS = 24
+SINKS = 12
+INITIAL = 10**9
+WRITERS = 12
+READERS = 4
+REQUEST_TIMEOUT_SECONDS = 20.0
+SETTLE_SECONDS = 60.0
+"""After the load stops: how long unanswered transfers are retried before counting as unknown."""
+
+
+class DrillLoad:
+    """Writers and readers against one gateway, with the bookkeeping the audit needs."""
+
+    def __init__(self, base_url: str, shard_count: int, headers: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.shard_count = shard_count
+        self.headers = headers
+        run = secrets.token_hex(3)
+        self.payers = [f"drill-{run}-p{i}" for i in range(PAYERS)]
+        self.sinks = [f"drill-{run}-s{i}" for i in range(SINKS)]
+        self.sent: dict[str, dict[str, Any]] = {}
+        self.acked: dict[str, dict[str, Any]] = {}
+        self.refused: dict[str, int] = {}
+        self.reads: list[float] = []
+        """Completion times of successful reads."""
+        self.writes: list[float] = []
+        """Completion times of acknowledged writes."""
+        self.acks: list[Acknowledgement] = []
+        self.backwards = 0
+        self.errors: dict[str, int] = {}
+        # The highest balance a completed read saw, per sink: a later read may not be lower.
+        self._floor: dict[str, int] = dict.fromkeys(self.sinks, 0)
+        self._stop = asyncio.Event()
+
+    @property
+    def accounts(self) -> list[str]:
+        return self.payers + self.sinks
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self.headers,
+            timeout=REQUEST_TIMEOUT_SECONDS,
+            limits=httpx.Limits(max_connections=WRITERS + READERS + 4),
+        )
+
+    async def open_accounts(self) -> None:
+        async with self.client() as http:
+            for account in self.accounts:
+                body = {"id": account, "currency": "USD", "owner": f"{account}@drill.example"}
+                await self._until_done(http, "/v1/accounts", body, {201, 200, 409})
+            for account in self.payers:
+                topup = {"id": f"top-{account}", "account": account, "amount": INITIAL}
+                await self._until_done(http, "/v1/topups", topup | {"currency": "USD"}, {200, 201})
+
+    async def _until_done(
+        self, http: httpx.AsyncClient, path: str, body: dict[str, Any], done: set[int]
+    ) -> None:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            try:
+                response = await http.post(path, json=body)
+                if response.status_code in done:
+                    return
+                if response.status_code < 500 and response.status_code != 429:
+                    raise RuntimeError(f"{path} refused: {response.status_code} {response.text}")
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path} did not succeed within {SETTLE_SECONDS} s")
+            await asyncio.sleep(0.2)
+
+    def _route(self, body: dict[str, Any]) -> str:
+        shards = {shard_of(body["from"], self.shard_count)} | {
+            shard_of(leg["account"], self.shard_count) for leg in body["to"]
+        }
+        return f"shard-{shards.pop()}" if len(shards) == 1 else "2pc"
+
+    async def _submit(self, http: httpx.AsyncClient, body: dict[str, Any]) -> bool:
+        """One attempt; True once the ledger gave a definitive answer."""
+        try:
+            response = await http.post("/v1/transfers", json=body)
+        except httpx.HTTPError as error:
+            self._count(type(error).__name__)
+            return False
+        if response.status_code in (200, 201):
+            self.acked[body["id"]] = body
+            return True
+        if response.status_code >= 500 or response.status_code == 429:
+            self._count(str(response.status_code))
+            return False
+        # A refusal (4xx) is final; 409 for our own retry would be a violation.
+        self.refused[str(response.status_code)] = self.refused.get(str(response.status_code), 0) + 1
+        return True
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    async def writer(self, worker: int) -> None:
+        rng = random.Random(worker)
+        targets = self.accounts
+        async with self.client() as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                payer = rng.choice(self.payers)
+                payees = rng.sample([a for a in targets if a != payer], rng.randint(1, 3))
+                transfer_id = f"{payer}-w{worker}-{n}"
+                body: dict[str, Any] = {
+                    "id": transfer_id,
+                    "from": payer,
+                    "to": [{"account": p, "amount": rng.randint(1, 100)} for p in payees],
+                    "currency": "USD",
+                }
+                self.sent[transfer_id] = body
+                submitted = time.monotonic()
+                # The same id until a definitive answer: what a real client does.
+                while not await self._submit(http, body):
+                    if self._stop.is_set():
+                        break
+                    await asyncio.sleep(0.05)
+                if transfer_id in self.acked:
+                    now = time.monotonic()
+                    self.writes.append(now)
+                    self.acks.append((self._route(body), submitted, now))
+
+    async def reader(self, worker: int) -> None:
+        rng = random.Random(1000 + worker)
+        async with self.client() as http:
+            while not self._stop.is_set():
+                account = rng.choice(self.sinks)
+                floor = self._floor[account]
+                try:
+                    response = await http.get(f"/v1/accounts/{account}/balance")
+                except httpx.HTTPError as error:
+                    self._count(type(error).__name__)
+                    await asyncio.sleep(0.05)
+                    continue
+                if response.status_code != 200:
+                    self._count(f"read {response.status_code}")
+                    await asyncio.sleep(0.05)
+                    continue
+                value = int(response.json()["balance"])
+                if value < floor:
+                    self.backwards += 1
+                self._floor[account] = max(self._floor[account], value)
+                self.reads.append(time.monotonic())
+
+    def start(self) -> list[asyncio.Task[None]]:
+        """Start every writer and reader; gather the tasks after ``stop()``."""
+        tasks = [asyncio.create_task(self.writer(w)) for w in range(WRITERS)]
+        return tasks + [asyncio.create_task(self.reader(r)) for r in range(READERS)]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def settle(self) -> int:
+        """Retry every transfer still without an answer; returns those that never settled."""
+        pending = [b for i, b in self.sent.items() if i not in self.acked]
+        deadline = time.monotonic() + SETTLE_SECONDS
+        async with self.client() as http:
+            while pending and time.monotonic() < deadline:
+                results = await asyncio.gather(*(self._submit(http, b) for b in pending))
+                pending = [b for b, done in zip(pending, results, strict=True) if not done]
+                if pending:
+                    await asyncio.sleep(0.5)
+        return len(pending)
