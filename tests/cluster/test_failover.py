@@ -24,12 +24,11 @@ import httpx
 import msgspec
 import pytest
 
+from tests.support.orders import ids_on, topup
 from tokpay.actors.channel import NOT_PRIMARY_CODE, frame, read_frame
 from tokpay.cluster.local import LocalCluster
 from tokpay.cluster.ports import free_port
 from tokpay.cluster.sessions import session_pids
-from tokpay.ledger.model import Credit, TransferKind, TransferOrder, funding_account_id
-from tokpay.ledger.routing import shard_of
 from tokpay.testing.drill import run_drill
 from tokpay.testing.nemesis import cluster_status_subprocess, kill_and_recover, wait_cluster_healthy
 from tokpay.testing.report import DrillReport
@@ -124,7 +123,7 @@ def assert_clean(report: DrillReport, limit: float = RESUME_LIMIT_SECONDS) -> No
 
 def write_and_read_on_shard(running: Running, shard: int, tag: str) -> None:
     """A transfer and a balance read on ``shard`` through the gateway, right now."""
-    account = next(f"{tag}-{n}" for n in range(10_000) if shard_of(f"{tag}-{n}", SHARDS) == shard)
+    (account,) = ids_on(shard, SHARDS, 1, tag)
     with httpx.Client(base_url=running.url, timeout=30) as http:
         created = http.post(
             "/v1/accounts", json={"id": account, "currency": "USD", "owner": f"{tag}@x.example"}
@@ -190,7 +189,7 @@ def test_paused_old_primary_is_fenced_after_promotion(running: Running) -> None:
     group = "shard-3"
     old = probe(running.data_dir, "replicas", group)
     primary = old["primary"]
-    account = next(f"fence-{n}" for n in range(10_000) if shard_of(f"fence-{n}", SHARDS) == 3)
+    (account,) = ids_on(3, SHARDS, 1, "fence")
     with httpx.Client(base_url=running.url, timeout=30) as http:
         body = {"id": account, "currency": "USD", "owner": "fence@x.example"}
         assert http.post("/v1/accounts", json=body).status_code == 201
@@ -207,13 +206,7 @@ def test_paused_old_primary_is_fenced_after_promotion(running: Running) -> None:
     finally:
         os.kill(primary["pid"], signal.SIGCONT)
     # The old primary runs again, believing for a moment it is still primary.
-    order = TransferOrder(
-        id="zombie-write",
-        debit=funding_account_id("USD", 3),
-        credits=(Credit(account, 999),),
-        currency="USD",
-        kind=TransferKind.TOPUP,
-    )
+    order = topup(account, 999, id="zombie-write", shard_count=SHARDS)
     ok, reply = _raw_call(primary["address"], "apply_orders", msgspec.msgpack.encode([order]))
     assert not ok
     assert msgspec.msgpack.decode(reply)[0] == NOT_PRIMARY_CODE
