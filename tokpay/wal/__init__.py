@@ -2,10 +2,7 @@
 atomic snapshots that let old segments be deleted. Knows files and bytes, nothing of accounts.
 """
 
-from tokpay.wal.frames import (
-    DEFAULT_SEGMENT_BYTES,
-    MAX_RECORD_BYTES,
-    LogRecord,
+from tokpay.wal.errors import (
     RecordTooLarge,
     SequenceGap,
     StaleEpoch,
@@ -13,6 +10,7 @@ from tokpay.wal.frames import (
     WalError,
     WalFatalIOError,
 )
+from tokpay.wal.frames import DEFAULT_SEGMENT_BYTES, MAX_RECORD_BYTES, LogRecord
 from tokpay.wal.log import WriteAheadLog
 from tokpay.wal.snapshot import (
     MAX_SNAPSHOT_BYTES,

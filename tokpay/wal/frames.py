@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import google_crc32c
 import msgspec
+
+from tokpay.wal.errors import WalCorruption
 
 _log = logging.getLogger("tokpay.wal")
 
@@ -51,30 +54,6 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[int, int, bytes])
 
 
-class WalError(Exception):
-    """Base class of every error the write-ahead log raises on purpose."""
-
-
-class WalCorruption(WalError):
-    """The log on disk is damaged somewhere other than a torn final append."""
-
-
-class WalFatalIOError(WalError):
-    """A write or fsync failed; the log refuses further appends and the owner must stop."""
-
-
-class RecordTooLarge(WalError, ValueError):
-    """A record body is larger than ``MAX_RECORD_BYTES``."""
-
-
-class StaleEpoch(WalError):
-    """An append carried an epoch lower than one already in the log (a fenced-out writer)."""
-
-
-class SequenceGap(WalError, ValueError):
-    """An explicit sequence number was not the one right after the log's last sequence."""
-
-
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     epoch: int
@@ -84,6 +63,9 @@ class LogRecord:
 
 class _FrameError(Exception):
     """A frame that does not parse: torn or corrupt, the caller decides which."""
+
+    offset = 0
+    """Where the frame starts in its file (set by ``_frames_of``)."""
 
 
 @dataclass(slots=True)
@@ -149,6 +131,24 @@ def _read_frame(stream: BinaryIO, limit: int) -> LogRecord | None:
     if len(payload) < length:
         raise _FrameError(f"length {length} runs past the end of the file")
     return _decode_frame(header, payload)
+
+
+def _frames_of(stream: BinaryIO, limit: int) -> Iterator[tuple[int, LogRecord]]:
+    """Each frame from the stream's position up to ``limit``, with the offset it starts at.
+
+    A frame that does not parse raises ``_FrameError`` carrying that offset; the stream is
+    then left just past what was read of it.
+    """
+    while True:
+        offset = stream.tell()
+        try:
+            record = _read_frame(stream, limit)
+        except _FrameError as exc:
+            exc.offset = offset
+            raise
+        if record is None:
+            return
+        yield offset, record
 
 
 def _contains_valid_frame(data: bytes, start: int) -> bool:

@@ -17,21 +17,17 @@ from types import TracebackType
 from typing import Self
 
 from tokpay.wal._files import fsync_directory
+from tokpay.wal.errors import RecordTooLarge, SequenceGap, StaleEpoch, WalError, WalFatalIOError
 from tokpay.wal.frames import (
     _FIRST_SEQUENCE,
     _MAX_U64,
     DEFAULT_SEGMENT_BYTES,
     MAX_RECORD_BYTES,
     LogRecord,
-    RecordTooLarge,
-    SequenceGap,
-    StaleEpoch,
-    WalError,
-    WalFatalIOError,
     _corruption,
     _encode_frame,
     _FrameError,
-    _read_frame,
+    _frames_of,
     _Segment,
     _segment_name,
 )
@@ -226,16 +222,13 @@ class WriteAheadLog:
             if size == 0 or last_sequence <= after_sequence:
                 continue
             with path.open("rb") as stream:
-                while True:
-                    offset = stream.tell()
-                    try:
-                        record = _read_frame(stream, size)
-                    except _FrameError as exc:
-                        raise _corruption(path, offset, f"changed since open: {exc}") from exc
-                    if record is None:
-                        break
-                    if record.sequence > after_sequence:
-                        yield record
+                try:
+                    for _, record in _frames_of(stream, size):
+                        if record.sequence > after_sequence:
+                            yield record
+                except _FrameError as exc:
+                    problem = f"changed since open: {exc}"
+                    raise _corruption(path, exc.offset, problem) from exc
 
     # ---------------------------------------------------------------- internals
 

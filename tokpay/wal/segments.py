@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tokpay.wal._files import fsync_directory, list_numbered, make_directory
+from tokpay.wal.errors import WalFatalIOError
 from tokpay.wal.frames import (
     _FIRST_SEQUENCE,
     _MAX_FRAME_BYTES,
     _MAX_U64,
     _SEGMENT_FILE_MODE,
     _SEGMENT_NAME,
-    WalFatalIOError,
     _contains_valid_frame,
     _corruption,
     _FrameError,
+    _frames_of,
     _log,
-    _read_frame,
     _Segment,
     _segment_name,
 )
@@ -84,25 +84,24 @@ def _verify_segment(
     expected = first_sequence
     file_size = path.stat().st_size
     with path.open("rb") as stream:
-        while True:
-            offset = stream.tell()
-            try:
-                record = _read_frame(stream, file_size)
-            except _FrameError as exc:
-                if not is_last:
-                    raise _corruption(path, offset, str(exc)) from exc
-                _cut_torn_tail(stream, path, offset, file_size, str(exc), fsync=fsync)
-                break
-            if record is None:
-                break
-            if record.sequence != expected:
-                raise _corruption(path, offset, f"sequence {record.sequence}, expected {expected}")
-            if record.epoch < last_epoch:
-                raise _corruption(path, offset, f"epoch {record.epoch} goes back from {last_epoch}")
-            expected += 1
-            last_epoch = record.epoch
+        try:
+            for offset, record in _frames_of(stream, file_size):
+                if record.sequence != expected:
+                    problem = f"sequence {record.sequence}, expected {expected}"
+                    raise _corruption(path, offset, problem)
+                if record.epoch < last_epoch:
+                    problem = f"epoch {record.epoch} goes back from {last_epoch}"
+                    raise _corruption(path, offset, problem)
+                expected += 1
+                last_epoch = record.epoch
+            end = file_size
+        except _FrameError as exc:
+            if not is_last:
+                raise _corruption(path, exc.offset, str(exc)) from exc
+            _cut_torn_tail(stream, path, exc.offset, file_size, str(exc), fsync=fsync)
+            end = exc.offset
     segment = _Segment(
-        first_sequence=first_sequence, path=path, size=offset, last_sequence=expected - 1
+        first_sequence=first_sequence, path=path, size=end, last_sequence=expected - 1
     )
     return segment, last_epoch
 
