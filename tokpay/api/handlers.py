@@ -2,7 +2,7 @@
 
 Both the lean hot-path router and the FastAPI routes call these, so there is one
 implementation of each endpoint and FastAPI's per-request machinery is paid only
-where it is worth it. Every refusal is a LedgerError; ``problem`` renders it.
+where it is worth it. Every refusal is a LedgerError; ``problems.problem`` renders it.
 """
 
 from __future__ import annotations
@@ -15,23 +15,28 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from tokpay.api.metrics import render
+from tokpay.api.problems import Reply
 from tokpay.api.schemas import (
     AccountIn,
     AccountOut,
     BalanceOut,
+    CurrencySumOut,
+    HealthOut,
     HistoryItemOut,
     HistoryOut,
+    LedgerSummaryOut,
     LegOut,
+    LivenessOut,
     LookupIn,
     LookupItemOut,
     LookupOut,
-    Problem,
     TopupIn,
     TransferIn,
     TransferOut,
 )
 from tokpay.client.ledger import LedgerClient
-from tokpay.ledger.errors import HTTP_STATUS, ErrorCode, LedgerError
+from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_LOOKUP_IDS, MAX_PAGE_SIZE
 from tokpay.ledger.model import (
     Account,
@@ -52,30 +57,19 @@ from tokpay.ledger.validation import (
     validate_order,
 )
 
-Reply = tuple[int, bytes]
 T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _json = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
+LIVENESS_BODY = _json.encode(LivenessOut("ok"))
+"""``/livez``: this process answers; no ledger call is made."""
+
 
 def iso_time(micros: int) -> str:
     # Integer arithmetic only: no float ever holds a timestamp or an amount.
     return (_EPOCH + timedelta(microseconds=micros)).isoformat().replace("+00:00", "Z")
-
-
-def problem(error: LedgerError, instance: str | None = None) -> Reply:
-    status = HTTP_STATUS[error.code]
-    body = Problem(
-        type=f"https://tokpay.dev/problems/{error.code}",
-        title=error.code.replace("_", " ").capitalize(),
-        status=status,
-        code=error.code,
-        detail=error.detail,
-        instance=instance,
-    )
-    return status, _json.encode(body)
 
 
 def decode_body(body: bytes, kind: type[T]) -> T:
@@ -109,14 +103,9 @@ def transfer_out(transfer: Transfer) -> TransferOut:
 
 
 def account_out(account: Account) -> AccountOut:
-    return AccountOut(
-        id=account.id,
-        currency=account.currency,
-        owner=account.owner,
-        allow_overdraft=account.allow_overdraft,
-        balance=account.balance,
-        created_at=iso_time(account.created_at),
-    )
+    # The public fields of the account, with its time written the way the API writes times.
+    fields = msgspec.structs.asdict(account)
+    return msgspec.convert({**fields, "created_at": iso_time(account.created_at)}, AccountOut)
 
 
 def _encode_cursor(position: int) -> str:
@@ -154,12 +143,8 @@ class Handlers:
     async def create_account(self, body: bytes) -> Reply:
         request = decode_body(body, AccountIn)
         account_id = request.id if request.id is not None else f"acc_{secrets.token_hex(12)}"
-        spec = AccountSpec(
-            id=account_id,
-            currency=request.currency,
-            owner=request.owner,
-            allow_overdraft=request.allow_overdraft,
-        )
+        # The request is the spec, with an id chosen here when the caller left it out.
+        spec = msgspec.convert({**msgspec.structs.asdict(request), "id": account_id}, AccountSpec)
         outcome = await self.ledger.create_account(spec)
         if outcome.error is not None or outcome.account is None:
             raise LedgerError(ErrorCode(outcome.error or ErrorCode.UNAVAILABLE), outcome.detail)
@@ -239,8 +224,17 @@ class Handlers:
 
     async def ledger_summary(self) -> Reply:
         sums = await self.ledger.currency_sums()
-        body = {"currencies": {c: {"sum_of_balances": v} for c, v in sorted(sums.items())}}
-        return 200, _json.encode(body)
+        currencies = {c: CurrencySumOut(v) for c, v in sorted(sums.items())}
+        return 200, _json.encode(LedgerSummaryOut(currencies))
+
+    async def health(self) -> Reply:
+        stats = await self.ledger.shard_stats()
+        return 200, _json.encode(HealthOut("ok", len(stats), sum(s.accounts for s in stats)))
+
+    async def metrics(self) -> bytes:
+        """Prometheus text: this gateway's counters, then the shards' and coordinator's."""
+        stats = await self.ledger.shard_stats()
+        return render(stats, await self.ledger.coordinator_stats())
 
     async def get_transfer(self, transfer_id: str) -> Reply:
         if not is_valid_id(transfer_id):

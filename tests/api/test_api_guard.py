@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tokpay.api.guard import ApiKeyGuard
 from tokpay.settings import Settings
-from tokpay.web.guard import ApiKeyGuard
 
 
 async def _ok(scope: Any, receive: Any, send: Any) -> None:
