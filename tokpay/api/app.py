@@ -30,7 +30,7 @@ from tokpay.api.guard import ApiKeyGuard
 from tokpay.api.handlers import LIVENESS_BODY, Handlers
 from tokpay.api.metrics import observe_request
 from tokpay.api.problems import Reply, problem
-from tokpay.api.routes import ROUTERS
+from tokpay.api.routes import build_router
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.settings import Settings
 
@@ -124,8 +124,7 @@ def build_api(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     )
     api.state.gateway = gateway
     _install_error_handlers(api)
-    for router in ROUTERS:
-        api.include_router(router)
+    api.include_router(build_router())
     openapi.install(api)
     return api
 

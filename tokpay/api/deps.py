@@ -1,8 +1,7 @@
-"""What the API's routes share: the gateway's handlers, a request's body, the reply.
+"""What the API's routes share: the gateway's handlers and how a reply becomes a response.
 
-The gateway holder lives in ``app.state`` so the routers can be declared once at
-import, the way FastAPI's full-stack template declares them, and still reach the
-ledger client the running process attached to.
+The gateway holder lives in ``app.state``, so the routes are plain functions of
+the request that still reach the ledger client the running process attached to.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
-from tokpay.api.asgi import read_body
 from tokpay.api.handlers import Handlers
 from tokpay.api.problems import Reply, media_type_of
 from tokpay.ledger.errors import ErrorCode, LedgerError
@@ -34,16 +32,11 @@ def _handlers(request: Request) -> Handlers:
     return gateway.require()
 
 
-async def _json_body(request: Request) -> bytes:
-    return await read_body(request.receive, request.scope["headers"])
-
-
-# Declared before the body wherever both are used: a gateway still starting answers
-# 503 without reading the body, as the hot path does.
 LedgerHandlers = Annotated[Handlers, Depends(_handlers)]
-JsonBody = Annotated[bytes, Depends(_json_body)]
 
 
-def respond(reply: Reply) -> Response:
+def respond(reply: Reply, success_media_type: str | None = None) -> Response:
+    """JSON below 400 unless told otherwise; a problem body from 400 up."""
     status, body = reply
-    return Response(body, status, media_type=media_type_of(status))
+    media_type = success_media_type if success_media_type and status < 400 else None
+    return Response(body, status, media_type=media_type or media_type_of(status))

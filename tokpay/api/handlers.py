@@ -137,10 +137,13 @@ def _parse_limit(raw: str | None) -> int:
 
 
 class Handlers:
+    """One method per operation; the first line of each docstring is its summary in /docs."""
+
     def __init__(self, ledger: LedgerClient) -> None:
         self.ledger = ledger
 
     async def create_account(self, body: bytes) -> Reply:
+        """Open an account."""
         request = decode_body(body, AccountIn)
         account_id = request.id if request.id is not None else f"acc_{secrets.token_hex(12)}"
         # The request is the spec, with an id chosen here when the caller left it out.
@@ -151,6 +154,7 @@ class Handlers:
         return (201 if outcome.created else 200), _json.encode(account_out(outcome.account))
 
     async def get_account(self, account_id: str) -> Reply:
+        """An account with its balance."""
         validate_account_id(account_id)
         account = await self.ledger.account(account_id)
         if account is None:
@@ -158,13 +162,15 @@ class Handlers:
         return 200, _json.encode(account_out(account))
 
     async def get_balance(self, account_id: str) -> Reply:
+        """Committed balance of one account (hot path)."""
         validate_account_id(account_id)
         view = await self.ledger.balance(account_id)
         if view is None:
             raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")
         return 200, _json.encode(BalanceOut(view.account_id, view.balance, view.currency))
 
-    async def lookup_balances(self, body: bytes) -> Reply:
+    async def lookup(self, body: bytes) -> Reply:
+        """Balances of many accounts in one call, in request order."""
         request = decode_body(body, LookupIn)
         ids = request.account_ids
         if len(ids) > MAX_LOOKUP_IDS:
@@ -184,6 +190,7 @@ class Handlers:
         return 200, _json.encode(LookupOut(items))
 
     async def create_transfer(self, body: bytes) -> Reply:
+        """Pay one or more accounts from one account (hot path)."""
         request = decode_body(body, TransferIn)
         order = TransferOrder(
             id=request.id,
@@ -195,6 +202,7 @@ class Handlers:
         return await self._submit(order)
 
     async def create_topup(self, body: bytes) -> Reply:
+        """Add money to an account from its currency's funding account."""
         request = decode_body(body, TopupIn)
         validate_account_id(request.account)
         if is_system_account(request.account):
@@ -223,20 +231,26 @@ class Handlers:
         return (200 if outcome.replayed else 201), _json.encode(transfer_out(outcome.transfer))
 
     async def ledger_summary(self) -> Reply:
+        """Sum of all balances per currency (double entry: always zero)."""
         sums = await self.ledger.currency_sums()
         currencies = {c: CurrencySumOut(v) for c, v in sorted(sums.items())}
         return 200, _json.encode(LedgerSummaryOut(currencies))
 
-    async def health(self) -> Reply:
+    async def healthz(self) -> Reply:
+        """Liveness and ledger reachability."""
         stats = await self.ledger.shard_stats()
         return 200, _json.encode(HealthOut("ok", len(stats), sum(s.accounts for s in stats)))
 
-    async def metrics(self) -> bytes:
-        """Prometheus text: this gateway's counters, then the shards' and coordinator's."""
+    async def metrics(self) -> Reply:
+        """Prometheus metrics.
+
+        The text holds this gateway's counters, then the shards' and the coordinator's.
+        """
         stats = await self.ledger.shard_stats()
-        return render(stats, await self.ledger.coordinator_stats())
+        return 200, render(stats, await self.ledger.coordinator_stats())
 
     async def get_transfer(self, transfer_id: str) -> Reply:
+        """One transfer."""
         if not is_valid_id(transfer_id):
             raise LedgerError(ErrorCode.INVALID_TRANSFER_ID, "not a valid transfer id")
         transfer = await self.ledger.transfer(transfer_id)
@@ -245,6 +259,7 @@ class Handlers:
         return 200, _json.encode(transfer_out(transfer))
 
     async def list_transfers(self, account_id: str, query: Mapping[str, str]) -> Reply:
+        """An account's transfers, newest first, with the signed effect on it."""
         validate_account_id(account_id)
         limit = _parse_limit(query.get("limit"))
         raw_cursor = query.get("cursor")

@@ -4,11 +4,12 @@ Routes take their documentation from ``operation``: every status a route can
 answer, each with its content type (JSON for successes, ``problem+json`` for
 every refusal, plain text for ``/metrics``), the request body with the rules
 of ``schemas`` (bounds from ``tokpay.ledger.limits``), and the bearer key on
-``/v1``. ``install`` adds the body schemas and gives path ids their pattern.
+``/v1``. ``install`` adds the body schemas and the path ids with their pattern.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -72,6 +73,11 @@ _BODIES = (
     Problem,
 )
 _SECURITY_SCHEME = "apiKey"
+_PATH_ID = re.compile(r"{(\w+)}")
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -152,11 +158,10 @@ def install(api: FastAPI) -> None:
             parts = built.setdefault("components", {})
             parts.setdefault("schemas", {}).update(components)
             parts["securitySchemes"] = {_SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}}
-            for path in built["paths"].values():
-                for spec in path.values():
-                    for parameter in spec.get("parameters", ()):
-                        if parameter["in"] == "path":
-                            parameter["schema"] = ID_SCHEMA
+            for path, operations in built["paths"].items():
+                ids = [_path_id(name) for name in _PATH_ID.findall(path)]
+                for spec in operations.values():
+                    spec["parameters"] = [*ids, *spec.get("parameters", ())]
             api.openapi_schema = built
         return api.openapi_schema
 
