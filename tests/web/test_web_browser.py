@@ -150,6 +150,17 @@ def test_pay_two_people_in_one_payment(people: Any, server: ServerProcess) -> No
     assert carol.balance() == "$5.00"
 
 
+def _payer_with_ten_dollars_and_payee(people: Any, prefix: str) -> tuple[Person, Person]:
+    """Both signed in (the payee first), the payer's top-up of $10.00 shown."""
+    payee = people(f"{prefix}payee")
+    payee.log_in()
+    payer = people(f"{prefix}payer")
+    payer.log_in()
+    payer.top_up("10.00")
+    payer.page.wait_for_selector("text=Added $10.00")
+    return payer, payee
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -162,12 +173,7 @@ def test_pay_two_people_in_one_payment(people: Any, server: ServerProcess) -> No
 def test_payment_refusals_move_nothing(
     people: Any, server: ServerProcess, case: str, message: str
 ) -> None:
-    payee = people("payee")
-    payee.log_in()
-    payer = people("payer")
-    payer.log_in()
-    payer.top_up("10.00")
-    payer.page.wait_for_selector("text=Added $10.00")
+    payer, payee = _payer_with_ten_dollars_and_payee(people, "")
     rows = {
         "unknown": [(new_email("nobody"), "1.00")],
         "self": [(payer.email, "1.00")],
@@ -185,12 +191,7 @@ def test_payment_refusals_move_nothing(
 
 
 def test_double_click_and_refresh_pay_once(people: Any, server: ServerProcess) -> None:
-    payee = people("once-payee")
-    payee.log_in()
-    payer = people("once-payer")
-    payer.log_in()
-    payer.top_up("10.00")
-    payer.page.wait_for_selector("text=Added $10.00")
+    payer, payee = _payer_with_ten_dollars_and_payee(people, "once-")
     payer.fill_payment([(payee.email, "4.00")])
     payer.page.get_by_role("button", name="Review payment").click()
     payer.page.get_by_role("button", name="Pay $4.00").dblclick()

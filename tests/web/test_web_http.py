@@ -161,18 +161,26 @@ def test_top_up_parses_and_limits_amounts(server: ServerProcess) -> None:
     assert _balance(client) == "$12.34"
 
 
-def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
-    payer, _ = _logged_in(server, "payer")
-    payee, payee_email = _logged_in(server, "payee")
-    _top_up(payer, "20.00")
+def _funded_pair(
+    server: ServerProcess, payer_name: str, payee_name: str, funds: str
+) -> tuple[httpx.Client, httpx.Client, str]:
+    """A payer with ``funds`` topped up and an empty payee: both clients, the payee's email."""
+    payer, _ = _logged_in(server, payer_name)
+    payee, payee_email = _logged_in(server, payee_name)
+    _top_up(payer, funds)
+    return payer, payee, payee_email
+
+
+def _payment_form(payer: httpx.Client, email: str, amount: str, **extra: str) -> dict[str, str]:
+    """A fresh payment form to one recipient, filled in as the browser would post it."""
     form = payer.get("/pay").text
-    data = {
-        "csrf_token": csrf_of(form),
-        "transfer_id": field_of(form, "transfer_id"),
-        "email": payee_email,
-        "amount": "7.00",
-        "note": "twice?",
-    }
+    fields = {"csrf_token": csrf_of(form), "transfer_id": field_of(form, "transfer_id")}
+    return {**fields, "email": email, "amount": amount, **extra}
+
+
+def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
+    payer, payee, payee_email = _funded_pair(server, "payer", "payee", "20.00")
+    data = _payment_form(payer, payee_email, "7.00", note="twice?")
     review = payer.post("/pay/review", data=data)
     assert review.status_code == 200 and "$7.00" in review.text
     first = payer.post("/pay/confirm", data=data)
@@ -187,16 +195,8 @@ def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
 
 
 def test_ledger_refusal_on_confirm_moves_nothing(server: ServerProcess) -> None:
-    payer, _ = _logged_in(server, "short")
-    payee, payee_email = _logged_in(server, "rich")
-    _top_up(payer, "3.00")
-    form = payer.get("/pay").text
-    data = {
-        "csrf_token": csrf_of(form),
-        "transfer_id": field_of(form, "transfer_id"),
-        "email": payee_email,
-        "amount": "3.01",
-    }
+    payer, payee, payee_email = _funded_pair(server, "short", "rich", "3.00")
+    data = _payment_form(payer, payee_email, "3.01")
     # Skipping the review step: the ledger itself refuses the overdraft.
     response = payer.post("/pay/confirm", data=data)
     assert "Not enough money in your wallet" in response.text

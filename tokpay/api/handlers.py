@@ -2,7 +2,7 @@
 
 Both the lean hot-path router and the FastAPI routes call these, so there is one
 implementation of each endpoint and FastAPI's per-request machinery is paid only
-where it is worth it. Every refusal is a LedgerError; ``problem`` renders it.
+where it is worth it. Every refusal is a LedgerError; ``problems.problem`` renders it.
 """
 
 from __future__ import annotations
@@ -15,23 +15,28 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from tokpay.api.metrics import render
+from tokpay.api.problems import Reply
 from tokpay.api.schemas import (
     AccountIn,
     AccountOut,
     BalanceOut,
+    CurrencySumOut,
+    HealthOut,
     HistoryItemOut,
     HistoryOut,
+    LedgerSummaryOut,
     LegOut,
+    LivenessOut,
     LookupIn,
     LookupItemOut,
     LookupOut,
-    Problem,
     TopupIn,
     TransferIn,
     TransferOut,
 )
 from tokpay.client.ledger import LedgerClient
-from tokpay.ledger.errors import HTTP_STATUS, ErrorCode, LedgerError
+from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_LOOKUP_IDS, MAX_PAGE_SIZE
 from tokpay.ledger.model import (
     Account,
@@ -52,30 +57,19 @@ from tokpay.ledger.validation import (
     validate_order,
 )
 
-Reply = tuple[int, bytes]
 T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _json = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
+LIVENESS_BODY = _json.encode(LivenessOut("ok"))
+"""``/livez``: this process answers; no ledger call is made."""
+
 
 def iso_time(micros: int) -> str:
     # Integer arithmetic only: no float ever holds a timestamp or an amount.
     return (_EPOCH + timedelta(microseconds=micros)).isoformat().replace("+00:00", "Z")
-
-
-def problem(error: LedgerError, instance: str | None = None) -> Reply:
-    status = HTTP_STATUS[error.code]
-    body = Problem(
-        type=f"https://tokpay.dev/problems/{error.code}",
-        title=error.code.replace("_", " ").capitalize(),
-        status=status,
-        code=error.code,
-        detail=error.detail,
-        instance=instance,
-    )
-    return status, _json.encode(body)
 
 
 def decode_body(body: bytes, kind: type[T]) -> T:
@@ -109,14 +103,9 @@ def transfer_out(transfer: Transfer) -> TransferOut:
 
 
 def account_out(account: Account) -> AccountOut:
-    return AccountOut(
-        id=account.id,
-        currency=account.currency,
-        owner=account.owner,
-        allow_overdraft=account.allow_overdraft,
-        balance=account.balance,
-        created_at=iso_time(account.created_at),
-    )
+    # The public fields of the account, with its time written the way the API writes times.
+    fields = msgspec.structs.asdict(account)
+    return msgspec.convert({**fields, "created_at": iso_time(account.created_at)}, AccountOut)
 
 
 def _encode_cursor(position: int) -> str:
@@ -148,24 +137,24 @@ def _parse_limit(raw: str | None) -> int:
 
 
 class Handlers:
+    """One method per operation; the first line of each docstring is its summary in /docs."""
+
     def __init__(self, ledger: LedgerClient) -> None:
         self.ledger = ledger
 
     async def create_account(self, body: bytes) -> Reply:
+        """Open an account."""
         request = decode_body(body, AccountIn)
         account_id = request.id if request.id is not None else f"acc_{secrets.token_hex(12)}"
-        spec = AccountSpec(
-            id=account_id,
-            currency=request.currency,
-            owner=request.owner,
-            allow_overdraft=request.allow_overdraft,
-        )
+        # The request is the spec, with an id chosen here when the caller left it out.
+        spec = msgspec.convert({**msgspec.structs.asdict(request), "id": account_id}, AccountSpec)
         outcome = await self.ledger.create_account(spec)
         if outcome.error is not None or outcome.account is None:
             raise LedgerError(ErrorCode(outcome.error or ErrorCode.UNAVAILABLE), outcome.detail)
         return (201 if outcome.created else 200), _json.encode(account_out(outcome.account))
 
     async def get_account(self, account_id: str) -> Reply:
+        """An account with its balance."""
         validate_account_id(account_id)
         account = await self.ledger.account(account_id)
         if account is None:
@@ -173,13 +162,15 @@ class Handlers:
         return 200, _json.encode(account_out(account))
 
     async def get_balance(self, account_id: str) -> Reply:
+        """Committed balance of one account (hot path)."""
         validate_account_id(account_id)
         view = await self.ledger.balance(account_id)
         if view is None:
             raise LedgerError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")
         return 200, _json.encode(BalanceOut(view.account_id, view.balance, view.currency))
 
-    async def lookup_balances(self, body: bytes) -> Reply:
+    async def lookup(self, body: bytes) -> Reply:
+        """Balances of many accounts in one call, in request order."""
         request = decode_body(body, LookupIn)
         ids = request.account_ids
         if len(ids) > MAX_LOOKUP_IDS:
@@ -199,6 +190,7 @@ class Handlers:
         return 200, _json.encode(LookupOut(items))
 
     async def create_transfer(self, body: bytes) -> Reply:
+        """Pay one or more accounts from one account (hot path)."""
         request = decode_body(body, TransferIn)
         order = TransferOrder(
             id=request.id,
@@ -210,6 +202,7 @@ class Handlers:
         return await self._submit(order)
 
     async def create_topup(self, body: bytes) -> Reply:
+        """Add money to an account from its currency's funding account."""
         request = decode_body(body, TopupIn)
         validate_account_id(request.account)
         if is_system_account(request.account):
@@ -238,11 +231,26 @@ class Handlers:
         return (200 if outcome.replayed else 201), _json.encode(transfer_out(outcome.transfer))
 
     async def ledger_summary(self) -> Reply:
+        """Sum of all balances per currency (double entry: always zero)."""
         sums = await self.ledger.currency_sums()
-        body = {"currencies": {c: {"sum_of_balances": v} for c, v in sorted(sums.items())}}
-        return 200, _json.encode(body)
+        currencies = {c: CurrencySumOut(v) for c, v in sorted(sums.items())}
+        return 200, _json.encode(LedgerSummaryOut(currencies))
+
+    async def healthz(self) -> Reply:
+        """Liveness and ledger reachability."""
+        stats = await self.ledger.shard_stats()
+        return 200, _json.encode(HealthOut("ok", len(stats), sum(s.accounts for s in stats)))
+
+    async def metrics(self) -> Reply:
+        """Prometheus metrics.
+
+        The text holds this gateway's counters, then the shards' and the coordinator's.
+        """
+        stats = await self.ledger.shard_stats()
+        return 200, render(stats, await self.ledger.coordinator_stats())
 
     async def get_transfer(self, transfer_id: str) -> Reply:
+        """One transfer."""
         if not is_valid_id(transfer_id):
             raise LedgerError(ErrorCode.INVALID_TRANSFER_ID, "not a valid transfer id")
         transfer = await self.ledger.transfer(transfer_id)
@@ -251,6 +259,7 @@ class Handlers:
         return 200, _json.encode(transfer_out(transfer))
 
     async def list_transfers(self, account_id: str, query: Mapping[str, str]) -> Reply:
+        """An account's transfers, newest first, with the signed effect on it."""
         validate_account_id(account_id)
         limit = _parse_limit(query.get("limit"))
         raw_cursor = query.get("cursor")

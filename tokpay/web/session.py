@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import KW_ONLY, dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 
-from tokpay.web.store import WebStore
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]  # fmt: skip
+from tokpay.web.store import WebStore
 
 COOKIE_NAME = "tokpay_session"
 ROTATE_KEY = "tokpay.session.rotate"
@@ -29,23 +27,19 @@ def rotate_session(scope: Scope) -> None:
     scope[ROTATE_KEY] = True
 
 
+@dataclass
 class ServerSessionMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        store: WebStore,
-        *,
-        ttl_seconds: int,
-        secure: bool,
-        skip_prefixes: tuple[str, ...],
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.ttl_seconds = ttl_seconds
-        self.secure = secure
-        self.skip_prefixes = skip_prefixes
+    """Sessions for every path but ``skip_prefixes`` (the API, static files, probes)."""
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    app: ASGIApp
+    store: WebStore
+    _: KW_ONLY
+    ttl_seconds: int
+    secure: bool
+    """Mark the cookie Secure even when this process sees plain http (TLS in front)."""
+    skip_prefixes: tuple[str, ...]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.skip_prefixes):
             await self.app(scope, receive, send)
             return

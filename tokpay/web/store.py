@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS users (
     created_at INTEGER NOT NULL
 );
 """
+_USER_BY_EMAIL = "SELECT id, email, account_id FROM users WHERE email = ?"
+_USER_BY_ID = "SELECT id, email, account_id FROM users WHERE id = ?"
 
 
 class User(msgspec.Struct, frozen=True):
@@ -86,17 +88,14 @@ class WebStore:
     # Users ----------------------------------------------------------------------
 
     def user_for_email(self, email: str) -> User | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT id, email, account_id FROM users WHERE email = ?", (email,)
-            ).fetchone()
-        return None if row is None else User(*row)
+        return self._one_user(_USER_BY_EMAIL, email)
 
     def user(self, user_id: str) -> User | None:
+        return self._one_user(_USER_BY_ID, user_id)
+
+    def _one_user(self, query: str, key: str) -> User | None:
         with self._connect() as db:
-            row = db.execute(
-                "SELECT id, email, account_id FROM users WHERE id = ?", (user_id,)
-            ).fetchone()
+            row = db.execute(query, (key,)).fetchone()
         return None if row is None else User(*row)
 
     def enrol(self, email: str) -> User:

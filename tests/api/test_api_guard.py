@@ -1,16 +1,24 @@
-"""The /v1 API key rule, in-process: who needs a key, and what a refusal looks like."""
+"""The /v1 API key rule, in-process: who needs a key, and what a refusal looks like.
+
+Also, with no Ray cluster: every operation of the document lists the 401 the guard
+answers and the 503 of a gateway not yet attached to the ledger.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tokpay.api.app import build_api
+from tokpay.api.deps import Gateway
+from tokpay.api.guard import ApiKeyGuard
+from tokpay.gateway import create_app
 from tokpay.settings import Settings
-from tokpay.web.guard import ApiKeyGuard
 
 
 async def _ok(scope: Any, receive: Any, send: Any) -> None:
@@ -33,11 +41,13 @@ def test_who_needs_a_key(environment: str, host: str, key: str, required: bool) 
     assert settings.api_key_required() is required
 
 
-def _get(app: Any, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+def _get(
+    app: Any, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> httpx.Response:
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.get(path, headers=headers or {})
+            return await client.request(method, path, headers=headers or {})
 
     # A thread of its own: Playwright's sync API may hold this thread's event loop.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -56,3 +66,26 @@ def test_v1_refused_without_the_right_bearer(key: str) -> None:
     right = _get(guard, "/v1/transfers", {"Authorization": f"Bearer {key}"})
     assert right.status_code == (200 if key else 401)
     assert _get(guard, "/dashboard").status_code == 200
+
+
+def _unattached_answer(path: str, keyed: bool) -> int:
+    """What a gateway whose ledger is not attached answers, with or without the key."""
+    if path.startswith("/v1") and not keyed:
+        return 401
+    return 200 if path == "/livez" else 503
+
+
+def test_guard_and_starting_gateway_answers_are_documented(tmp_path: Path) -> None:
+    settings = Settings(api_key="k", web_db=tmp_path / "web.sqlite3")
+    app = create_app(settings, connect=False)
+    document = build_api(Gateway()).openapi()
+    for path, operations in document["paths"].items():
+        url = path.format(account_id="a", transfer_id="t")
+        for method, operation in operations.items():
+            for keyed in (False, True):
+                headers = {"Authorization": "Bearer k"} if keyed else {}
+                response = _get(app, url, headers, method.upper())
+                expected = _unattached_answer(path, keyed)
+                assert response.status_code == expected, (method, url, keyed)
+                documented = operation["responses"][str(expected)]["content"]
+                assert response.headers["content-type"].split(";")[0] in documented

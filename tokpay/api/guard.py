@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
-import msgspec
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokpay.api.schemas import Problem
-from tokpay.web.session import ASGIApp, Scope
+from tokpay.api.asgi import send_reply
+from tokpay.api.problems import problem_body
+
+UNAUTHORIZED = 401
 
 
 class ApiKeyGuard:
@@ -22,7 +23,7 @@ class ApiKeyGuard:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             presented = dict(scope["headers"]).get(b"authorization", b"")
             if self.expected is None or not secrets.compare_digest(presented, self.expected):
@@ -31,32 +32,12 @@ class ApiKeyGuard:
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Any, path: str, unconfigured: bool) -> None:
+async def _refuse(send: Send, path: str, unconfigured: bool) -> None:
     detail = (
         "the /v1 API needs TOKPAY_API_KEY on a server that is not a loopback-only dev server"
         if unconfigured
         else "send Authorization: Bearer <API key>"
     )
-    status = 401
-    body = msgspec.json.encode(
-        Problem(
-            type="https://tokpay.dev/problems/unauthorized",
-            title="Unauthorized",
-            status=status,
-            code="unauthorized",
-            detail=detail,
-            instance=path,
-        )
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"www-authenticate", b'Bearer realm="tokpay"'),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    body = problem_body("unauthorized", UNAUTHORIZED, detail, path)
+    challenge = (b"www-authenticate", b'Bearer realm="tokpay"')
+    await send_reply(send, UNAUTHORIZED, body, [challenge])

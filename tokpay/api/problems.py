@@ -1,0 +1,54 @@
+"""RFC 9457 problem bodies: how every refusal of the API is written.
+
+A refusal anywhere below is a ``LedgerError``; ``problem`` renders it with the
+status its code maps to. The API key guard, which refuses before any ledger
+code runs, writes its 401 through ``problem_body`` so all problems look alike.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from tokpay.ledger.errors import HTTP_STATUS, LedgerError
+
+JSON_MEDIA_TYPE = "application/json"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+Reply = tuple[int, bytes]
+"""What a handler answers: the status and the encoded body (JSON or a problem)."""
+
+_json = msgspec.json.Encoder()
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details, with TokPay's stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str = ""
+    instance: str | None = None
+
+
+def media_type_of(status: int) -> str:
+    """Successes are JSON; every error status carries a problem body."""
+    return JSON_MEDIA_TYPE if status < 400 else PROBLEM_MEDIA_TYPE
+
+
+def problem_body(code: str, status: int, detail: str, instance: str | None) -> bytes:
+    return _json.encode(
+        Problem(
+            type=f"https://tokpay.dev/problems/{code}",
+            title=code.replace("_", " ").capitalize(),
+            status=status,
+            code=code,
+            detail=detail,
+            instance=instance,
+        )
+    )
+
+
+def problem(error: LedgerError, instance: str | None = None) -> Reply:
+    status = HTTP_STATUS[error.code]
+    return status, problem_body(error.code, status, error.detail, instance)
