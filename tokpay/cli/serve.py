@@ -117,7 +117,7 @@ def gateway(
         from granian.server import Server as Granian
 
         Granian(
-            "tokpay.api.app:app_from_environment",
+            "tokpay.gateway:app_from_environment",
             address=host,
             port=port,
             interface=Interfaces.ASGI,
@@ -129,7 +129,7 @@ def gateway(
         import uvicorn
 
         uvicorn.run(
-            "tokpay.api.app:app_from_environment",
+            "tokpay.gateway:app_from_environment",
             factory=True,
             host=host,
             port=port,
