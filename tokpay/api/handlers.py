@@ -43,12 +43,10 @@ from tokpay.ledger.model import (
     AccountSpec,
     Credit,
     Transfer,
-    TransferKind,
     TransferOrder,
-    funding_account_id,
     is_system_account,
 )
-from tokpay.ledger.routing import shard_of
+from tokpay.ledger.routing import topup_order
 from tokpay.ledger.validation import (
     is_valid_id,
     validate_account_id,
@@ -211,15 +209,8 @@ class Handlers:
             )
         validate_currency(request.currency)
         validate_amount(request.amount, "amount")
-        funding = funding_account_id(
-            request.currency, shard_of(request.account, self.ledger.shard_count)
-        )
-        order = TransferOrder(
-            id=request.id,
-            debit=funding,
-            credits=(Credit(request.account, request.amount),),
-            currency=request.currency,
-            kind=TransferKind.TOPUP,
+        order = topup_order(
+            request.id, request.account, request.amount, request.currency, self.ledger.shard_count
         )
         return await self._submit(order)
 

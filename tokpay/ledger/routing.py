@@ -1,8 +1,20 @@
-"""Which shard owns an account: a stable hash every process agrees on."""
+"""Which shard owns an account: a stable hash every process agrees on.
+
+A top-up is paid by the funding account on its account's own shard, so it never needs
+two-phase commit; ``topup_order`` builds it.
+"""
+
+from __future__ import annotations
 
 import zlib
 
-from tokpay.ledger.model import FUNDING_PREFIX
+from tokpay.ledger.model import (
+    FUNDING_PREFIX,
+    Credit,
+    TransferKind,
+    TransferOrder,
+    funding_account_id,
+)
 
 
 def shard_of(account_id: str, shard_count: int) -> int:
@@ -13,3 +25,16 @@ def shard_of(account_id: str, shard_count: int) -> int:
             return int(suffix) % shard_count
     # zlib.crc32, not hash(): Python salts str hashes per process.
     return zlib.crc32(account_id.encode()) % shard_count
+
+
+def topup_order(
+    transfer_id: str, account_id: str, amount: int, currency: str, shard_count: int
+) -> TransferOrder:
+    """Money entering from outside: ``amount`` to ``account_id`` from its shard's funding account."""
+    return TransferOrder(
+        id=transfer_id,
+        debit=funding_account_id(currency, shard_of(account_id, shard_count)),
+        credits=(Credit(account_id, amount),),
+        currency=currency,
+        kind=TransferKind.TOPUP,
+    )

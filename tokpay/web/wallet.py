@@ -19,9 +19,8 @@ from tokpay.ledger.model import (
     Transfer,
     TransferKind,
     TransferOrder,
-    funding_account_id,
 )
-from tokpay.ledger.routing import shard_of
+from tokpay.ledger.routing import topup_order
 from tokpay.ledger.validation import is_valid_id
 from tokpay.web.money import MAX_PAYMENT_CENTS, MAX_TOPUP_CENTS, AmountError, parse_cents
 from tokpay.web.store import User, WebStore
@@ -93,13 +92,7 @@ async def top_up(ledger: LedgerClient, user: User, amount_text: str, transfer_id
         amount = parse_cents(amount_text, maximum=MAX_TOPUP_CENTS)
     except AmountError as error:
         raise WalletError(str(error)) from None
-    order = TransferOrder(
-        id=transfer_id,
-        debit=funding_account_id(CURRENCY, shard_of(user.account_id, ledger.shard_count)),
-        credits=(Credit(user.account_id, amount),),
-        currency=CURRENCY,
-        kind=TransferKind.TOPUP,
-    )
+    order = topup_order(transfer_id, user.account_id, amount, CURRENCY, ledger.shard_count)
     outcome = await ledger.submit(order)
     if outcome.transfer is None:
         raise WalletError(_message(outcome.error, outcome.detail))
