@@ -227,12 +227,11 @@ def test_transport_level_problems(http: httpx.Client) -> None:
     expect_problem(form, 415, "unsupported_media_type")
     big = b'{"id": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
     json_headers = {"content-type": "application/json"}
-    expect_problem(
-        http.post("/v1/transfers", content=big, headers=json_headers), 413, "body_too_large"
-    )
-    expect_problem(
-        http.post("/v1/accounts", content=big, headers=json_headers), 413, "body_too_large"
-    )
+    for path in ("/v1/transfers", "/v1/accounts"):
+        too_large = http.post(path, content=big, headers=json_headers)
+        expect_problem(too_large, 413, "body_too_large")
+        # The rest of the body is still on the connection: it must not carry another request.
+        assert too_large.headers["connection"] == "close"
     for garbage in (b"{", b"[]", b"null", b"42", b'{"id": 1}', '{"id": "\u00e9"'.encode()):
         for path in ("/v1/transfers", "/v1/topups", "/v1/accounts", "/v1/balances/lookup"):
             response = http.post(path, content=garbage, headers=json_headers)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from starlette.types import Receive, Send
 
-from tokpay.api.problems import JSON_MEDIA_TYPE, media_type_of
+from tokpay.api.problems import CLOSE_AFTER, JSON_MEDIA_TYPE, media_type_of
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BODY_BYTES
 
@@ -60,5 +60,7 @@ async def send_reply(
         (b"content-length", str(len(body)).encode()),
         *extra_headers,
     ]
+    if status in CLOSE_AFTER:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 
 from tokpay.api.handlers import Handlers
-from tokpay.api.problems import Reply, media_type_of
+from tokpay.api.problems import CLOSE_AFTER, Reply, media_type_of
 from tokpay.ledger.errors import ErrorCode, LedgerError
 
 
@@ -39,4 +39,5 @@ def respond(reply: Reply, success_media_type: str | None = None) -> Response:
     """JSON below 400 unless told otherwise; a problem body from 400 up."""
     status, body = reply
     media_type = success_media_type if success_media_type and status < 400 else None
-    return Response(body, status, media_type=media_type or media_type_of(status))
+    headers = {"connection": "close"} if status in CLOSE_AFTER else None
+    return Response(body, status, headers=headers, media_type=media_type or media_type_of(status))

@@ -49,6 +49,12 @@ def problem_body(code: str, status: int, detail: str, instance: str | None) -> b
     )
 
 
+CLOSE_AFTER = frozenset({413})
+"""Statuses answered before the request body was read to its end: the rest of the body is
+still on the connection, so it cannot carry another request. The reply says
+``Connection: close`` and clients open a new one (reusing it failed now and then)."""
+
+
 def problem(error: LedgerError, instance: str | None = None) -> Reply:
     status = HTTP_STATUS[error.code]
     return status, problem_body(error.code, status, error.detail, instance)
