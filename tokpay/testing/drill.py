@@ -26,7 +26,7 @@ from tokpay.testing.report import RESUME_WAIT_SECONDS, DrillReport
 from tokpay.testing.workload import DrillLoad
 
 AFTER_RESUME_SECONDS = 4.0
-STALL_SECONDS = 2.0
+ROUTE_STALL_SECONDS = 2.0
 """A route with no acknowledged write for this long counts as stalled: the load goes on."""
 PROGRESS_SECONDS = 0.25
 
@@ -103,7 +103,7 @@ async def _load_until_resumed(
         resumed = outage.resume_seconds(load.acks, killed_at)
         if elapsed >= RESUME_WAIT_SECONDS:
             return
-        settled = resumed is not None and not outage.stalled(load.acks, now, STALL_SECONDS)
+        settled = resumed is not None and not outage.stalled(load.acks, now, ROUTE_STALL_SECONDS)
         if settled and elapsed >= max(after_seconds, (resumed or 0.0) + AFTER_RESUME_SECONDS):
             return
         state = "writes resumed" if resumed is not None else "waiting for writes to resume"
