@@ -347,7 +347,6 @@ class CoordinatorActor:
         fsync: bool = True,
         replica: ReplicaSpec | None = None,
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self._channels: dict[int, ActorChannel] = {}
         self._shard_count = shard_count
         self._directory: Directory = (

@@ -86,6 +86,8 @@ class ReplicaHost(Generic[S]):
         *,
         fsync: bool,
     ) -> None:
+        # Each replica is its own Ray worker process: its log lines carry time and part.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self.label = label
         self.fsync = fsync
         self.spec = spec

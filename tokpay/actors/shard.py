@@ -287,7 +287,6 @@ class ShardActor:
         fsync: bool = True,
         replica: ReplicaSpec | None = None,
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         root = replica_root(data_dir, f"shard-{shard}", replica)
 
         def open_service(options: LogOptions) -> ShardService:
