@@ -24,7 +24,6 @@ from tokpay.actors.protocol import (
     AccountsCreated,
     ChannelAddress,
     HistoryReply,
-    Install,
     ReplicaSpec,
     ReplicaStatus,
     ShardRecord,
@@ -36,7 +35,7 @@ from tokpay.actors.protocol import (
     encode,
 )
 from tokpay.actors.replica_host import ReplicaHost, replica_root
-from tokpay.actors.replicated_service import LogOptions, ReplicatedService, prepare_install
+from tokpay.actors.replicated_service import LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed
 from tokpay.ledger.errors import LedgerError, check
 from tokpay.ledger.limits import MAX_BATCH
@@ -165,25 +164,6 @@ class ShardService(ReplicatedService):
 
         count: int = self._write(payload, list[Decision], apply, TxDecided)
         return count
-
-    # -- a new backup ---------------------------------------------------------------------
-
-    @classmethod
-    def install(
-        cls, shard: int, shard_count: int, root: Path, install: Install, *, fsync: bool
-    ) -> ShardService:
-        """A backup built from its primary's snapshot (see ``prepare_install``)."""
-        prepare_install(root, install, fsync=fsync)
-        return cls(
-            shard,
-            shard_count,
-            root.parent,
-            fsync=fsync,
-            epoch=install.epoch,
-            replicated=True,
-            root=root,
-            wal_floor=install.sequence,
-        )
 
     # -- reads ---------------------------------------------------------------------------
 

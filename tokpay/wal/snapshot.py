@@ -16,7 +16,7 @@ from pathlib import Path
 import google_crc32c
 
 from tokpay.wal._files import fsync_directory, list_numbered, make_directory
-from tokpay.wal.log import WalError, WalFatalIOError
+from tokpay.wal.errors import WalError, WalFatalIOError
 
 MAX_SNAPSHOT_BYTES: int = 1024 * 1024 * 1024
 """Largest snapshot payload written or read; the whole payload is held in memory."""
