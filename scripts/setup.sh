@@ -49,6 +49,8 @@ mkdir -p "$VENDOR"
 for asset in \
     node_modules/htmx.org/dist/htmx.min.js \
     node_modules/chart.js/dist/chart.umd.min.js \
-    node_modules/chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js; do
+    node_modules/chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js \
+    node_modules/swagger-ui-dist/swagger-ui-bundle.js \
+    node_modules/swagger-ui-dist/swagger-ui.css; do
     cmp -s "$asset" "$VENDOR/$(basename "$asset")" || cp "$asset" "$VENDOR/"
 done

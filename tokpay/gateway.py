@@ -29,6 +29,9 @@ from tokpay.web.site import install_web
 
 log = logging.getLogger("tokpay.gateway")
 
+SWAGGER_UI_ASSETS = "/static/vendor"
+"""Where the web app's static files hold Swagger UI (npm swagger-ui-dist, copied by setup.sh)."""
+
 
 def find_controller() -> Any:
     """The replicated cluster's controller, or None on the single-node default."""
@@ -72,7 +75,7 @@ def create_app(settings: Settings | None = None, *, connect: bool = True) -> ASG
             gateway.handlers = Handlers(await attach_ledger(settings))
         yield
 
-    api = build_api(gateway, lifespan)
+    api = build_api(gateway, lifespan, docs_assets=SWAGGER_UI_ASSETS)
     install_web(api, settings, lambda: gateway.require().ledger)
     return serve_api(api, gateway, settings)
 

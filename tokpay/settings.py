@@ -42,3 +42,8 @@ class Settings(BaseSettings):
     def api_key_required(self) -> bool:
         loopback = self.bind_host in {"127.0.0.1", "localhost", "::1"}
         return bool(self.api_key) or not (self.environment == "development" and loopback)
+
+    allowed_hosts: str = ""
+    """Comma-separated host names (``Host`` header, port excluded; ``*.example.com`` for
+    subdomains) served besides the loopback names of a loopback bind and a specific bind
+    address; any other ``Host`` gets 400 (DNS rebinding). ``*`` serves every host."""

@@ -16,7 +16,7 @@ import pytest
 
 from tokpay.api.app import build_api
 from tokpay.api.deps import Gateway
-from tokpay.api.guard import ApiKeyGuard
+from tokpay.api.guard import KEYED_PREFIXES, ApiKeyGuard, host_of, served_hosts
 from tokpay.gateway import create_app
 from tokpay.settings import Settings
 
@@ -46,7 +46,7 @@ def _get(
 ) -> httpx.Response:
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.request(method, path, headers=headers or {})
 
     # A thread of its own: Playwright's sync API may hold this thread's event loop.
@@ -66,11 +66,46 @@ def test_v1_refused_without_the_right_bearer(key: str) -> None:
     right = _get(guard, "/v1/transfers", {"Authorization": f"Bearer {key}"})
     assert right.status_code == (200 if key else 401)
     assert _get(guard, "/dashboard").status_code == 200
+    for operator in ("/metrics", "/docs", "/openapi.json"):
+        assert _get(guard, operator).status_code == 401
+        assert _get(guard, operator, {"Authorization": f"Bearer {key}"}).status_code == (
+            200 if key else 401
+        )
+
+
+@pytest.mark.parametrize(
+    ("bind", "configured", "expected"),
+    [
+        ("127.0.0.1", "", ["127.0.0.1", "localhost", "::1"]),
+        ("localhost", "", ["127.0.0.1", "localhost", "::1"]),
+        ("0.0.0.0", "", ["127.0.0.1", "localhost", "::1"]),
+        ("10.1.2.3", "", ["10.1.2.3"]),
+        ("0.0.0.0", "Pay.Example.com, *.corp.example,", [
+            "127.0.0.1", "localhost", "::1", "pay.example.com", "*.corp.example",
+        ]),
+    ],
+)  # fmt: skip
+def test_served_hosts(bind: str, configured: str, expected: list[str]) -> None:
+    assert served_hosts(bind, configured) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "host"),
+    [
+        (b"example.com", "example.com"),
+        (b"Example.COM:8443", "example.com"),
+        (b"[::1]:8000", "::1"),
+        (b"[::1]", "::1"),
+        (b"", ""),
+    ],
+)
+def test_host_of(header: bytes, host: str) -> None:
+    assert host_of(header) == host
 
 
 def _unattached_answer(path: str, keyed: bool) -> int:
     """What a gateway whose ledger is not attached answers, with or without the key."""
-    if path.startswith("/v1") and not keyed:
+    if path.startswith(KEYED_PREFIXES) and not keyed:
         return 401
     return 200 if path == "/livez" else 503
 

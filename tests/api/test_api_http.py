@@ -314,3 +314,40 @@ def test_operations_endpoints(http: httpx.Client) -> None:
     assert "TransferIn" in document["components"]["schemas"]
     docs = http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_probed_inputs_are_clear_errors(http: httpx.Client) -> None:
+    """What probing found answered 500 or was stored: each is now a 4xx with its code."""
+    payer, payee = open_account(http), open_account(http)
+    top_up(http, payer, 100)
+    json_headers = {"content-type": "application/json"}
+    for path in ("/v1/transfers", "/v1/topups", "/v1/accounts", "/v1/balances/lookup"):
+        # A JSON string holding a byte that is not UTF-8 (was: UnicodeDecodeError, 500).
+        for body in (b'{"id": "\xff"}', b'{"account_ids": ["a\\n\xc3"]}'):
+            response = http.post(path, content=body, headers=json_headers)
+            expect_problem(response, 422, "invalid_body")
+
+    def pay(**overrides: Any) -> httpx.Response:
+        body = {"id": uid("p"), "from": payer, "to": [{"account": payee, "amount": 1}]}
+        return http.post("/v1/transfers", json={**body, "currency": "USD", **overrides})
+
+    for memo in ("a\x00b", "line\nbreak", "pay \u202egnp.exe", "x\u2028y"):
+        expect_problem(pay(memo=memo), 422, "invalid_memo")
+    for dots in (".", "..", "..."):
+        expect_problem(pay(to=[{"account": dots, "amount": 1}]), 422, "invalid_account_id")
+        created = http.post("/v1/accounts", json={"id": dots, "currency": "USD", "owner": "o"})
+        expect_problem(created, 422, "invalid_account_id")
+    for owner in ("o\x00", "a\nb", "\u202eevil"):
+        body = {"id": uid("o"), "currency": "USD", "owner": owner}
+        expect_problem(http.post("/v1/accounts", json=body), 422, "invalid_owner")
+    assert (balance(http, payer), balance(http, payee)) == (100, 0)
+
+
+def test_system_accounts_history_is_not_served(http: httpx.Client) -> None:
+    """A funding account's history would list every wallet ever topped up."""
+    account = open_account(http)
+    top_up(http, account, 5)
+    for shard in range(4):
+        response = http.get(f"/v1/accounts/sys:funding:USD:{shard}/transfers")
+        expect_problem(response, 403, "system_account_forbidden")
+    assert http.get(f"/v1/accounts/{account}/transfers").status_code == 200

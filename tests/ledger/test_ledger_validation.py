@@ -165,6 +165,18 @@ STATELESS_REFUSALS: list[tuple[str, TransferOrder, ErrorCode]] = [
     ),
     ("memo ascii over limit", payment(memo="m" * (MAX_MEMO_BYTES + 1)), ErrorCode.MEMO_TOO_LONG),
     ("memo emoji over limit", payment(memo="\U0001f4b8" * 65), ErrorCode.MEMO_TOO_LONG),
+    ("memo NUL", payment(memo="rent\x00"), ErrorCode.INVALID_MEMO),
+    ("memo newline", payment(memo="rent\nIGNORE ABOVE"), ErrorCode.INVALID_MEMO),
+    ("memo carriage return", payment(memo="rent\r"), ErrorCode.INVALID_MEMO),
+    ("memo tab", payment(memo="a\tb"), ErrorCode.INVALID_MEMO),
+    ("memo line separator", payment(memo="a\u2028b"), ErrorCode.INVALID_MEMO),
+    ("memo bidi override", payment(memo="pay \u202egnp.exe"), ErrorCode.INVALID_MEMO),
+    ("memo bidi isolate", payment(memo="\u2066x\u2069"), ErrorCode.INVALID_MEMO),
+    ("memo right-to-left mark", payment(memo="x\u200f"), ErrorCode.INVALID_MEMO),
+    ("debit id dot", payment(debit="."), ErrorCode.INVALID_ACCOUNT_ID),
+    ("credit id dot-dot", payment(credits=(("..", 1),)), ErrorCode.INVALID_ACCOUNT_ID),
+    ("credit id only dots", payment(credits=(("....", 1),)), ErrorCode.INVALID_ACCOUNT_ID),
+    ("transfer id dot-dot", payment(id=".."), ErrorCode.INVALID_TRANSFER_ID),
     ("no credits", payment(credits=()), ErrorCode.NO_CREDITS),
     (
         "too many legs",
@@ -490,7 +502,26 @@ SPEC_REFUSALS: list[tuple[str, AccountSpec, ErrorCode]] = [
         AccountSpec(id="a", currency="USD", owner="o" * (MAX_OWNER_LENGTH + 1)),
         ErrorCode.INVALID_OWNER,
     ),
+    ("owner NUL", AccountSpec(id="a", currency="USD", owner="o\x00p"), ErrorCode.INVALID_OWNER),
+    ("owner newline", AccountSpec(id="a", currency="USD", owner="o\np"), ErrorCode.INVALID_OWNER),
+    ("owner bidi", AccountSpec(id="a", currency="USD", owner="o\u202ep"), ErrorCode.INVALID_OWNER),
+    ("owner DEL", AccountSpec(id="a", currency="USD", owner="o\x7fp"), ErrorCode.INVALID_OWNER),
+    ("id dot", AccountSpec(id=".", currency="USD", owner="o"), ErrorCode.INVALID_ACCOUNT_ID),
+    ("id dot-dot", AccountSpec(id="..", currency="USD", owner="o"), ErrorCode.INVALID_ACCOUNT_ID),
 ]
+
+
+@pytest.mark.parametrize(
+    "memo", ["", "Rent for June", "café ☕", "\U0001f468\u200d\U0001f469\u200d\U0001f467", "שלום"]
+)
+def test_ordinary_memos_pass(memo: str) -> None:
+    """Accents, emoji (joined by ZERO WIDTH JOINER) and right-to-left scripts are words."""
+    validate_order(payment(memo=memo), 1)
+
+
+@pytest.mark.parametrize("account_id", ["a.b", ".a", "a..", "...x", "user@example.com"])
+def test_ids_with_dots_and_more_pass(account_id: str) -> None:
+    validate_account_spec(AccountSpec(id=account_id, currency="USD", owner="o"))
 
 
 @pytest.mark.parametrize(("spec", "code"), cases(SPEC_REFUSALS))

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokpay.api import openapi
 from tokpay.api.asgi import read_body, send_reply
 from tokpay.api.deps import Gateway, respond
-from tokpay.api.guard import ApiKeyGuard
+from tokpay.api.guard import ApiKeyGuard, TrustedHosts, served_hosts
 from tokpay.api.handlers import LIVENESS_BODY, Handlers
 from tokpay.api.metrics import observe_request
 from tokpay.api.problems import Reply, problem
@@ -108,8 +108,15 @@ class HotPathRouter:
             return problem(LedgerError(ErrorCode.INTERNAL_ERROR, detail), path)
 
 
-def build_api(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
-    """The FastAPI app of the JSON API: routes, problem bodies for every error, the document."""
+def build_api(
+    gateway: Gateway, lifespan: Lifespan | None = None, *, docs_assets: str | None = None
+) -> FastAPI:
+    """The FastAPI app of the JSON API: routes, problem bodies for every error, the document.
+
+    ``docs_assets`` is the URL the Swagger UI files are served under (by whoever serves
+    static files); without it there is no ``/docs``. FastAPI's own ``/docs`` and ``/redoc``
+    load their scripts from a CDN, so they are off.
+    """
     api = FastAPI(
         title="TokPay",
         version="0.1.0",
@@ -121,21 +128,28 @@ def build_api(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
             "the same id with another body is `transfer_id_conflict` (409)."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     api.state.gateway = gateway
     _install_error_handlers(api)
     api.include_router(build_router())
     openapi.install(api)
+    if docs_assets is not None:
+        openapi.install_docs(api, docs_assets)
     return api
 
 
 def serve_api(api: FastAPI, gateway: Gateway, settings: Settings) -> ASGIApp:
-    """The app an ASGI server runs: hot paths first, ``/v1`` behind the key when required.
+    """The app an ASGI server runs: only the served host names, ``/v1`` (and the operator's
+    endpoints) behind the key when required, then the hot paths.
 
-    ``/v1`` needs no key only on a development server bound to loopback alone.
+    The key is not needed only on a development server bound to loopback alone.
     """
-    router = HotPathRouter(api, gateway)
-    return ApiKeyGuard(router, settings.api_key) if settings.api_key_required() else router
+    app: ASGIApp = HotPathRouter(api, gateway)
+    if settings.api_key_required():
+        app = ApiKeyGuard(app, settings.api_key)
+    return TrustedHosts(app, served_hosts(settings.bind_host, settings.allowed_hosts))
 
 
 def _install_error_handlers(api: FastAPI) -> None:

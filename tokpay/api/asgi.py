@@ -13,13 +13,14 @@ from collections.abc import Iterable
 
 from starlette.types import Receive, Send
 
-from tokpay.api.problems import CLOSE_AFTER, JSON_MEDIA_TYPE, media_type_of
+from tokpay.api.problems import CLOSE_AFTER, JSON_MEDIA_TYPE, NO_STORE, media_type_of
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BODY_BYTES
 
 Header = tuple[bytes, bytes]
 
 _JSON = JSON_MEDIA_TYPE.encode()
+_NO_STORE = [(name.encode(), value.encode()) for name, value in NO_STORE]
 
 
 def _too_large() -> LedgerError:
@@ -58,6 +59,7 @@ async def send_reply(
     headers = [
         (b"content-type", media_type_of(status).encode()),
         (b"content-length", str(len(body)).encode()),
+        *_NO_STORE,
         *extra_headers,
     ]
     if status in CLOSE_AFTER:

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 
 from tokpay.api.handlers import Handlers
-from tokpay.api.problems import CLOSE_AFTER, Reply, media_type_of
+from tokpay.api.problems import CLOSE_AFTER, NO_STORE, Reply, media_type_of
 from tokpay.ledger.errors import ErrorCode, LedgerError
 
 
@@ -39,5 +39,7 @@ def respond(reply: Reply, success_media_type: str | None = None) -> Response:
     """JSON below 400 unless told otherwise; a problem body from 400 up."""
     status, body = reply
     media_type = success_media_type if success_media_type and status < 400 else None
-    headers = {"connection": "close"} if status in CLOSE_AFTER else None
+    headers = dict(NO_STORE)
+    if status in CLOSE_AFTER:
+        headers["connection"] = "close"
     return Response(body, status, headers=headers, media_type=media_type or media_type_of(status))

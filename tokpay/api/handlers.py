@@ -83,6 +83,9 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         raise LedgerError(code, message) from None
     except msgspec.DecodeError as error:
         raise LedgerError(ErrorCode.INVALID_BODY, f"body is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        # msgspec checks UTF-8 only when it decodes a string's escapes or non-ASCII bytes.
+        raise LedgerError(ErrorCode.INVALID_BODY, "body is not valid UTF-8") from None
 
 
 def transfer_out(transfer: Transfer) -> TransferOut:
@@ -252,6 +255,11 @@ class Handlers:
     async def list_transfers(self, account_id: str, query: Mapping[str, str]) -> Reply:
         """An account's transfers, newest first, with the signed effect on it."""
         validate_account_id(account_id)
+        if is_system_account(account_id):
+            # A funding account's history would list every wallet that was ever topped up.
+            raise LedgerError(
+                ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN, "system accounts' history is not public"
+            )
         limit = _parse_limit(query.get("limit"))
         raw_cursor = query.get("cursor")
         cursor = None if raw_cursor is None else _decode_cursor(raw_cursor)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import msgspec
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 from tokpay.api import schemas
@@ -102,7 +102,7 @@ def operation(
     """Keyword arguments for a route decorator that document one operation truthfully.
 
     ``out`` names the JSON schema of a success (None: Prometheus text); a ``body``
-    brings 413, 415 and 422; ``v1`` routes sit behind the API key (401); ``ledger``
+    brings 413, 415 and 422; ``v1`` routes (and ``/metrics``) sit behind the API key (401); ``ledger``
     routes fail with 500/503 when the ledger does; ``refusals`` are the rest (429
     only where the client's batcher or lookup bound can refuse); ``query`` documents
     query parameters the handler parses itself.
@@ -166,3 +166,51 @@ def install(api: FastAPI) -> None:
         return api.openapi_schema
 
     api.openapi = document  # type: ignore[method-assign]
+
+
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+"""``/docs`` runs only this server's scripts and styles (Swagger UI's icons are data: SVGs)."""
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>TokPay API</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script>
+</body>
+</html>
+"""
+
+_DOCS_INIT = b"""window.ui = SwaggerUIBundle({
+  url: "/openapi.json",
+  dom_id: "#swagger-ui",
+  validatorUrl: null,
+  deepLinking: true
+});
+"""
+
+
+def install_docs(api: FastAPI, assets: str) -> None:
+    """``/docs``: Swagger UI from ``assets`` (the npm package's files, served by this server),
+    started by a script file rather than an inline one, so the page's CSP allows only self."""
+    page = _DOCS_PAGE.format(assets=assets.rstrip("/")).encode()
+    headers = {"Content-Security-Policy": DOCS_CSP}
+
+    async def docs() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+    async def init() -> Response:
+        return Response(_DOCS_INIT, media_type="text/javascript", headers=headers)
+
+    api.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    api.add_api_route("/docs/init.js", init, methods=["GET"], include_in_schema=False)

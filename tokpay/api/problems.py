@@ -49,6 +49,10 @@ def problem_body(code: str, status: int, detail: str, instance: str | None) -> b
     )
 
 
+NO_STORE = (("cache-control", "no-store"), ("x-content-type-options", "nosniff"))
+"""On every API reply: balances and transfers are never kept by a cache, and a reply is
+never read as another content type than the one it says."""
+
 CLOSE_AFTER = frozenset({413})
 """Statuses answered before the request body was read to its end: the rest of the body is
 still on the connection, so it cannot carry another request. The reply says

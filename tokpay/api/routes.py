@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 
 from tokpay.api.asgi import read_body
 from tokpay.api.deps import LedgerHandlers, respond
+from tokpay.api.guard import KEYED_PREFIXES
 from tokpay.api.handlers import LIVENESS_BODY, Handlers
 from tokpay.api.openapi import HISTORY_QUERY, operation
 from tokpay.api.problems import JSON_MEDIA_TYPE, Reply
@@ -105,7 +106,7 @@ def build_router() -> APIRouter:
                 created=route.created,
                 refusals=route.refusals,
                 query=route.query,
-                v1=route.path.startswith("/v1"),
+                v1=route.path.startswith(KEYED_PREFIXES),
             ),
         )
     return router

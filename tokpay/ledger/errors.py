@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     INVALID_LIMIT = "invalid_limit"
     INVALID_CURSOR = "invalid_cursor"
     MEMO_TOO_LONG = "memo_too_long"
+    INVALID_MEMO = "invalid_memo"
     NO_CREDITS = "no_credits"
     TOO_MANY_LEGS = "too_many_legs"
     TOO_MANY_IDS = "too_many_ids"
@@ -50,6 +51,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_LIMIT: 422,
     ErrorCode.INVALID_CURSOR: 422,
     ErrorCode.MEMO_TOO_LONG: 422,
+    ErrorCode.INVALID_MEMO: 422,
     ErrorCode.NO_CREDITS: 422,
     ErrorCode.TOO_MANY_LEGS: 422,
     ErrorCode.TOO_MANY_IDS: 422,

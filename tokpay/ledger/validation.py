@@ -5,6 +5,7 @@ shard trusts no caller.
 """
 
 import re
+import unicodedata
 
 from tokpay.ledger.currencies import ISO_4217
 from tokpay.ledger.errors import ErrorCode, LedgerError
@@ -27,15 +28,43 @@ from tokpay.ledger.routing import shard_of
 _ID_PATTERN = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_ID_LENGTH}}}")
 
 
+_ID_RULE = f"1..{MAX_ID_LENGTH} characters of [A-Za-z0-9._:@-], not only dots"
+
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""Characters that reorder the text around them (Trojan Source, CVE-2021-42574)."""
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+"""Control characters (NUL, newlines, tabs, DEL, C1) and the Unicode line/paragraph separators."""
+
+
 def is_valid_id(value: str) -> bool:
-    return _ID_PATTERN.fullmatch(value) is not None
+    # Only dots ("." and "..") would be path segments once the id is in a URL.
+    return _ID_PATTERN.fullmatch(value) is not None and value.strip(".") != ""
 
 
 def validate_account_id(value: str) -> None:
     if not is_valid_id(value):
+        raise LedgerError(ErrorCode.INVALID_ACCOUNT_ID, f"account ids are {_ID_RULE}")
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` that may not be shown to people: a control character
+    (NUL, newline, tab...), a line or paragraph separator, or a bidi control; else None."""
+    for char in text:
+        if char in _BIDI_CONTROLS or unicodedata.category(char) in _LINE_BREAKING:
+            return char
+    return None
+
+
+def validate_memo(memo: str) -> None:
+    if len(memo.encode()) > MAX_MEMO_BYTES:
+        raise LedgerError(ErrorCode.MEMO_TOO_LONG, f"memo is limited to {MAX_MEMO_BYTES} bytes")
+    bad = unsafe_character(memo)
+    if bad is not None:
         raise LedgerError(
-            ErrorCode.INVALID_ACCOUNT_ID,
-            f"account ids are 1..{MAX_ID_LENGTH} characters of [A-Za-z0-9._:@-]",
+            ErrorCode.INVALID_MEMO,
+            f"memo has the character U+{ord(bad):04X}: no control, line-break or bidi characters",
         )
 
 
@@ -62,24 +91,27 @@ def validate_account_spec(spec: AccountSpec) -> None:
             ErrorCode.SYSTEM_ACCOUNT_FORBIDDEN, "ids starting with 'sys:' are reserved"
         )
     validate_currency(spec.currency)
-    if not spec.owner or len(spec.owner) > MAX_OWNER_LENGTH or spec.owner != spec.owner.strip():
+    owner = spec.owner
+    if (
+        not owner
+        or len(owner) > MAX_OWNER_LENGTH
+        or owner != owner.strip()
+        or unsafe_character(owner) is not None
+    ):
         raise LedgerError(
             ErrorCode.INVALID_OWNER,
-            f"owner must be 1..{MAX_OWNER_LENGTH} characters without surrounding spaces",
+            f"owner must be 1..{MAX_OWNER_LENGTH} characters without surrounding spaces, "
+            "control, line-break or bidi characters",
         )
 
 
 def validate_order(order: TransferOrder, shard_count: int) -> None:
     """Refuse any order that could never apply, whatever the balances."""
     if not is_valid_id(order.id):
-        raise LedgerError(
-            ErrorCode.INVALID_TRANSFER_ID,
-            f"transfer ids are 1..{MAX_ID_LENGTH} characters of [A-Za-z0-9._:@-]",
-        )
+        raise LedgerError(ErrorCode.INVALID_TRANSFER_ID, f"transfer ids are {_ID_RULE}")
     validate_account_id(order.debit)
     validate_currency(order.currency)
-    if len(order.memo.encode()) > MAX_MEMO_BYTES:
-        raise LedgerError(ErrorCode.MEMO_TOO_LONG, f"memo is limited to {MAX_MEMO_BYTES} bytes")
+    validate_memo(order.memo)
     if not order.credits:
         raise LedgerError(ErrorCode.NO_CREDITS, "a transfer needs at least one credit")
     if len(order.credits) > MAX_CREDITS:

@@ -52,7 +52,7 @@ async def transactions(request: Request, web: Web, user: SignedIn) -> Response:
     check_account(user, query.get("account"))
     entries = await wallet.entries(web.ledger(), web.store, user)
     raw_page = query.get("page", "")
-    page = int(raw_page) if raw_page.isdigit() and len(raw_page) <= 6 else 1
+    page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() and len(raw_page) <= 6 else 1
     table = _table(entries, query.get("filter", "all"), query.get("q", ""), page)
     return web.render(request, "_tx_results.html", user=user, **table)
 

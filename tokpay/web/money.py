@@ -10,7 +10,12 @@ MAX_TOPUP_CENTS: Final = 1_000_000
 MAX_PAYMENT_CENTS: Final = 10_000_000
 """One recipient receives at most $100,000.00 per payment."""
 
-_AMOUNT = re.compile(r"(?P<whole>\d{1,3}(?:,\d{3})+|\d{1,12})(?:\.(?P<cents>\d{1,2}))?")
+# ASCII digits only: Python's \d also matches fullwidth (U+FF11) and Arabic-Indic
+# (U+0663) digits, which int() reads but a reader of the amount may not.
+_AMOUNT = re.compile(
+    r"(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,12})"
+    r"(?:\.(?P<cents>[0-9]{1,2}))?"
+)
 
 
 class AmountError(ValueError):

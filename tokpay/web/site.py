@@ -20,8 +20,11 @@ from tokpay.settings import Settings
 from tokpay.web import auth, dashboard, payments
 from tokpay.web.context import HERE, Forbidden, LoginRequired, WebContext, is_htmx
 from tokpay.web.session import ServerSessionMiddleware
+from tokpay.web.shield import AnonymousLimit, BodyLimitAndHeaders
 
 SKIP_SESSION = ("/v1", "/static", "/livez", "/healthz", "/metrics", "/openapi.json", "/docs")
+API_PREFIXES = ("/v1",)
+"""The JSON API bounds its own bodies and writes its own headers."""
 
 
 def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerClient]) -> None:
@@ -30,12 +33,24 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for pages in (auth.router, dashboard.router, payments.router):
         api.include_router(pages)
+
+    def too_many(request: Request, retry_after: int) -> Response:
+        message = "Too many attempts from your network. Wait a minute, then try again."
+        response = web.render(request, "error.html", 429, message=message)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    # Added innermost first: the limiter runs inside the session, the body bound before it.
+    api.add_middleware(AnonymousLimit, refuse=too_many, skip_prefixes=SKIP_SESSION)
     api.add_middleware(
         ServerSessionMiddleware,
         store=web.store,
         ttl_seconds=settings.session_ttl_seconds,
         secure=settings.secure_cookies,
         skip_prefixes=SKIP_SESSION,
+    )
+    api.add_middleware(
+        BodyLimitAndHeaders, secure_cookies=settings.secure_cookies, skip_prefixes=API_PREFIXES
     )
 
     @api.exception_handler(LoginRequired)
