@@ -227,8 +227,6 @@ def main() -> None:
     # The server's Ray cluster uses token authentication; a driver given an explicit
     # address presents the token only if told so before Ray is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    # ...and finds its node on loopback, where the server's single-node Ray is.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     work = Path(tempfile.mkdtemp(prefix="tokpay-bench-"))
     results: dict[str, dict[str, Any]] = {}
     steps = ["start", "seed", "ceiling", "reads", "lookup", "ray reads", "transfers", "hot", "half"]

@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ServerProcess
-from tokpay.cluster.single import LOOPBACK_RAY_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ledger_client.py"
 
 
 def test_example_client_script(server: ServerProcess) -> None:
-    # The single-node Ray is on loopback: a driver must look for its node there too.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", LOOPBACK_RAY_ENV: "0"}
+    # Nothing but the token mode: connect() finds the single-node Ray on loopback itself.
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     result = subprocess.run(
         [sys.executable, str(EXAMPLE), str(server.data_dir)],
         capture_output=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE, shard_actor_name
 from tokpay.actors.shard import ShardActor
 
 log = logging.getLogger("tokpay.deploy")
+
+LOOPBACK_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for multi-machine clusters (named for the platforms where it is off by default).
+At "0" Ray's node address is 127.0.0.1, and Ray then binds every server it starts, its metrics
+exporters included, to loopback. A driver of such a Ray (the gateway, a client script) needs
+it too, or it looks for its node under the machine's network address and waits forever."""
 
 META_FILE = "tokpay.json"
 READY_TIMEOUT_SECONDS = 120.0
@@ -32,6 +39,20 @@ class LedgerHandles:
     @property
     def shard_count(self) -> int:
         return len(self.shards)
+
+
+def use_loopback_ray() -> None:
+    """Run (or join) a Ray that lives on 127.0.0.1 only: the single-node default.
+
+    Otherwise Ray listens on every interface: its Prometheus exporter, the dashboard's and
+    the autoscaler's metrics servers and its gRPC servers. Ray's own processes and the
+    gateway inherit the variable; Ray read it in this process at import, so its constant
+    is set here as well (Ray 2.60 has no public option for this).
+    """
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_RAY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def read_shard_count(data_dir: Path, requested: int | None) -> int:

@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from tokpay.actors.channel import ActorChannel
-from tokpay.actors.deploy import LedgerHandles, connect_ledger
+from tokpay.actors.deploy import LedgerHandles, connect_ledger, use_loopback_ray
 from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
 from tokpay.actors.naming import (
     CONTROLLER_NAME,
@@ -47,6 +47,7 @@ from tokpay.ledger.model import (
 )
 from tokpay.ledger.routing import shard_of
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 CALL_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.2
 CALL_TIMEOUT_SECONDS = 30.0
@@ -340,13 +341,19 @@ def _get(refs: list[Any]) -> list[Any]:
         raise LedgerError(ErrorCode.UNAVAILABLE, f"ledger unavailable: {error}") from error
 
 
-def connect(address: str = "auto") -> SyncLedgerClient:
+def connect(address: str = "auto", *, loopback: bool | None = None) -> SyncLedgerClient:
     """Attach this process to a running TokPay cluster and return a blocking client.
 
     In a replicated cluster the handles are the primaries at the time of the call;
     after a failover, connect again (the gateway's client follows failovers itself).
+    ``loopback``: whether the cluster's Ray lives on 127.0.0.1 only, as the single-node
+    ``tokpay serve`` does; by default, whether ``address`` is a loopback address. (A
+    ``tokpay cluster up`` cluster runs on the machine's network address: give that.)
     """
     if not ray.is_initialized():
+        host = address.removeprefix("ray://").rsplit(":", 1)[0]
+        if host in LOOPBACK_HOSTS if loopback is None else loopback:
+            use_loopback_ray()
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     try:
         controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)

@@ -24,11 +24,6 @@ from tokpay.settings import Settings
 
 RAY_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 RAY_CPUS = 2
-LOOPBACK_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-"""Ray's switch for multi-machine clusters (named for the platforms where it is off by default).
-At "0" Ray's node address is 127.0.0.1, and Ray then binds every server it starts, its metrics
-exporters included, to loopback. A driver of this Ray (the gateway, a client script) needs it
-too, or it looks for its node under the machine's network address."""
 DEV_IDP_START_SECONDS = 15.0
 DEV_IDP_STOP_SECONDS = 10.0
 
@@ -47,17 +42,12 @@ def start_local_ledger(data_dir: Path, shard_count: int, fsync: bool) -> LocalLe
     recovering from ``data_dir``); write the Ray address to DATA_DIR/run/ray-address
     for client scripts."""
     import ray
-    from ray._private import ray_constants
 
-    from tokpay.actors.deploy import start_ledger
+    from tokpay.actors.deploy import start_ledger, use_loopback_ray
     from tokpay.actors.naming import NAMESPACE
 
-    # The single-node Ray serves this machine alone. Otherwise Ray listens on every interface:
-    # its Prometheus exporter, the dashboard's and the autoscaler's metrics servers (fixed
-    # ports 44227/44217) and its gRPC servers. Ray's own processes and the gateway inherit
-    # the variable; Ray read it in this process at import, so the flag is set here as well.
-    os.environ[LOOPBACK_RAY_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    # The single-node Ray serves this machine alone: every server of it on loopback.
+    use_loopback_ray()
     ray.init(
         num_cpus=RAY_CPUS,
         include_dashboard=False,
