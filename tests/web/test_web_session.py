@@ -29,10 +29,12 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _run(
-    store: WebStore, base_url: str, steps: list[str]
+    store: WebStore, base_url: str, steps: list[str], idle: int = 60
 ) -> list[tuple[httpx.Response, dict[str, Any] | None]]:
     """Each response, with what the store held for the client's cookie right after it."""
-    app = ServerSessionMiddleware(_app, store, ttl_seconds=60, secure=False, skip_prefixes=("/v1",))
+    app = ServerSessionMiddleware(
+        _app, store, ttl_seconds=60, idle_seconds=idle, secure=False, skip_prefixes=("/v1",)
+    )
 
     async def go() -> list[tuple[httpx.Response, dict[str, Any] | None]]:
         transport = httpx.ASGITransport(app=app)
@@ -41,7 +43,7 @@ def _run(
             for step in steps:
                 response = await client.get(step)
                 session_id = client.cookies.get(COOKIE_NAME)
-                out.append((response, store.load_session(session_id) if session_id else None))
+                out.append((response, store.load_session(session_id, 60) if session_id else None))
         return out
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -65,10 +67,10 @@ def test_cookie_is_an_id_and_data_stays_on_the_server(tmp_path: Path) -> None:
     assert read.text == "secret-value" and "set-cookie" not in read.headers
     new_id = rotated.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
     assert new_id != session_id
-    assert store.load_session(session_id) is None
+    assert store.load_session(session_id, 60) is None
     assert after.text == "secret-value"
     assert f"{COOKIE_NAME}=;" in cleared.headers["set-cookie"]
-    assert store.load_session(new_id) is None
+    assert store.load_session(new_id, 60) is None
     assert gone.text == ""
 
 

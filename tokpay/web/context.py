@@ -21,7 +21,12 @@ from starlette.datastructures import FormData
 from tokpay.client.ledger import LedgerClient
 from tokpay.settings import Settings
 from tokpay.web.money import format_cents
+from tokpay.web.session import AddressRateLimit
 from tokpay.web.store import User, WebStore
+
+PROVIDER_TIMEOUT_SECONDS = 10.0
+"""How long the web app waits for the OpenID provider (discovery, keys, tokens)."""
+LOGIN_RATE_WINDOW_SECONDS = 60.0
 
 HERE = Path(__file__).parent
 # Pages load only this server's own scripts and styles (the vendored htmx and
@@ -56,6 +61,10 @@ class WebContext:
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["format_cents"] = format_cents
         self.templates.env.globals["dev_login"] = settings.oidc_dev
+        self.signing_key = self.store.signing_key()
+        self.login_starts = AddressRateLimit(
+            settings.login_starts_per_minute, LOGIN_RATE_WINDOW_SECONDS
+        )
         self.oauth = OAuth()
         if settings.oidc_issuer:
             self.oauth.register(
@@ -64,8 +73,24 @@ class WebContext:
                 client_secret=settings.oidc_client_secret,
                 server_metadata_url=settings.oidc_issuer.rstrip("/")
                 + "/.well-known/openid-configuration",
-                client_kwargs={"scope": "openid email", "code_challenge_method": "S256"},
+                client_kwargs={
+                    "scope": "openid email",
+                    "code_challenge_method": "S256",
+                    "token_endpoint_auth_method": settings.oidc_token_auth_method,
+                    "timeout": PROVIDER_TIMEOUT_SECONDS,
+                },
             )
+
+    def oidc_client(self) -> Any:
+        """Authlib's client for the configured issuer, or None when there is none."""
+        return self.oauth.create_client("tokpay")
+
+    def forget_provider(self) -> None:
+        """Drop the cached discovery document and signing keys: the next login fetches
+        them again (after a key rotation, a moved issuer or an outage)."""
+        client = self.oidc_client()
+        if client is not None:
+            client.server_metadata.clear()
 
     def session_user(self, request: Request) -> User | None:
         user_id = request.session.get("user_id")
