@@ -92,6 +92,10 @@ class Canaille:
             scope=["openid", "email", "profile"],
         )
         self.iam.backend.save(client)
+        # An id token's audience is the client itself (Canaille's own registration
+        # does this; a client made from the model alone would get an empty one).
+        self.iam.backend.update(client, audience=[client])
+        self.iam.backend.save(client)
 
     def new_user(self, name: str, email: str | None = None) -> Any:
         user_name = f"{name}-{secrets.token_hex(4)}"

@@ -281,6 +281,21 @@ def test_a_changed_signing_key_fails_once_then_is_fetched_again(
         oidc_config["ACTIVE_JWKS"] = original
 
 
+def test_an_id_token_for_another_client_is_refused(
+    inproc_settings: Settings, signed_in_at_canaille: Any, canaille: Canaille
+) -> None:
+    """The id token's audience must be this client: one the provider issued for
+    another client of the same issuer is refused (it was taken before)."""
+    other = canaille.iam.backend.get(canaille.iam.models.Client, client_id=canaille.client_id)
+    ours = canaille.iam.backend.get(
+        canaille.iam.models.Client, client_id=inproc_settings.oidc_client_id
+    )
+    canaille.iam.backend.update(ours, audience=[other])
+    canaille.iam.backend.save(ours)
+    app = _inproc(inproc_settings)
+    _refusal(app.get(_callback_url(app)), 502, "cannot trust")
+
+
 def test_anonymous_login_starts_store_nothing_and_are_rate_limited(
     inproc_settings: Settings,
 ) -> None:

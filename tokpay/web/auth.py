@@ -202,7 +202,13 @@ async def _auth_callback(request: Request, web: WebContext) -> Response:
             code=query.get("code", ""),
             code_verifier=pending["code_verifier"],
         )
-        claims: dict[str, Any] = dict(await client.parse_id_token(token, pending["nonce"]) or {})
+        # The id token must be for this client (aud) from this issuer (iss).
+        options = {
+            "iss": {"essential": True, "values": [metadata["issuer"]]},
+            "aud": {"essential": True, "values": [web.settings.oidc_client_id]},
+        }
+        userinfo = await client.parse_id_token(token, pending["nonce"], claims_options=options)
+        claims: dict[str, Any] = dict(userinfo or {})
         if not claims:
             raise LoginRefused("provider-changed", "token response without an id_token")
         if "email" not in claims:

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from authlib.integrations.starlette_client import OAuth
 from fastapi import Depends, Request
@@ -43,6 +44,17 @@ SECURITY_HEADERS = {
 }
 
 
+def security_headers(issuer: str) -> dict[str, str]:
+    """The page headers; forms may also lead to the issuer's origin, where logging out
+    sends the browser (a form's redirect counts for ``form-action``)."""
+    parts = urlsplit(issuer)
+    origin = f" {parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    return SECURITY_HEADERS | {
+        "Content-Security-Policy": csp.replace("form-action 'self'", f"form-action 'self'{origin}")
+    }
+
+
 class LoginRequired(Exception):
     pass
 
@@ -61,6 +73,7 @@ class WebContext:
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["format_cents"] = format_cents
         self.templates.env.globals["dev_login"] = settings.oidc_dev
+        self.security_headers = security_headers(settings.oidc_issuer)
         self.signing_key = self.store.signing_key()
         self.login_starts = AddressRateLimit(
             settings.login_starts_per_minute, LOGIN_RATE_WINDOW_SECONDS
@@ -103,7 +116,7 @@ class WebContext:
         # Only signed-in pages carry forms; anonymous visits do not start a session.
         context["csrf_token"] = csrf_token(request) if context["user"] is not None else ""
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(self.security_headers)
         return response
 
 
