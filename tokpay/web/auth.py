@@ -157,14 +157,11 @@ async def _auth_start(request: Request, web: WebContext) -> Response:
         "next": _local_path(request.query_params.get("next", "")),
     }
     response = RedirectResponse(authorization["url"], status_code=302)
-    response.set_cookie(
-        LOGIN_COOKIE,
-        sign(web.signing_key, _LOGIN_PURPOSE, state),
-        max_age=LOGIN_MAX_AGE_SECONDS,
-        path=LOGIN_COOKIE_PATH,
-        httponly=True,
-        samesite="lax",
-        secure=web.settings.secure_cookies or request.url.scheme == "https",
+    value = sign(web.signing_key, _LOGIN_PURPOSE, state)
+    secure = web.settings.secure_cookies or request.url.scheme == "https"
+    flags = f"Path={LOGIN_COOKIE_PATH}; Max-Age={LOGIN_MAX_AGE_SECONDS}; HttpOnly; SameSite=Lax"
+    response.headers.append(
+        "set-cookie", f"{LOGIN_COOKIE}={value}; {flags}" + ("; Secure" if secure else "")
     )
     return response
 
