@@ -19,8 +19,14 @@ def test_the_dev_provider_refuses_a_gateway_beyond_loopback(
     host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TOKPAY_OIDC_ISSUER", raising=False)
-    with pytest.raises(NoDevIdentityProvider, match="TOKPAY_OIDC_ISSUER"):
-        start_dev_identity_provider(host, 8000)
+    try:
+        identity = start_dev_identity_provider(host, 8000)
+    except NoDevIdentityProvider as refusal:
+        assert "TOKPAY_OIDC_ISSUER" in str(refusal)
+        return
+    if identity is not None:
+        identity.stop()  # a regression must not leave an open provider running
+    pytest.fail(f"the dev provider started for --host {host}")
 
 
 def test_the_dev_provider_secret_is_not_on_any_command_line(server: ServerProcess) -> None:
