@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.web.conftest import csrf_of, login_http, new_email
@@ -213,3 +214,15 @@ def test_log_out_everywhere_ends_the_other_devices_sessions(server: ServerProces
         assert response.status_code == 303
         for device in (phone, laptop):
             assert device.get("/dashboard").headers["location"].startswith("/login")
+
+
+@pytest.mark.parametrize(
+    ("asked", "landed"),
+    [("/logout", "/dashboard"), ("/pay", "/pay"), ("//evil.example/x", "/dashboard")],
+)
+def test_login_returns_to_a_page_never_to_a_post_only_address(
+    server: ServerProcess, asked: str, landed: str
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        page = login_http(client, new_email("return"), start=f"/auth/start?next={asked}")
+        assert page.status_code == 200 and page.url.path == landed

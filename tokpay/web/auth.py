@@ -21,6 +21,7 @@ from authlib.integrations.starlette_client import OAuthError
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from joserfc.errors import JoseError
+from starlette.routing import Match
 
 from tokpay.web import wallet
 from tokpay.web.context import SignedIn, Web, WebContext, check_csrf
@@ -220,7 +221,8 @@ async def _auth_callback(request: Request, web: WebContext) -> Response:
     # Kept server-side for RP-initiated logout (the hint names who is logging out).
     request.session["id_token"] = token["id_token"]
     rotate_session(request.scope)
-    response = RedirectResponse(_local_path(str(pending.get("next", ""))), status_code=303)
+    after_login = _page_to_return_to(request, str(pending.get("next", "")))
+    response = RedirectResponse(after_login, status_code=303)
     response.delete_cookie(LOGIN_COOKIE, path=LOGIN_COOKIE_PATH)
     return response
 
@@ -319,6 +321,18 @@ class _provider_errors:
         if isinstance(error, (JoseError, ValueError, KeyError, RuntimeError)):
             raise LoginRefused("provider-changed", f"{type(error).__name__}: {error}") from error
         return False
+
+
+def _page_to_return_to(request: Request, path: str) -> str:
+    """``path`` if it is a page of this site that answers GET (never a form's POST-only
+    address, which would greet the person with 405); else the dashboard."""
+    path = _local_path(path)
+    scope = {"type": "http", "method": "GET", "path": path.split("?", 1)[0], "root_path": ""}
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return path
+    return "/dashboard"
 
 
 def _local_path(path: str) -> str:
