@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     """OpenID Provider of the web app; empty makes ``tokpay serve`` start the dev provider."""
     oidc_client_id: str = "tokpay-web"
     oidc_client_secret: str = ""
+    oidc_token_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
+        "client_secret_basic"
+    )
+    """How the web app authenticates to the provider's token endpoint (as registered there)."""
+    oidc_trust_email: bool = False
+    """Trust the configured issuer's ``email`` claim when it sends no ``email_verified``
+    (Canaille, some Entra set-ups); only for an issuer that verifies addresses itself."""
     oidc_dev: bool = False
     """Set by ``tokpay serve`` when the issuer is its own dev provider (the login page says so)."""
     dev_oidc_port: int = 0
@@ -33,6 +40,11 @@ class Settings(BaseSettings):
     secure_cookies: bool = False
     """Mark the session cookie Secure even when the gateway itself sees plain http (behind TLS)."""
     session_ttl_seconds: int = 12 * 3600
+    """A session ends this long after login, however active."""
+    session_idle_seconds: int = 30 * 60
+    """A session ends after this long without a request."""
+    login_starts_per_minute: int = 30
+    """Logins one client address may start per minute in each gateway process (then 429)."""
     web_db: Path | None = None
     """SQLite file of web sessions and the user directory; default DATA_DIR/web.sqlite3."""
 

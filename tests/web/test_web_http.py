@@ -55,7 +55,8 @@ def test_login_page_says_it_is_the_dev_provider(web: httpx.Client) -> None:
 
 def test_session_cookie_is_an_opaque_server_side_id(server: ServerProcess) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
-    client.get("/auth/start")  # the login flow's state starts a session
+    planted = "planted-by-someone-else-" + "x" * 20  # session fixation
+    client.cookies.set(COOKIE, planted, domain="127.0.0.1", path="/")
     before = client.cookies.get(COOKIE)
     email = new_email("cookie")
     page = login_http(client, email)

@@ -26,6 +26,8 @@ RAY_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 RAY_CPUS = 2
 DEV_IDP_START_SECONDS = 15.0
 DEV_IDP_STOP_SECONDS = 10.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+DATA_DIR_MODE = 0o700
 
 
 @dataclass
@@ -45,6 +47,10 @@ def start_local_ledger(data_dir: Path, shard_count: int, fsync: bool) -> LocalLe
 
     from tokpay.actors.deploy import start_ledger, use_loopback_ray
     from tokpay.actors.naming import NAMESPACE
+
+    # The ledger's log and the web app's sessions and addresses: this user's alone.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+    data_dir.chmod(DATA_DIR_MODE)
 
     # The single-node Ray serves this machine alone: every server of it on loopback.
     use_loopback_ray()
@@ -105,12 +111,20 @@ class NoDevIdentityProvider(RuntimeError):
 def start_dev_identity_provider(host: str, port: int) -> DevIdentityProvider | None:
     """Start the dev OpenID provider unless an issuer is configured (then None).
 
-    It accepts any login, so it binds to 127.0.0.1 only. The gateway at ``host:port``
-    is its one client.
+    It accepts any login, so it binds to 127.0.0.1 only, and refuses to start for a
+    gateway bound beyond loopback (``host``), whose users need a real provider. The
+    gateway at ``host:port`` is its one client; its secret reaches the provider
+    through the environment, never the command line (which any local user can read).
     """
     settings = Settings()
     if settings.oidc_issuer:
         return None
+    if host not in LOOPBACK_HOSTS:
+        raise NoDevIdentityProvider(
+            f"--host {host} serves other machines, and the dev login lets anyone sign in "
+            "as anyone. Set TOKPAY_OIDC_ISSUER (and TOKPAY_OIDC_CLIENT_SECRET) to a real "
+            "OpenID provider, or serve on 127.0.0.1."
+        )
     script = files("tokpay.web") / "devidp" / "provider.mjs"
     node = shutil.which("node")
     # The npm packages are installed in the checkout (make setup), beside the package.
@@ -125,12 +139,12 @@ def start_dev_identity_provider(host: str, port: int) -> DevIdentityProvider | N
             idp_port = sock.getsockname()[1]
     issuer = f"http://127.0.0.1:{idp_port}"
     secret = secrets.token_urlsafe(24)
-    hosts = dict.fromkeys(
-        [host if host not in {"0.0.0.0", "::"} else "127.0.0.1", "127.0.0.1", "localhost"]
-    )
+    hosts = dict.fromkeys([host, "127.0.0.1", "localhost"])
     redirects = ",".join(f"http://{h}:{port}/auth/callback" for h in hosts)
+    after_logout = ",".join(f"http://{h}:{port}/" for h in hosts)
     process = subprocess.Popen(
-        [node, str(script), issuer, settings.oidc_client_id, secret, redirects]
+        [node, str(script), issuer, settings.oidc_client_id, redirects, after_logout],
+        env=dict(os.environ) | {"TOKPAY_DEVIDP_CLIENT_SECRET": secret},
     )
     deadline = time.monotonic() + DEV_IDP_START_SECONDS
     while time.monotonic() < deadline and process.poll() is None:

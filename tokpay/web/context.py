@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from authlib.integrations.starlette_client import OAuth
 from fastapi import Depends, Request
@@ -21,7 +22,12 @@ from starlette.datastructures import FormData
 from tokpay.client.ledger import LedgerClient
 from tokpay.settings import Settings
 from tokpay.web.money import format_cents
+from tokpay.web.session import AddressRateLimit
 from tokpay.web.store import User, WebStore
+
+PROVIDER_TIMEOUT_SECONDS = 10.0
+"""How long the web app waits for the OpenID provider (discovery, keys, tokens)."""
+LOGIN_RATE_WINDOW_SECONDS = 60.0
 
 HERE = Path(__file__).parent
 # Pages load only this server's own scripts and styles (the vendored htmx and
@@ -36,6 +42,17 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+def security_headers(issuer: str) -> dict[str, str]:
+    """The page headers; forms may also lead to the issuer's origin, where logging out
+    sends the browser (a form's redirect counts for ``form-action``)."""
+    parts = urlsplit(issuer)
+    origin = f" {parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    return SECURITY_HEADERS | {
+        "Content-Security-Policy": csp.replace("form-action 'self'", f"form-action 'self'{origin}")
+    }
 
 
 class LoginRequired(Exception):
@@ -56,6 +73,11 @@ class WebContext:
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["format_cents"] = format_cents
         self.templates.env.globals["dev_login"] = settings.oidc_dev
+        self.security_headers = security_headers(settings.oidc_issuer)
+        self.signing_key = self.store.signing_key()
+        self.login_starts = AddressRateLimit(
+            settings.login_starts_per_minute, LOGIN_RATE_WINDOW_SECONDS
+        )
         self.oauth = OAuth()
         if settings.oidc_issuer:
             self.oauth.register(
@@ -64,8 +86,24 @@ class WebContext:
                 client_secret=settings.oidc_client_secret,
                 server_metadata_url=settings.oidc_issuer.rstrip("/")
                 + "/.well-known/openid-configuration",
-                client_kwargs={"scope": "openid email", "code_challenge_method": "S256"},
+                client_kwargs={
+                    "scope": "openid email",
+                    "code_challenge_method": "S256",
+                    "token_endpoint_auth_method": settings.oidc_token_auth_method,
+                    "timeout": PROVIDER_TIMEOUT_SECONDS,
+                },
             )
+
+    def oidc_client(self) -> Any:
+        """Authlib's client for the configured issuer, or None when there is none."""
+        return self.oauth.create_client("tokpay")
+
+    def forget_provider(self) -> None:
+        """Drop the cached discovery document and signing keys: the next login fetches
+        them again (after a key rotation, a moved issuer or an outage)."""
+        client = self.oidc_client()
+        if client is not None:
+            client.server_metadata.clear()
 
     def session_user(self, request: Request) -> User | None:
         user_id = request.session.get("user_id")
@@ -78,7 +116,7 @@ class WebContext:
         # Only signed-in pages carry forms; anonymous visits do not start a session.
         context["csrf_token"] = csrf_token(request) if context["user"] is not None else ""
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(self.security_headers)
         return response
 
 

@@ -3,13 +3,22 @@
 An ASGI middleware in the place of Starlette's ``SessionMiddleware`` (whose cookie
 holds the data, signed but readable): it fills ``scope["session"]`` from the
 store, writes it back when it changed, and issues a new id when asked to rotate
-(at login, so an id planted before login is worth nothing after it).
+(at login, so an id planted before login is worth nothing after it). A session
+ends after ``ttl_seconds`` at the latest, or ``idle_seconds`` after its last use.
+
+Also here: short-lived signed values for cookies that hold no session (the
+pre-login OIDC state), and the bounded per-address rate limit of login starts.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import KW_ONLY, dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -35,6 +44,7 @@ class ServerSessionMiddleware:
     store: WebStore
     _: KW_ONLY
     ttl_seconds: int
+    idle_seconds: int
     secure: bool
     """Mark the cookie Secure even when this process sees plain http (TLS in front)."""
     skip_prefixes: tuple[str, ...]
@@ -44,7 +54,7 @@ class ServerSessionMiddleware:
             await self.app(scope, receive, send)
             return
         old_id = _cookie(scope, COOKIE_NAME)
-        data = self.store.load_session(old_id) if old_id else None
+        data = self.store.load_session(old_id, self.idle_seconds) if old_id else None
         if data is None:
             old_id = None
             data = {}
@@ -73,13 +83,18 @@ class ServerSessionMiddleware:
             return _cookie_header("", 0, secure)
         if old_id is not None and not rotate:
             if changed:
-                self.store.save_session(old_id, data, self.ttl_seconds)
+                self.store.save_session(old_id, data, self.ttl_seconds, self.idle_seconds)
             return None
         if old_id is not None:
             self.store.delete_session(old_id)
         new_id = secrets.token_urlsafe(32)
-        self.store.save_session(new_id, data, self.ttl_seconds)
+        self.store.save_session(new_id, data, self.ttl_seconds, self.idle_seconds)
         return _cookie_header(new_id, self.ttl_seconds, secure)
+
+
+def cookie_value(scope: Scope, name: str) -> str | None:
+    """The value of cookie ``name`` in the request, if it sent one."""
+    return _cookie(scope, name)
 
 
 def _cookie(scope: Scope, name: str) -> str | None:
@@ -100,3 +115,59 @@ def _cookie_header(value: str, max_age: int, secure: bool) -> bytes:
     if secure:
         parts.append("Secure")
     return "; ".join(parts).encode("latin-1")
+
+
+def sign(key: bytes, purpose: str, value: dict[str, Any]) -> str:
+    """``value`` as a cookie-safe string that only holders of ``key`` can make, for
+    ``purpose`` only, stamped with the time it was made (readable, not secret)."""
+    body = _b64(json.dumps({"p": purpose, "t": int(time.time()), "v": value}).encode())
+    return f"{body}.{_b64(_mac(key, body))}"
+
+
+def unsign(key: bytes, purpose: str, signed: str, max_age_seconds: int) -> dict[str, Any] | None:
+    """The value ``sign`` made, or None if forged, for another purpose, or too old."""
+    body, _, mac = signed.partition(".")
+    try:
+        valid = hmac.compare_digest(base64.urlsafe_b64decode(mac + "=="), _mac(key, body))
+        payload = json.loads(base64.urlsafe_b64decode(body + "==")) if valid else None
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or payload.get("p") != purpose:
+        return None
+    age = time.time() - float(payload.get("t", 0))
+    value = payload.get("v")
+    if not 0 <= age <= max_age_seconds or not isinstance(value, dict):
+        return None
+    return value
+
+
+def _mac(key: bytes, body: str) -> bytes:
+    return hmac.new(key, body.encode(), hashlib.sha256).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class AddressRateLimit:
+    """At most ``limit`` events per client address in each ``window_seconds``, in this
+    process, remembering at most ``max_addresses`` addresses (the least recently seen
+    are forgotten first, so a flood of addresses cannot grow it)."""
+
+    def __init__(self, limit: int, window_seconds: float, max_addresses: int = 10_000) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.max_addresses = max_addresses
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def allow(self, address: str, now: float | None = None) -> bool:
+        """Count one event for ``address``; False when it is over its limit."""
+        now = time.monotonic() if now is None else now
+        started, count = self._seen.pop(address, (now, 0))
+        if now - started >= self.window_seconds:
+            started, count = now, 0
+        count += 1
+        self._seen[address] = (started, count)
+        while len(self._seen) > self.max_addresses:
+            self._seen.popitem(last=False)
+        return count <= self.limit

@@ -46,6 +46,7 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
         ServerSessionMiddleware,
         store=web.store,
         ttl_seconds=settings.session_ttl_seconds,
+        idle_seconds=settings.session_idle_seconds,
         secure=settings.secure_cookies,
         skip_prefixes=SKIP_SESSION,
     )
