@@ -21,6 +21,7 @@ from starlette.datastructures import FormData
 from tokpay.client.ledger import LedgerClient
 from tokpay.settings import Settings
 from tokpay.web.money import format_cents
+from tokpay.web.people import PeopleStore
 from tokpay.web.store import User, WebStore
 
 HERE = Path(__file__).parent
@@ -53,6 +54,7 @@ class WebContext:
         self.settings = settings
         self.ledger = ledger
         self.store = WebStore(settings.web_db_path())
+        self.people = PeopleStore(settings.web_db_path())
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["format_cents"] = format_cents
         self.templates.env.globals["dev_login"] = settings.oidc_dev
