@@ -121,20 +121,22 @@ def by_day(entries: list[Entry], zone: ZoneInfo, now: datetime) -> list[tuple[st
 
 
 async def _walk(
-    ledger: LedgerClient, user: User, before: int | None, limit: int
+    ledger: LedgerClient, user: User, before: int | None, limit: int, first: int = MAX_PAGE_SIZE
 ) -> AsyncIterator[list[tuple[Transfer, int]]]:
     """Ledger pages of the user's (transfer, effect), newest first, from ``before``;
-    ``limit`` items in all at most."""
+    ``limit`` items in all at most. Pages start at ``first`` items and double."""
     cursor = before
     left = limit
+    size = first
     while left > 0:
         try:
-            page = await ledger.history(user.account_id, min(MAX_PAGE_SIZE, left), cursor)
+            page = await ledger.history(user.account_id, min(size, MAX_PAGE_SIZE, left), cursor)
         except LedgerError as error:
             if error.code != ErrorCode.INVALID_CURSOR:
                 raise
             return
         left -= len(page.items)
+        size *= 2
         yield page.items
         cursor = page.next_cursor
         if cursor is None:
@@ -169,10 +171,11 @@ async def list_page(
     A cursor is a position in the account's history, so the cursor below the last
     item read is known without reading further.
     """
-    position = await _newest_position(ledger, user) if query.before is None else query.before
+    newest = await _newest_position(ledger, user)
+    position = newest if query.before is None else min(query.before, newest)
     matched: list[Entry] = []
     scanned = 0
-    async for items in _walk(ledger, user, position, MAX_SCANNED_PER_PAGE):
+    async for items in _walk(ledger, user, position, MAX_SCANNED_PER_PAGE, PAGE_SIZE):
         for entry in _entries(store, user, items):
             scanned += 1
             if entry.matches(query.kind, query.needle):
