@@ -182,7 +182,8 @@ def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
     payer, payee, payee_email = _funded_pair(server, "payer", "payee", "20.00")
     data = _payment_form(payer, payee_email, "7.00", note="twice?")
     review = payer.post("/pay/review", data=data)
-    assert review.status_code == 200 and "$7.00" in review.text
+    assert review.status_code == 303 and review.headers["location"] == "/pay/review"
+    assert "$7.00" in payer.get("/pay/review").text
     first = payer.post("/pay/confirm", data=data)
     second = payer.post("/pay/confirm", data=data)  # double click or refresh
     # Redirect after POST: Back or reload shows the "Paid" page, never a resubmission.

@@ -26,7 +26,7 @@ FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)"]
 def _pay(payer: httpx.Client, email: str, amount: str, note: str = "") -> str:
     """Pay through review and confirmation; the transfer id."""
     data = _payment_form(payer, email, amount, note=note)
-    assert "Confirm payment" in payer.post("/pay/review", data=data).text
+    assert "Confirm payment" in payer.post("/pay/review", data=data, follow_redirects=True).text
     done = payer.post("/pay/confirm", data=data)
     assert done.status_code == 303, done.text[:300]
     return data["transfer_id"]
@@ -159,17 +159,23 @@ def test_recent_recipients_new_recipient_notice_and_look_alike_warning(
     server: ServerProcess,
 ) -> None:
     payer, _, friend = _funded_pair(server, "contacts", "friend", "10.00")
-    first = payer.post("/pay/review", data=_payment_form(payer, friend, "1.00")).text
+    first = payer.post(
+        "/pay/review", data=_payment_form(payer, friend, "1.00"), follow_redirects=True
+    ).text
     assert "First payment to this person" in first and "Check this address" not in first
     _pay(payer, friend, "1.00")
     assert f'<option value="{friend}">' in payer.get("/pay").text
-    again = payer.post("/pay/review", data=_payment_form(payer, friend, "1.00")).text
+    again = payer.post(
+        "/pay/review", data=_payment_form(payer, friend, "1.00"), follow_redirects=True
+    ).text
     assert "First payment to this person" not in again
     # A look-alike of the friend (Cyrillic a, U+0430) with a wallet of its own.
     impostor = friend.replace("a", "\u0430", 1)
     assert impostor != friend
     _logged_in_as(server, impostor)
-    warned = payer.post("/pay/review", data=_payment_form(payer, impostor, "1.00")).text
+    warned = payer.post(
+        "/pay/review", data=_payment_form(payer, impostor, "1.00"), follow_redirects=True
+    ).text
     assert "Check this address" in warned and f"looks like {friend}" in warned
     assert "First payment to this person" in warned
 
@@ -189,7 +195,7 @@ def test_payment_request_paid_in_one_step_once(server: ServerProcess) -> None:
     unknown = requester.post(
         "/requests", data={"csrf_token": csrf_of(page), "email": new_email("x"), "amount": "1"}
     )
-    assert unknown.status_code == 400 and "Nobody has a TokPay wallet" in unknown.text
+    assert unknown.status_code == 200 and "Nobody has a TokPay wallet" in unknown.text
     bad = requester.post(
         "/requests", data={"csrf_token": csrf_of(page), "email": payer_email, "amount": "0"}
     )
@@ -249,7 +255,7 @@ def test_payment_request_declined_cancelled_and_bounded(server: ServerProcess) -
         assert ask("1.00").status_code == 303
     too_many = ask("1.00")
     assert (
-        too_many.status_code == 400
+        too_many.status_code == 200
         and f"You have {MAX_OPEN_REQUESTS} open requests" in too_many.text
     )
     mine = requester.get("/requests").text

@@ -22,8 +22,7 @@ router = APIRouter(include_in_schema=False)
 def _form_page(
     request: Request, web: WebContext, user: User, fields: dict[str, str], errors: dict[str, str]
 ) -> Response:
-    status = 400 if errors else 200
-    return web.render(request, "request_new.html", status, user=user, fields=fields, errors=errors)
+    return web.render(request, "request_new.html", user=user, fields=fields, errors=errors)
 
 
 @router.get("/requests/new", response_class=HTMLResponse)

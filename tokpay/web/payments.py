@@ -24,6 +24,8 @@ from tokpay.web.store import User
 router = APIRouter(include_in_schema=False)
 MAX_SUGGESTIONS = 10
 """Recent recipients offered by the email fields' autocomplete."""
+DRAFT_KEY = "pay_draft"
+"""The reviewed payment waiting for confirmation, in the server-side session."""
 
 
 async def _pay_context(
@@ -95,6 +97,33 @@ async def pay_review(request: Request, web: Web, user: SignedIn) -> Response:
             f"{format_cents(plan.total)}. Nothing was sent."
         )
         return web.render(request, "pay.html", **context)
+    # Redirect after POST: the confirmation is a GET page, so Back to it never re-posts.
+    request.session[DRAFT_KEY] = {
+        "emails": [row.email for row in plan.rows],
+        "amounts": [row.amount_text for row in plan.rows],
+        "note": plan.note,
+        "transfer_id": plan.transfer_id,
+    }
+    return RedirectResponse("/pay/review", status_code=303)
+
+
+@router.get("/pay/review", response_class=HTMLResponse)
+async def pay_review_page(request: Request, web: Web, user: SignedIn) -> Response:
+    draft = request.session.get(DRAFT_KEY)
+    if not isinstance(draft, dict):
+        return RedirectResponse("/pay", status_code=303)
+    plan = wallet.plan_payment(
+        web.store,
+        user,
+        [str(v) for v in draft.get("emails", [])][: wallet.MAX_RECIPIENTS],
+        [str(v) for v in draft.get("amounts", [])][: wallet.MAX_RECIPIENTS],
+        str(draft.get("note", "")),
+        str(draft.get("transfer_id", "")),
+        web.people.contacts(user.id),
+    )
+    context = await _pay_context(web, user, plan)
+    if not plan.ok:  # a recipient closed their wallet meanwhile, or the like
+        return web.render(request, "pay.html", **context)
     return web.render(request, "pay_confirm.html", **context)
 
 
@@ -110,6 +139,7 @@ async def pay_confirm(request: Request, web: Web, user: SignedIn) -> Response:
             )
         else:
             web.people.remember(user.id, [row.email for row in plan.rows])
+            request.session.pop(DRAFT_KEY, None)
             return RedirectResponse(f"/pay/done/{transfer.order.id}", status_code=303)
     if not plan.rows:
         plan.rows.append(wallet.PaymentRow("", ""))
