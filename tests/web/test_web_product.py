@@ -16,6 +16,7 @@ from tests.web.test_web_http import (
     _funded_pair,
     _logged_in,
     _payment_form,
+    _top_up,
 )
 from tokpay.web.people import MAX_OPEN_REQUESTS
 
@@ -263,3 +264,24 @@ def test_payment_request_declined_cancelled_and_bounded(server: ServerProcess) -
     requester.post(f"/requests/{first_open}/cancel", data={"csrf_token": token})
     assert ask("1.00").status_code == 303
     assert _balance(payer) == "$0.00"
+
+
+def test_times_follow_the_browsers_time_zone_cookie(server: ServerProcess) -> None:
+    client, _ = _logged_in(server, "clock")
+    _top_up(client, "1.00")
+
+    def shown(zone: str | None) -> tuple[str, int]:
+        if zone is None:
+            client.cookies.delete("tz")
+        else:
+            client.cookies.set("tz", zone)
+        page = client.get("/transactions", headers=HTMX).text
+        note = re.findall(r'id="tz-note" data-tz="([^"]+)"', page)[0]
+        hour = int(re.findall(r"Added · (\d\d):\d\d", page)[0])
+        return note, hour
+
+    utc_zone, utc_hour = shown(None)
+    tokyo_zone, tokyo_hour = shown("Asia%2FTokyo")  # as app.js writes it
+    assert (utc_zone, tokyo_zone) == ("UTC", "Asia/Tokyo")
+    assert tokyo_hour == (utc_hour + 9) % 24
+    assert shown("..%2F..%2Fetc%2Fpasswd")[0] == "UTC"

@@ -13,7 +13,8 @@ import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -38,6 +39,11 @@ _PLAIN_NUMBER = re.compile(r"-?\d{1,15}\.\d{2}")
 router = APIRouter(include_in_schema=False)
 
 
+def _zone(request: Request) -> ZoneInfo:
+    """The browser's time zone, which app.js keeps in a cookie (URL-encoded)."""
+    return history.zone_named(unquote(request.cookies.get(TIME_ZONE_COOKIE, ""))[:64])
+
+
 def _query(request: Request) -> history.ListQuery:
     params = request.query_params
     return history.ListQuery.parse(
@@ -60,7 +66,7 @@ async def _list_context(
     request: Request, web: WebContext, user: User, query: history.ListQuery
 ) -> dict[str, Any]:
     page = await history.list_page(web.ledger(), web.store, user, query)
-    zone = history.zone_named(request.cookies.get(TIME_ZONE_COOKIE, ""))
+    zone = _zone(request)
     older = page.older
 
     def link(path: str, before: int | None) -> str:
@@ -120,7 +126,7 @@ async def transactions(request: Request, web: Web, user: SignedIn) -> Response:
 async def transactions_csv(request: Request, web: Web, user: SignedIn) -> Response:
     check_account(user, request.query_params.get("account"))
     query = _query(request)
-    zone = history.zone_named(request.cookies.get(TIME_ZONE_COOKIE, ""))
+    zone = _zone(request)
     entries = await history.export_entries(web.ledger(), web.store, user, query)
     out = io.StringIO()
     writer = csv.writer(out, quoting=csv.QUOTE_ALL)
@@ -168,7 +174,7 @@ async def receipt_page(request: Request, web: Web, user: SignedIn, transfer_id: 
             title="Not found",
             message="There is no transaction with this reference in your wallet.",
         )
-    zone = history.zone_named(request.cookies.get(TIME_ZONE_COOKIE, ""))
+    zone = _zone(request)
     return web.render(
         request, "receipt.html", user=user, receipt=found, zone=zone, zone_name=str(zone.key)
     )

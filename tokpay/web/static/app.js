@@ -24,10 +24,7 @@
     const note = document.getElementById("tz-note");
     if (note && note.dataset.tz !== zone && typeof htmx !== "undefined") {
       // Rendered before the server knew the zone: fetch the list again, in it.
-      htmx.ajax("GET", "/transactions" + location.search, { target: "#tx-results", swap: "innerHTML" }).then(() => {
-        note.dataset.tz = zone;
-        note.textContent = "Times are in " + zone.replace(/_/g, " ") + " (your browser's time zone).";
-      });
+      htmx.ajax("GET", "/transactions" + location.search, { target: "#tx-results", swap: "innerHTML" });
     }
   }
 
@@ -58,7 +55,7 @@
         animation: false,
         parsing: { xAxisKey: "x", yAxisKey: "y" },
         scales: {
-          x: { type: "time", ticks: { maxTicksLimit: 6 }, time: { minUnit: "second", tooltipFormat: "d MMM yyyy HH:mm:ss" } },
+          x: { type: "time", ticks: { maxTicksLimit: 6 }, time: { minUnit: "second", tooltipFormat: "d MMM yyyy HH:mm:ss", displayFormats: { second: "HH:mm:ss", minute: "HH:mm", hour: "d MMM HH:mm", day: "d MMM", month: "MMM yyyy" } } },
           y: { beginAtZero: true, ticks: { callback: (v) => money(v) } },
         },
         plugins: { legend: { display: false }, tooltip: { callbacks: { label: (c) => money(c.parsed.y) } } },
