@@ -126,8 +126,8 @@ def people(browser: Any, server: ServerProcess) -> Iterator[Any]:
         one.close()
 
 
-def _at(people: Any, width: str, name: str) -> Person:
-    options: dict[str, Any] = {"viewport": WIDTHS[width], "timezone_id": "Europe/Paris"}
+def _at(people: Any, width: str, name: str, **extra: Any) -> Person:
+    options: dict[str, Any] = {"viewport": WIDTHS[width], "timezone_id": "Europe/Paris", **extra}
     if width == "phone":
         options.update(is_mobile=True, has_touch=True, timezone_id="America/New_York")
     return people(f"{name}-{width}", **options)
@@ -226,6 +226,28 @@ def test_pay_two_people_then_receipt(people: Any, server: ServerProcess, width: 
     assert bob.balance() == "$12.34"
     assert "+$12.34" in bob.page.inner_text("#tx-results")
     assert alice.email in bob.page.inner_text("#tx-results")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_look_alike_recipient_is_flagged(people: Any, server: ServerProcess, width: str) -> None:
+    friend, payer = _at(people, width, "friend"), _at(people, width, "wary")
+    payer.top_up("5.00")
+    payer.fill_payment([(friend.email, "1.00")])
+    payer.page.get_by_role("button", name="Review payment").click()
+    payer.page.get_by_role("button", name="Pay $1.00").click()
+    payer.page.wait_for_selector("text=You paid $1.00 to 1 person.")
+    # Same letters to the eye: Cyrillic small ie (U+0435) in place of the Latin "e".
+    impostor = _at(people, width, "impostor", email=friend.email.replace("example", "\u0435xample"))
+    payer.fill_payment([(impostor.email, "1.00")])
+    # The friend is offered by the email field's autocomplete (recent recipients).
+    expect(payer.page.locator(f'#recent-recipients option[value="{friend.email}"]')).to_have_count(
+        1
+    )
+    payer.page.get_by_role("button", name="Review payment").click()
+    warning = payer.page.get_by_role("alert")
+    expect(warning).to_contain_text("Check this address")
+    expect(warning).to_contain_text(f"looks like {friend.email}")
+    payer.check(shot="confirm-lookalike" if width == "desktop" else "")
 
 
 @pytest.mark.parametrize("width", WIDTHS)

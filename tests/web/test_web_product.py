@@ -178,6 +178,7 @@ def test_recent_recipients_new_recipient_notice_and_look_alike_warning(
         "/pay/review", data=_payment_form(payer, impostor, "1.00"), follow_redirects=True
     ).text
     assert "Check this address" in warned and f"looks like {friend}" in warned
+    assert "Cyrillic small letter a" in warned
     assert "First payment to this person" in warned
 
 

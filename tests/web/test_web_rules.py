@@ -14,6 +14,7 @@ from tokpay.web import history
 from tokpay.web.dashboard import spreadsheet_safe
 from tokpay.web.people import MAX_CONTACTS, PeopleStore, looks_like, skeleton
 from tokpay.web.store import User, WebStore
+from tokpay.web.wallet import normalise_email
 
 
 def test_spreadsheet_safe_quotes_every_formula_start() -> None:
@@ -102,3 +103,10 @@ def test_day_headings() -> None:
     assert history.by_day([entry], history.zone_named("UTC"), now)[0][0] == "Yesterday"
     assert history.zone_named("../../etc/passwd").key == "UTC"
     assert history.zone_named("Not/AZone").key == "UTC"
+
+
+def test_international_domains_are_compared_in_unicode() -> None:
+    # A browser's email field sends the punycode spelling of what was typed.
+    assert normalise_email(" Bob@XN--XAMPLE-2OF.com ") == "bob@\u0435xample.com"
+    assert normalise_email("bob@xn--broken-.com") == "bob@xn--broken-.com"
+    assert normalise_email("Bob@Example.com") == "bob@example.com"

@@ -19,6 +19,7 @@ from tokpay.ledger.errors import LedgerError
 from tokpay.web import history, wallet
 from tokpay.web.context import SignedIn, Web, WebContext, check_account, check_csrf
 from tokpay.web.money import MAX_PAYMENT_CENTS, format_cents
+from tokpay.web.people import unusual_letters
 from tokpay.web.store import User
 
 router = APIRouter(include_in_schema=False)
@@ -39,6 +40,7 @@ async def _pay_context(
         "max_payment": MAX_PAYMENT_CENTS,
         "max_recipients": wallet.MAX_RECIPIENTS,
         "suggestions": web.people.contacts(user.id)[:MAX_SUGGESTIONS],
+        "unusual_letters": unusual_letters,
     }
 
 

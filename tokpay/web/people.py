@@ -103,6 +103,12 @@ def looks_like(email: str, known: list[str]) -> str | None:
     return None
 
 
+def unusual_letters(text: str) -> list[str]:
+    """Each distinct non-ASCII character of ``text`` with its Unicode name, for warnings."""
+    seen = dict.fromkeys(char for char in text if not char.isascii())
+    return [f"{char}: {unicodedata.name(char, 'unnamed character').capitalize()}" for char in seen]
+
+
 class PeopleStore:
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -41,7 +41,16 @@ class WalletError(Exception):
 
 
 def normalise_email(text: str) -> str:
-    return text.strip().lower()
+    """Lower case, with an international domain in its Unicode spelling: browsers send a
+    typed domain with a Cyrillic ie as ``xn--xample-2of.com``, the provider as typed."""
+    email = text.strip().lower()
+    local, at, domain = email.rpartition("@")
+    if at and "xn--" in domain and domain.isascii():
+        try:
+            return f"{local}@{domain.encode('ascii').decode('idna')}"
+        except UnicodeError:
+            return email
+    return email
 
 
 def is_email(text: str) -> bool:
