@@ -4,8 +4,11 @@ bounded recent recipients, and a transaction list that reads the ledger page by 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tokpay.ledger.model import AccountSpec, HistoryPage
 from tokpay.ledger.routing import topup_order
@@ -15,6 +18,8 @@ from tokpay.web.dashboard import spreadsheet_safe
 from tokpay.web.people import MAX_CONTACTS, PeopleStore, looks_like, skeleton
 from tokpay.web.store import User, WebStore
 from tokpay.web.wallet import normalise_email
+
+T = TypeVar("T")
 
 
 def test_spreadsheet_safe_quotes_every_formula_start() -> None:
@@ -47,6 +52,12 @@ def test_recent_recipients_are_bounded_and_newest_first(tmp_path: Path) -> None:
     assert people.contacts("u_2") == []
 
 
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on a loop of its own thread (Playwright's sync API may hold this one's)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
 class CountingLedger:
     """The ledger client's ``history`` over a real single-shard ledger, counting reads."""
 
@@ -71,19 +82,19 @@ def test_the_list_reads_one_page_not_the_whole_history(tmp_path: Path) -> None:
     counting = CountingLedger(ledger)
     store = WebStore(tmp_path / "web.sqlite3")
 
-    page = asyncio.run(history.list_page(counting, store, user, history.ListQuery()))  # type: ignore[arg-type]
+    page = _run(history.list_page(counting, store, user, history.ListQuery()))  # type: ignore[arg-type]
     assert [e.effect for e in page.entries] == list(range(3_000, 2_990, -1))
     assert page.older == 2_990
     assert counting.items_read == 1 + history.PAGE_SIZE, counting.items_read
 
     counting.items_read = 0
     older = history.ListQuery.parse("topup", "", str(page.older))
-    second = asyncio.run(history.list_page(counting, store, user, older))  # type: ignore[arg-type]
+    second = _run(history.list_page(counting, store, user, older))  # type: ignore[arg-type]
     assert [e.effect for e in second.entries] == list(range(2_990, 2_980, -1))
     # A search that matches nothing stops at its bound and offers to look further back.
     counting.items_read = 0
     nothing = history.ListQuery.parse("all", "no such note", "")
-    missed = asyncio.run(history.list_page(counting, store, user, nothing))  # type: ignore[arg-type]
+    missed = _run(history.list_page(counting, store, user, nothing))  # type: ignore[arg-type]
     assert missed.entries == [] and missed.older == 3_000 - history.MAX_SCANNED_PER_PAGE
     assert counting.items_read <= history.MAX_SCANNED_PER_PAGE + 1
 
@@ -110,3 +121,33 @@ def test_international_domains_are_compared_in_unicode() -> None:
     assert normalise_email(" Bob@XN--XAMPLE-2OF.com ") == "bob@\u0435xample.com"
     assert normalise_email("bob@xn--broken-.com") == "bob@xn--broken-.com"
     assert normalise_email("Bob@Example.com") == "bob@example.com"
+
+
+def test_an_unexpected_error_is_a_page_on_the_web_and_json_on_the_api(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.testclient import TestClient
+
+    from tokpay.settings import Settings
+    from tokpay.web.context import WebContext
+    from tokpay.web.errors import install_error_pages
+
+    app = FastAPI()
+
+    @app.exception_handler(Exception)
+    async def api_error(request: Any, error: Exception) -> JSONResponse:
+        return JSONResponse({"code": "internal_error"}, status_code=500)
+
+    web = WebContext(Settings(data_dir=tmp_path), lambda: None)  # type: ignore[arg-type,return-value]
+    install_error_pages(app, web, ("/v1",))
+
+    @app.get("/broken")
+    @app.get("/v1/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    page = client.get("/broken")
+    assert page.status_code == 500 and "Something went wrong" in page.text
+    assert "RuntimeError" not in page.text and "a bug" not in page.text
+    assert client.get("/v1/broken").json() == {"code": "internal_error"}
