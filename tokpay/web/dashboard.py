@@ -162,17 +162,10 @@ def spreadsheet_safe(cell: str) -> str:
 async def receipt_page(request: Request, web: Web, user: SignedIn, transfer_id: str) -> Response:
     ledger = web.ledger()
     balance = await wallet.balance_of(ledger, user)
-    found = None
-    if len(transfer_id) <= 128 and transfer_id.isprintable():
-        found = await history.receipt(ledger, web.store, user, transfer_id, balance)
+    found = await history.receipt(ledger, web.store, user, transfer_id, balance)
     if found is None:
-        return web.render(
-            request,
-            "error.html",
-            404,
-            user=user,
-            title="Not found",
-            message="There is no transaction with this reference in your wallet.",
+        return not_found(
+            request, web, user, "There is no transaction with this reference in your wallet."
         )
     zone = _zone(request)
     return web.render(
@@ -230,6 +223,10 @@ async def topup(request: Request, web: Web, user: SignedIn) -> Response:
     if message:
         response.headers["HX-Trigger"] = "ledger-changed"
     return response
+
+
+def not_found(request: Request, web: WebContext, user: User, message: str) -> Response:
+    return web.render(request, "error.html", 404, user=user, title="Not found", message=message)
 
 
 def _decimal(cents: int) -> str:

@@ -32,6 +32,7 @@ MAX_RECEIPT_SCAN = 2_000
 """Transfers walked back to find a receipt's balance after; older receipts omit it."""
 FILTERS = {"all": "All", "sent": "Sent", "received": "Received", "topup": "Top-ups"}
 MAX_QUERY_CHARS = 100
+MAX_TRANSFER_ID_CHARS = 128
 MAX_CURSOR_DIGITS = 12
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -234,6 +235,8 @@ async def receipt(
     ledger: LedgerClient, store: WebStore, user: User, transfer_id: str, balance: int
 ) -> Receipt | None:
     """The transfer ``transfer_id`` if the user took part in it, else None (not found)."""
+    if len(transfer_id) > MAX_TRANSFER_ID_CHARS or not transfer_id.isprintable():
+        return None
     transfer = await ledger.transfer(transfer_id)
     if transfer is None or user.account_id not in transfer.order.accounts():
         return None

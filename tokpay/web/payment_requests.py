@@ -133,21 +133,22 @@ async def pay_request(request: Request, web: Web, user: SignedIn, request_id: st
 
 @router.post("/requests/{request_id}/decline", response_class=HTMLResponse)
 async def decline_request(request: Request, web: Web, user: SignedIn, request_id: str) -> Response:
-    check_csrf(request, await request.form())
-    try:
-        asked = _request_for(web, request_id, "payer", user)
-    except RequestNotFound:
-        return _gone(request, web, user, "There is no request with this reference for you.")
-    web.people.settle(asked.id, "declined")
-    return RedirectResponse("/requests", status_code=303)
+    return await _close(request, web, user, request_id, "payer", "declined")
 
 
 @router.post("/requests/{request_id}/cancel", response_class=HTMLResponse)
 async def cancel_request(request: Request, web: Web, user: SignedIn, request_id: str) -> Response:
+    return await _close(request, web, user, request_id, "requester", "cancelled")
+
+
+async def _close(
+    request: Request, web: WebContext, user: User, request_id: str, role: str, status: str
+) -> Response:
+    """Decline (the payer) or cancel (the requester) an open request."""
     check_csrf(request, await request.form())
     try:
-        asked = _request_for(web, request_id, "requester", user)
+        asked = _request_for(web, request_id, role, user)
     except RequestNotFound:
-        return _gone(request, web, user, "You sent no request with this reference.")
-    web.people.settle(asked.id, "cancelled")
+        return _gone(request, web, user, "There is no request with this reference for you.")
+    web.people.settle(asked.id, status)
     return RedirectResponse("/requests", status_code=303)

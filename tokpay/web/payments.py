@@ -18,6 +18,7 @@ from starlette.datastructures import FormData
 from tokpay.ledger.errors import LedgerError
 from tokpay.web import history, wallet
 from tokpay.web.context import SignedIn, Web, WebContext, check_account, check_csrf
+from tokpay.web.dashboard import not_found
 from tokpay.web.money import MAX_PAYMENT_CENTS, format_cents
 from tokpay.web.people import unusual_letters
 from tokpay.web.store import User
@@ -152,16 +153,9 @@ async def pay_confirm(request: Request, web: Web, user: SignedIn) -> Response:
 async def pay_done(request: Request, web: Web, user: SignedIn, transfer_id: str) -> Response:
     ledger = web.ledger()
     balance = await wallet.balance_of(ledger, user)
-    found = None
-    if len(transfer_id) <= 128 and transfer_id.isprintable():
-        found = await history.receipt(ledger, web.store, user, transfer_id, balance)
+    found = await history.receipt(ledger, web.store, user, transfer_id, balance)
     if found is None or found.entry.kind != "sent":
-        return web.render(
-            request,
-            "error.html",
-            404,
-            user=user,
-            title="Not found",
-            message="There is no payment with this reference from your wallet.",
+        return not_found(
+            request, web, user, "There is no payment with this reference from your wallet."
         )
     return web.render(request, "pay_done.html", user=user, receipt=found, balance=balance)
