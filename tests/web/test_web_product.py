@@ -135,6 +135,7 @@ def test_error_pages_speak_plainly_and_the_api_keeps_json(server: ServerProcess)
     )
     wrong = client.post("/dashboard", data={})
     assert wrong.status_code == 405 and "cannot be used that way" in wrong.text
+    assert wrong.headers["allow"] == "GET"
     api = httpx.get(f"{server.url}/v1/no-such-thing", timeout=30)
     assert api.status_code == 404 and api.json()["code"] == "not_found"
 

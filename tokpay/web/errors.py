@@ -54,7 +54,9 @@ def install_error_pages(api: FastAPI, web: WebContext, api_prefixes: tuple[str, 
         if is_page(request) or http_before is None:
             title, message = _PAGES.get(status, _REFUSED)
             user = web.session_user(request) if "session" in request.scope else None
-            return _page(request, web, status, title, message, user)
+            page = _page(request, web, status, title, message, user)
+            page.headers.update(getattr(error, "headers", None) or {})  # e.g. 405's Allow
+            return page
         return await _delegate(http_before, request, error)
 
     async def unexpected_error(request: Request, error: Exception) -> Response:
