@@ -183,11 +183,16 @@ def test_a_repeated_confirmation_pays_once(server: ServerProcess) -> None:
     payer, payee, payee_email = _funded_pair(server, "payer", "payee", "20.00")
     data = _payment_form(payer, payee_email, "7.00", note="twice?")
     review = payer.post("/pay/review", data=data)
-    assert review.status_code == 200 and "$7.00" in review.text
+    assert review.status_code == 303 and review.headers["location"] == "/pay/review"
+    assert "$7.00" in payer.get("/pay/review").text
     first = payer.post("/pay/confirm", data=data)
     second = payer.post("/pay/confirm", data=data)  # double click or refresh
-    assert first.status_code == second.status_code == 200
-    assert "You paid $7.00" in second.text
+    # Redirect after POST: Back or reload shows the "Paid" page, never a resubmission.
+    assert first.status_code == second.status_code == 303
+    assert first.headers["location"] == second.headers["location"]
+    paid = payer.get(first.headers["location"])
+    assert "You paid $7.00" in paid.text
+    assert f'href="/transactions/{data["transfer_id"]}"' in paid.text
     assert _balance(payer) == "$13.00"
     assert _balance(payee) == "$7.00"
     csv = payee.get("/transactions.csv")
@@ -205,16 +210,29 @@ def test_ledger_refusal_on_confirm_moves_nothing(server: ServerProcess) -> None:
     assert _balance(payee) == "$0.00"
 
 
-def test_transactions_page_and_filter(server: ServerProcess) -> None:
+def test_transactions_page_by_ledger_cursor_and_filter(server: ServerProcess) -> None:
     client, _ = _logged_in(server, "pages")
     for cents in range(1, 13):
         _top_up(client, f"0.{cents:02d}")
-    first = client.get("/transactions?filter=topup&page=1")
-    assert "Page 1 of 2 (12 transactions)" in first.text
-    assert "$0.12" in first.text and "$0.01</td>" not in first.text
-    second = client.get("/transactions?filter=topup&page=2")
-    assert "$0.01</td>" in second.text
-    assert "No transactions match." in client.get("/transactions?filter=sent").text
+    htmx = {"HX-Request": "true"}
+    first = client.get("/transactions?filter=topup", headers=htmx)
+    assert first.text.count('class="tx tx-topup"') == 10
+    assert "+$0.12" in first.text and "+$0.02<" not in first.text
+    # The older page is a real link (state in the URL) holding the ledger cursor.
+    assert 'href="/dashboard?filter=topup&amp;before=2"' in first.text
+    second = client.get("/transactions?filter=topup&before=2", headers=htmx)
+    assert second.text.count('class="tx tx-topup"') == 2
+    assert "+$0.02<" in second.text and "+$0.01<" in second.text
+    assert "before=" not in second.text.split("Newest")[1]
+    # Without JavaScript the same state opens the whole dashboard.
+    page = client.get("/transactions?filter=topup&before=2")
+    assert page.status_code == 303
+    assert page.headers["location"] == "/dashboard?filter=topup&before=2"
+    dashboard = client.get(page.headers["location"]).text
+    assert "+$0.01<" in dashboard and "+$0.12<" not in dashboard
+    assert "No transactions match." in client.get("/transactions?filter=sent", headers=htmx).text
+    for junk in ("?before=%C2%B2", "?before=-1", "?before=99999999", "?page=%C2%B2&filter=x"):
+        assert client.get("/dashboard" + junk).status_code == 200, junk
 
 
 def test_login_returns_to_the_page_asked_for_and_only_to_this_site(server: ServerProcess) -> None:

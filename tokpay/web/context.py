@@ -22,6 +22,7 @@ from starlette.datastructures import FormData
 from tokpay.client.ledger import LedgerClient
 from tokpay.settings import Settings
 from tokpay.web.money import format_cents
+from tokpay.web.people import PeopleStore
 from tokpay.web.session import AddressRateLimit
 from tokpay.web.store import User, WebStore
 
@@ -70,6 +71,7 @@ class WebContext:
         self.settings = settings
         self.ledger = ledger
         self.store = WebStore(settings.web_db_path())
+        self.people = PeopleStore(settings.web_db_path())
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals["format_cents"] = format_cents
         self.templates.env.globals["dev_login"] = settings.oidc_dev

@@ -1,42 +1,108 @@
-"""The signed-in user's wallet pages: dashboard, transaction table and export, chart, top up.
+"""The signed-in user's wallet pages: dashboard, transaction list, receipts, export, chart, top up.
 
 Every page acts on the account of the user in the session; a query or form naming
-any other account is refused (``check_account``).
+any other account is refused (``check_account``). The list's state (filter, search,
+cursor) lives in the URL, so its links work with and without JavaScript.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from tokpay.web import wallet
-from tokpay.web.context import SignedIn, Web, check_account, check_csrf, is_htmx
+from tokpay.web import history, wallet
+from tokpay.web.context import (
+    SECURITY_HEADERS,
+    SignedIn,
+    Web,
+    WebContext,
+    check_account,
+    check_csrf,
+    is_htmx,
+)
 from tokpay.web.money import MAX_TOPUP_CENTS, format_cents
+from tokpay.web.store import User
 
-PAGE_SIZE = 10
-FILTERS = {"all": "All", "sent": "Sent", "received": "Received", "topup": "Top-ups"}
+TIME_ZONE_COOKIE = "tz"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"-?\d{1,15}\.\d{2}")
 
 router = APIRouter(include_in_schema=False)
+
+
+def _zone(request: Request) -> ZoneInfo:
+    """The browser's time zone, which app.js keeps in a cookie (URL-encoded)."""
+    return history.zone_named(unquote(request.cookies.get(TIME_ZONE_COOKIE, ""))[:64])
+
+
+def _query(request: Request) -> history.ListQuery:
+    params = request.query_params
+    return history.ListQuery.parse(
+        params.get("filter", "all"), params.get("q", ""), params.get("before", "")
+    )
+
+
+def _list_url(path: str, query: history.ListQuery, before: int | None) -> str:
+    params: dict[str, str | int] = {}
+    if query.kind != "all":
+        params["filter"] = query.kind
+    if query.text:
+        params["q"] = query.text
+    if before is not None:
+        params["before"] = before
+    return path + ("?" + urlencode(params) if params else "")
+
+
+async def _list_context(
+    request: Request, web: WebContext, user: User, query: history.ListQuery
+) -> dict[str, Any]:
+    page = await history.list_page(web.ledger(), web.store, user, query)
+    zone = _zone(request)
+    older = page.older
+
+    def link(path: str, before: int | None) -> str:
+        return _list_url(path, query, before)
+
+    return {
+        "groups": history.by_day(page.entries, zone, datetime.now(UTC)),
+        "zone": zone,
+        "zone_name": str(zone.key),
+        "filter": query.kind,
+        "filters": history.FILTERS,
+        "q": query.text,
+        "paged": query.before is not None,
+        "older_url": None if older is None else link("/dashboard", older),
+        "older_fragment": None if older is None else link("/transactions", older),
+        "newest_url": link("/dashboard", None),
+        "csv_url": link("/transactions.csv", None),
+        "filtered": query.kind != "all" or bool(query.text),
+    }
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard(request: Request, web: Web, user: SignedIn) -> Response:
     ledger = web.ledger()
-    entries = await wallet.entries(ledger, web.store, user)
+    balance = await wallet.balance_of(ledger, user)
+    listing = await _list_context(request, web, user, _query(request))
     return web.render(
         request,
         "dashboard.html",
         user=user,
-        balance=await wallet.balance_of(ledger, user),
+        balance=balance,
+        has_any=bool(listing["groups"]) or listing["filtered"] or listing["paged"],
+        asked_of_me=web.people.asked_of(user.email),
         topup_id=f"top_{secrets.token_hex(12)}",
         max_topup=MAX_TOPUP_CENTS,
-        **_table(entries, "all", "", 1),
+        **listing,
     )
 
 
@@ -48,56 +114,77 @@ async def account_page(user: SignedIn, account_id: str) -> Response:
 
 @router.get("/transactions", response_class=HTMLResponse)
 async def transactions(request: Request, web: Web, user: SignedIn) -> Response:
-    query = request.query_params
-    check_account(user, query.get("account"))
-    entries = await wallet.entries(web.ledger(), web.store, user)
-    raw_page = query.get("page", "")
-    page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() and len(raw_page) <= 6 else 1
-    table = _table(entries, query.get("filter", "all"), query.get("q", ""), page)
-    return web.render(request, "_tx_results.html", user=user, **table)
+    check_account(user, request.query_params.get("account"))
+    query = _query(request)
+    if not is_htmx(request):
+        return RedirectResponse(_list_url("/dashboard", query, query.before), status_code=303)
+    listing = await _list_context(request, web, user, query)
+    return web.render(request, "_tx_results.html", user=user, **listing)
 
 
 @router.get("/transactions.csv")
 async def transactions_csv(request: Request, web: Web, user: SignedIn) -> Response:
     check_account(user, request.query_params.get("account"))
-    entries = await wallet.entries(web.ledger(), web.store, user)
+    query = _query(request)
+    zone = _zone(request)
+    entries = await history.export_entries(web.ledger(), web.store, user, query)
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["date", "type", "counterparty", "amount", "balance_after", "note", "id"])
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
+    writer.writerow(["date", "type", "counterparty", "amount", "note", "id"])
     for entry in entries:
-        writer.writerow(
-            [
-                entry.created_at.isoformat(),
-                entry.kind,
-                "; ".join(entry.counterparties),
-                _decimal(entry.effect),
-                _decimal(entry.balance_after),
-                entry.memo,
-                entry.transfer_id,
-            ]
-        )
+        cells = [
+            entry.created_at.astimezone(zone).isoformat(),
+            entry.kind,
+            "; ".join(entry.counterparties),
+            _decimal(entry.effect),
+            entry.memo,
+            entry.transfer_id,
+        ]
+        writer.writerow([spreadsheet_safe(cell) for cell in cells])
+    name = "tokpay-transactions" + ("" if query.kind == "all" else f"-{query.kind}") + ".csv"
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="tokpay-transactions.csv"'},
+        headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text, never runs as a formula (OWASP CSV injection):
+    one starting with ``= + - @``, tab or carriage return gets a leading ``'``. Amounts
+    we formatted ourselves (``-12.50``) stay numbers."""
+    if cell.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+@router.get("/transactions/{transfer_id}", response_class=HTMLResponse)
+async def receipt_page(request: Request, web: Web, user: SignedIn, transfer_id: str) -> Response:
+    ledger = web.ledger()
+    balance = await wallet.balance_of(ledger, user)
+    found = await history.receipt(ledger, web.store, user, transfer_id, balance)
+    if found is None:
+        return not_found(
+            request, web, user, "There is no transaction with this reference in your wallet."
+        )
+    zone = _zone(request)
+    return web.render(
+        request, "receipt.html", user=user, receipt=found, zone=zone, zone_name=str(zone.key)
     )
 
 
 @router.get("/chart.json")
 async def chart_data(web: Web, user: SignedIn) -> Response:
-    entries = await wallet.entries(web.ledger(), web.store, user)
-    points = [
-        {"t": e.created_at.isoformat(), "balance": e.balance_after} for e in reversed(entries)
-    ]
-    if entries:
-        # Start the line at the balance before the first transfer shown.
-        first = entries[-1]
-        points.insert(
-            0,
-            {"t": first.created_at.isoformat(), "balance": first.balance_after - first.effect},
-        )
-        points.append({"t": datetime.now(UTC).isoformat(), "balance": entries[0].balance_after})
-    return JSONResponse({"currency": wallet.CURRENCY, "points": points})
+    ledger = web.ledger()
+    balance = await wallet.balance_of(ledger, user)
+    points = await history.chart_points(ledger, user, balance)
+    return JSONResponse(
+        {
+            "currency": wallet.CURRENCY,
+            "points": [{"t": t.isoformat(), "balance": cents} for t, cents in points],
+        },
+        headers=SECURITY_HEADERS,
+    )
 
 
 @router.post("/topup", response_class=HTMLResponse)
@@ -118,50 +205,31 @@ async def topup(request: Request, web: Web, user: SignedIn) -> Response:
         error = str(refusal)
     if not is_htmx(request):
         if error:
-            return web.render(request, "error.html", message=error, user=user)
+            return web.render(request, "error.html", 400, message=error, user=user)
         return RedirectResponse("/dashboard", status_code=303)
-    entries = await wallet.entries(ledger, web.store, user)
     response = web.render(
         request,
         "_topup_result.html",
         user=user,
         balance=await wallet.balance_of(ledger, user),
+        has_any=True,
         topup_id=transfer_id,
         amount_text=amount_text,
         topup_error=error,
         topup_message=message,
         max_topup=MAX_TOPUP_CENTS,
-        **_table(entries, "all", "", 1),
+        **await _list_context(request, web, user, history.ListQuery()),
     )
     if message:
         response.headers["HX-Trigger"] = "ledger-changed"
     return response
 
 
+def not_found(request: Request, web: WebContext, user: User, message: str) -> Response:
+    return web.render(request, "error.html", 404, user=user, title="Not found", message=message)
+
+
 def _decimal(cents: int) -> str:
     sign = "-" if cents < 0 else ""
     whole, rest = divmod(abs(cents), 100)
     return f"{sign}{whole}.{rest:02d}"
-
-
-def _table(entries: list[wallet.Entry], kind: str, query: str, page: int) -> dict[str, Any]:
-    kind = kind if kind in FILTERS else "all"
-    needle = query.strip().lower()
-    rows = [
-        e
-        for e in entries
-        if (kind == "all" or e.kind == kind)
-        and (not needle or any(needle in p.lower() for p in e.counterparties))
-    ]
-    pages = max(1, -(-len(rows) // PAGE_SIZE))
-    page = min(max(1, page), pages)
-    return {
-        "rows": rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
-        "has_any": bool(entries),
-        "filter": kind,
-        "filters": FILTERS,
-        "q": query,
-        "page": page,
-        "pages": pages,
-        "matches": len(rows),
-    }

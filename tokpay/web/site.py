@@ -17,8 +17,9 @@ from fastapi.staticfiles import StaticFiles
 
 from tokpay.client.ledger import LedgerClient
 from tokpay.settings import Settings
-from tokpay.web import auth, dashboard, payments
+from tokpay.web import auth, dashboard, payment_requests, payments
 from tokpay.web.context import HERE, Forbidden, LoginRequired, WebContext, is_htmx
+from tokpay.web.errors import install_error_pages, page_to_return_to
 from tokpay.web.session import ServerSessionMiddleware
 from tokpay.web.shield import AnonymousLimit, BodyLimitAndHeaders
 
@@ -31,7 +32,7 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
     web = WebContext(settings, ledger)
     api.state.web = web
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for pages in (auth.router, dashboard.router, payments.router):
+    for pages in (auth.router, dashboard.router, payments.router, payment_requests.router):
         api.include_router(pages)
 
     def too_many(request: Request, retry_after: int) -> Response:
@@ -42,6 +43,7 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
 
     # Added innermost first: the limiter runs inside the session, the body bound before it.
     api.add_middleware(AnonymousLimit, refuse=too_many, skip_prefixes=SKIP_SESSION)
+    install_error_pages(api, web, SKIP_SESSION)
     api.add_middleware(
         ServerSessionMiddleware,
         store=web.store,
@@ -56,9 +58,10 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
 
     @api.exception_handler(LoginRequired)
     async def login_required(request: Request, _: LoginRequired) -> Response:
-        target = "/login?" + urlencode({"next": request.url.path})
         if is_htmx(request):
-            return Response(status_code=200, headers={"HX-Redirect": target})
+            # htmx keeps the page, and what was typed, on an error answer; app.js explains.
+            return Response(status_code=401)
+        target = "/login?" + urlencode({"next": page_to_return_to(request)})
         return RedirectResponse(target, status_code=303)
 
     @api.exception_handler(Forbidden)

@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from tokpay.client.ledger import LedgerClient
 from tokpay.ledger.errors import ErrorCode, LedgerError
-from tokpay.ledger.limits import MAX_CREDITS, MAX_MEMO_BYTES, MAX_PAGE_SIZE
-from tokpay.ledger.model import (
-    AccountSpec,
-    Credit,
-    Transfer,
-    TransferKind,
-    TransferOrder,
-)
+from tokpay.ledger.limits import MAX_CREDITS, MAX_MEMO_BYTES
+from tokpay.ledger.model import AccountSpec, Credit, Transfer, TransferOrder
 from tokpay.ledger.routing import topup_order
 from tokpay.ledger.validation import is_valid_id
 from tokpay.web.money import MAX_PAYMENT_CENTS, MAX_TOPUP_CENTS, AmountError, parse_cents
+from tokpay.web.people import looks_like
 from tokpay.web.store import User, WebStore
 
 CURRENCY = "USD"
 MAX_RECIPIENTS = 10
 """Recipients on one payment form (the ledger allows up to MAX_CREDITS)."""
-MAX_HISTORY_ITEMS = 2_000
-"""Transfers read for the dashboard's chart, filters and CSV export."""
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MESSAGES = {
     ErrorCode.INSUFFICIENT_FUNDS: "Not enough money in your wallet for this payment. Nothing was sent.",
     ErrorCode.ACCOUNT_NOT_FOUND: "A recipient's wallet could not be found. Nothing was sent.",
@@ -50,7 +41,16 @@ class WalletError(Exception):
 
 
 def normalise_email(text: str) -> str:
-    return text.strip().lower()
+    """Lower case, with an international domain in its Unicode spelling: browsers send a
+    typed domain with a Cyrillic ie as ``xn--xample-2of.com``, the provider as typed."""
+    email = text.strip().lower()
+    local, at, domain = email.rpartition("@")
+    if at and "xn--" in domain and domain.isascii():
+        try:
+            return f"{local}@{domain.encode('ascii').decode('idna')}"
+        except UnicodeError:
+            return email
+    return email
 
 
 def is_email(text: str) -> bool:
@@ -103,9 +103,18 @@ async def top_up(ledger: LedgerClient, user: User, amount_text: str, transfer_id
 class PaymentRow:
     email: str
     amount_text: str
-    error: str = ""
+    email_error: str = ""
+    amount_error: str = ""
     amount: int = 0
     account_id: str = ""
+    new_recipient: bool = False
+    """No payment from this user reached this address before (as far as contacts go)."""
+    looks_like: str = ""
+    """A known contact whose address this one imitates (same TS #39 skeleton)."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.email_error or self.amount_error)
 
 
 @dataclass
@@ -121,7 +130,7 @@ class PaymentPlan:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not any(row.error for row in self.rows)
+        return not self.errors and all(row.ok for row in self.rows)
 
 
 def plan_payment(
@@ -131,8 +140,13 @@ def plan_payment(
     amounts: list[str],
     note: str,
     transfer_id: str,
+    contacts: list[str],
 ) -> PaymentPlan:
-    """Check a payment form; every problem is attached to its row or to the form."""
+    """Check a payment form; every problem is attached to its field, row or the form.
+
+    ``contacts`` are the payer's recent recipients: a row's address that is new gets a
+    notice, one that looks like a contact's but differs gets a warning.
+    """
     rows = [
         PaymentRow(normalise_email(email), amount.strip())
         for email, amount in zip(emails, amounts, strict=False)
@@ -154,23 +168,31 @@ def plan_payment(
         try:
             row.amount = parse_cents(row.amount_text, maximum=MAX_PAYMENT_CENTS)
         except AmountError as error:
-            row.error = str(error)
-        if not is_email(row.email):
-            row.error = "Enter the recipient's email address."
-            continue
-        if row.email == payer.email:
-            row.error = "You cannot pay yourself."
-            continue
-        if row.email in seen:
-            row.error = "This recipient is already on the payment; combine the amounts."
-            continue
-        seen.add(row.email)
-        recipient = store.user_for_email(row.email)
-        if recipient is None:
-            row.error = "No TokPay user has this email address."
-            continue
-        row.account_id = recipient.account_id
+            row.amount_error = str(error)
+        row.email_error = _recipient_problem(store, payer, row, seen)
+        if not row.email_error:
+            row.new_recipient = row.email not in contacts
+            row.looks_like = looks_like(row.email, contacts) or ""
     return plan
+
+
+def _recipient_problem(store: WebStore, payer: User, row: PaymentRow, seen: set[str]) -> str:
+    """What is wrong with the row's address ("" if nothing); sets the row's account."""
+    if not is_email(row.email):
+        return "Enter the recipient's email address, like name@example.com."
+    if row.email == payer.email:
+        return "You cannot pay yourself."
+    if row.email in seen:
+        return "This recipient is already on the payment; combine the amounts."
+    seen.add(row.email)
+    recipient = store.user_for_email(row.email)
+    if recipient is None:
+        return (
+            "Nobody has a TokPay wallet with this address yet. Ask them to sign up with it "
+            "(TokPay sends no emails: tell them yourself), then pay them."
+        )
+    row.account_id = recipient.account_id
+    return ""
 
 
 async def pay(ledger: LedgerClient, payer: User, plan: PaymentPlan) -> Transfer:
@@ -188,46 +210,3 @@ async def pay(ledger: LedgerClient, payer: User, plan: PaymentPlan) -> Transfer:
     if outcome.transfer is None:
         raise WalletError(_message(outcome.error, outcome.detail))
     return outcome.transfer
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of the transaction table, from the user's side."""
-
-    transfer_id: str
-    kind: str  # "topup", "sent" or "received"
-    effect: int
-    counterparties: tuple[str, ...]
-    memo: str
-    created_at: datetime
-    balance_after: int
-
-
-async def entries(ledger: LedgerClient, store: WebStore, user: User) -> list[Entry]:
-    """The user's transfers, newest first, with the balance after each."""
-    history: list[tuple[Transfer, int]] = []
-    cursor: int | None = None
-    while len(history) < MAX_HISTORY_ITEMS:
-        page = await ledger.history(user.account_id, MAX_PAGE_SIZE, cursor)
-        history.extend(page.items)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    others = {a for t, _ in history for a in t.order.accounts() if a != user.account_id}
-    emails = store.emails_of(others)
-    balance = await balance_of(ledger, user)
-    out = []
-    for transfer, effect in history:
-        order = transfer.order
-        parties: tuple[str, ...]
-        if order.kind == TransferKind.TOPUP:
-            kind, parties = "topup", ("Top-up",)
-        elif order.debit == user.account_id:
-            kind = "sent"
-            parties = tuple(emails.get(c.account, c.account) for c in order.credits)
-        else:
-            kind, parties = "received", (emails.get(order.debit, order.debit),)
-        created = _EPOCH + timedelta(microseconds=transfer.created_at)
-        out.append(Entry(order.id, kind, effect, parties, order.memo, created, balance))
-        balance -= effect
-    return out
