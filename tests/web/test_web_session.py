@@ -210,6 +210,8 @@ def test_log_out_everywhere_ends_the_other_devices_sessions(server: ServerProces
         assert login_http(phone, email).url.path == "/dashboard"
         page = login_http(laptop, email)
         assert page.url.path == "/dashboard"
+        # The wallet offers it: a form posting to the route, with the session's token.
+        assert 'action="/logout/everywhere"' in page.text
         response = laptop.post("/logout/everywhere", data={"csrf_token": csrf_of(page.text)})
         assert response.status_code == 303
         for device in (phone, laptop):
