@@ -36,6 +36,9 @@ PAGE_HEADERS = {
 }
 
 
+HTMX = {"HX-Request": "true"}
+
+
 @pytest.fixture
 def member(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -106,9 +109,13 @@ def test_allowed_hosts_setting(tmp_path: Path) -> None:
 
 def test_page_number_in_other_digits_is_not_an_error(member: httpx.Client) -> None:
     # Superscript two, Arabic-Indic one, fullwidth five: str.isdigit() says yes, int() no.
-    for page in ("\u00b2", "\u0661", "\uff15", "-1", "99999999", ""):
-        response = member.get("/transactions", params={"page": page})
-        assert response.status_code == 200, (page, response.text[:300])
+    # The list is an htmx fragment; a plain visit is sent to the wallet page with its query.
+    for name in ("page", "before"):
+        for value in ("\u00b2", "\u0661", "\uff15", "-1", "99999999", "9" * 40, ""):
+            fragment = member.get("/transactions", params={name: value}, headers=HTMX)
+            assert fragment.status_code == 200, (name, value, fragment.text[:300])
+            page = member.get("/transactions", params={name: value}, follow_redirects=True)
+            assert page.status_code == 200 and page.url.path == "/dashboard", (name, value)
 
 
 @pytest.mark.parametrize(
@@ -203,8 +210,9 @@ def test_docs_render_with_only_self_allowed(browser: Any, server: ServerProcess)
 
 def test_everything_carrying_balances_has_the_headers(member: httpx.Client) -> None:
     for path in ("/dashboard", "/transactions", "/transactions.csv", "/chart.json", "/pay", "/"):
-        # "/" and "/login" are rendered for signed-in and anonymous visitors alike.
-        response = member.get(path)
+        # "/" and "/login" are rendered for signed-in and anonymous visitors alike;
+        # "/transactions" is the list fragment htmx asks for.
+        response = member.get(path, headers=HTMX if path == "/transactions" else None)
         assert response.status_code == 200, path
         for name, value in PAGE_HEADERS.items():
             assert response.headers.get(name) == value, (path, name)
