@@ -12,13 +12,14 @@ import secrets
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from confusable_homoglyphs import confusables
+
+from tokpay.web.store import connect
 
 MAX_CONTACTS: Final = 50
 """Recent recipients kept per user; the oldest go first."""
@@ -27,7 +28,6 @@ MAX_OPEN_REQUESTS: Final = 20
 MAX_KEPT_REQUESTS: Final = 100
 """Requests kept per requester; the oldest settled ones are dropped beyond it."""
 MAX_LISTED: Final = 50
-BUSY_TIMEOUT_SECONDS: Final = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
@@ -115,13 +115,8 @@ class PeopleStore:
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     # Recent recipients -------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,16 @@ _USER_BY_IDENTITY = f"SELECT {_USER_COLUMNS} FROM users WHERE issuer = ? AND sub
 _LEGACY_USER_BY_EMAIL = f"SELECT {_USER_COLUMNS} FROM users WHERE issuer IS NULL AND email = ?"
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One connection to the web app's SQLite file, in autocommit mode, closed after use."""
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 class User(msgspec.Struct, frozen=True):
     id: str
     email: str
@@ -103,13 +113,8 @@ class WebStore:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
 
     def signing_key(self) -> bytes:
         """This installation's key for signed cookies, made on first use and shared by
