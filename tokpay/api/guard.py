@@ -19,6 +19,7 @@ KEYED_PREFIXES = ("/v1", "/metrics", "/docs", "/openapi.json")
 """Paths behind the key: the API, and what tells an outsider how the server runs."""
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+MAX_REMEMBERED_HOSTS = 256
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
@@ -55,6 +56,9 @@ class TrustedHosts:
         self.any_host = "*" in names
         self.exact = frozenset(n for n in names if not n.startswith("*."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+        self._allowed_headers: set[bytes] = set()
+        """``Host`` header values already allowed, as sent: the check on the hot path is
+        one set lookup. Bounded by ``MAX_REMEMBERED_HOSTS``; past it, values are parsed."""
 
     def allows(self, host: str) -> bool:
         if self.any_host or host in self.exact:
@@ -63,12 +67,21 @@ class TrustedHosts:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            host = next((v for k, v in scope["headers"] if k == b"host"), b"")
-            if not self.allows(host_of(host)):
-                detail = "this server does not answer to that host name (see TOKPAY_ALLOWED_HOSTS)"
-                body = problem_body("untrusted_host", BAD_REQUEST, detail, None)
-                await send_reply(send, BAD_REQUEST, body)
-                return
+            host = b""
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = value
+                    break
+            if host not in self._allowed_headers:
+                if not self.allows(host_of(host)):
+                    detail = (
+                        "this server does not answer to that host name (see TOKPAY_ALLOWED_HOSTS)"
+                    )
+                    body = problem_body("untrusted_host", BAD_REQUEST, detail, None)
+                    await send_reply(send, BAD_REQUEST, body)
+                    return
+                if len(self._allowed_headers) < MAX_REMEMBERED_HOSTS:
+                    self._allowed_headers.add(host)
         await self.app(scope, receive, send)
 
 
