@@ -13,6 +13,7 @@ e-mail, raw session ids) in place: see ``_migrate``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -92,13 +93,17 @@ class WebStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.parent.exists():
-            path.parent.mkdir(parents=True, mode=DIR_MODE)
-            path.parent.chmod(DIR_MODE)
+            # Gateway processes start together: another may create it first.
+            with contextlib.suppress(FileExistsError):
+                path.parent.mkdir(parents=True, mode=DIR_MODE)
+                path.parent.chmod(DIR_MODE)
         # Sessions and addresses are private: the file (and SQLite's -wal and -shm
         # files, which take the database's mode) is readable by this user alone.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            if file.exists():
+            # Another gateway process may be opening or closing the same file right now:
+            # SQLite removes -wal and -shm when the last connection closes.
+            with contextlib.suppress(FileNotFoundError):
                 file.chmod(FILE_MODE)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
