@@ -118,7 +118,8 @@ def _login_page(request: Request, web: WebContext, status: int, message: str) ->
     return response
 
 
-def _refused(request: Request, web: WebContext, refusal: LoginRefused) -> Response:
+def refused(request: Request, web: WebContext, refusal: LoginRefused) -> Response:
+    """The login page saying why, logged; the app's handler for every ``LoginRefused``."""
     status, message = _PAGES[refusal.reason]
     log.warning(
         "login refused: %s%s (issuer %s)",
@@ -133,13 +134,6 @@ def _refused(request: Request, web: WebContext, refusal: LoginRefused) -> Respon
 
 @router.get("/auth/start")
 async def auth_start(request: Request, web: Web) -> Response:
-    try:
-        return await _auth_start(request, web)
-    except LoginRefused as refusal:
-        return _refused(request, web, refusal)
-
-
-async def _auth_start(request: Request, web: WebContext) -> Response:
     address = request.client.host if request.client else "unknown"
     if not web.login_starts.allow(address):
         raise LoginRefused("rate-limited", f"address {address}")
@@ -169,13 +163,6 @@ async def _auth_start(request: Request, web: WebContext) -> Response:
 
 @router.get("/auth/callback", name="auth_callback")
 async def auth_callback(request: Request, web: Web) -> Response:
-    try:
-        return await _auth_callback(request, web)
-    except LoginRefused as refusal:
-        return _refused(request, web, refusal)
-
-
-async def _auth_callback(request: Request, web: WebContext) -> Response:
     client = web.oidc_client()
     if client is None:
         raise LoginRefused("no-issuer")

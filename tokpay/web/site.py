@@ -56,6 +56,10 @@ def install_web(api: FastAPI, settings: Settings, ledger: Callable[[], LedgerCli
         BodyLimitAndHeaders, secure_cookies=settings.secure_cookies, skip_prefixes=API_PREFIXES
     )
 
+    @api.exception_handler(auth.LoginRefused)
+    async def login_refused(request: Request, refusal: auth.LoginRefused) -> Response:
+        return auth.refused(request, web, refusal)
+
     @api.exception_handler(LoginRequired)
     async def login_required(request: Request, _: LoginRequired) -> Response:
         if is_htmx(request):
