@@ -36,6 +36,12 @@ class Liveness:
         """A replica being created: not counted lost for ``within`` seconds."""
         self.last_seen[name] = time.monotonic() + within
 
+    def forget(self, name: str) -> None:
+        """A replica that was ended: keep nothing of it (one entry per replica ever made
+        would otherwise pile up over months of rebuilds)."""
+        self.last_seen.pop(name, None)
+        self.reports.pop(name, None)
+
     def dead(self, name: str) -> bool:
         seen = self.last_seen.get(name, self.started)
         return time.monotonic() - seen > DEAD_AFTER_SECONDS

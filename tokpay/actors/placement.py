@@ -116,6 +116,7 @@ class Placement:
             await asyncio.to_thread(ray.kill, handle, no_restart=True)
         except Exception as error:
             log.info("could not kill %s (already gone?): %r", member.name, error)
+        self._liveness.forget(member.name)
 
     def retire(self, member: Member | None) -> None:
         """Fence a replaced replica now and end its process later.
