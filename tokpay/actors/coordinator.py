@@ -358,7 +358,14 @@ class CoordinatorActor:
         def open_service(options: LogOptions) -> CoordinatorService:
             return CoordinatorService(shard_count, root.parent, self._call, **options)
 
-        self._host = ReplicaHost("coordinator", replica, root, open_service, fsync=fsync)
+        self._host = ReplicaHost(
+            "coordinator",
+            replica,
+            root,
+            open_service,
+            service_class=CoordinatorService,
+            fsync=fsync,
+        )
         self._methods: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
             "submit": self.submit,
             "stats": self._encoded_stats,

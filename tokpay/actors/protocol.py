@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from tokpay.ledger.changes import Mark
 from tokpay.ledger.model import Account, Decision, HistoryPage, Prepared, Transfer
 
 
@@ -29,17 +30,26 @@ class AccountsCreated(msgspec.Struct, tag="accounts"):
 
 class TransfersCommitted(msgspec.Struct, tag="transfers"):
     transfers: list[Transfer]
+    refused: list[Mark] = []
+    """Refusals the ledger remembers (``REMEMBERED_REFUSALS``)."""
 
 
 class TxPrepared(msgspec.Struct, tag="prepared"):
     records: list[Prepared]
+    refused: list[Mark] = []
+
+
+class IdsClaimed(msgspec.Struct, tag="claimed"):
+    """Transfer ids bound to their bodies at their home shard."""
+
+    marks: list[Mark]
 
 
 class TxDecided(msgspec.Struct, tag="decided"):
     decisions: list[Decision]
 
 
-ShardRecord = AccountsCreated | TransfersCommitted | TxPrepared | TxDecided
+ShardRecord = AccountsCreated | TransfersCommitted | TxPrepared | TxDecided | IdsClaimed
 """One write-ahead-log record of a shard: everything one batch changed."""
 
 
@@ -67,6 +77,10 @@ class ShardStats(msgspec.Struct, kw_only=True):
     transfers: int
     prepared: int
     log_sequence: int
+    durable_sequence: int = 0
+    """The log record the store holds durably (older log segments are deleted)."""
+    store_bytes: int = 0
+    checkpoint_failures: int = 0
     batches: int = 0
     batch_items: int = 0
     fsyncs: int = 0
@@ -104,14 +118,9 @@ class ShippedRecord(LogPosition, array_like=True):
     payload: bytes
 
 
-class Install(LogPosition, array_like=True):
-    """Everything a new backup needs: the primary's state at ``sequence``."""
-
-    snapshot: bytes
-
-
 class InstallBegin(LogPosition, array_like=True):
-    """The first frame of a chunked install: the snapshot's size, then chunks follow."""
+    """``install_begin``: keep records after ``sequence`` (size 0); ``install_state``: a
+    copy of the state at ``sequence`` of ``size`` bytes follows in chunks."""
 
     size: int
 

@@ -29,15 +29,19 @@ from tokpay.actors.protocol import (
     ChannelAddress,
     HeartbeatAnswer,
     HeartbeatReport,
-    Install,
+    InstallBegin,
     ReplicaSpec,
     ReplicaStatus,
+    ShippedRecord,
+    decode,
 )
 from tokpay.actors.replicated_service import (
     SINGLE_NODE_EPOCH,
+    STOP_EXIT_CODE,
+    WAL_DIR,
     LogOptions,
     ReplicatedService,
-    prepare_install,
+    clear_for_install,
 )
 from tokpay.actors.replication import (
     INSTALL_METHODS,
@@ -45,8 +49,10 @@ from tokpay.actors.replication import (
     InstallReceiver,
     Lease,
     Role,
+    send_state,
 )
 from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
+from tokpay.wal import SequenceGap, WriteAheadLog
 
 log = logging.getLogger("tokpay.replica")
 
@@ -84,6 +90,7 @@ class ReplicaHost(Generic[S]):
         root: Path,
         open_service: OpenService[S],
         *,
+        service_class: type[S],
         fsync: bool,
     ) -> None:
         # Each replica is its own Ray worker process: its log lines carry time and part.
@@ -94,8 +101,13 @@ class ReplicaHost(Generic[S]):
         self.root = root
         self.lock = threading.Lock()
         self._open = open_service
+        self._service_class = service_class
         self._routes = b""
         self._receiver = InstallReceiver()
+        # A backup between ``install_begin`` and the end of its state copy: its log keeps
+        # the primary's records (they count as acknowledged) before its state arrives.
+        self._early_log: WriteAheadLog | None = None
+        self._floor = 0
         self.service: S | None
         if spec is None:
             self.role, self.epoch = Role.PRIMARY, SINGLE_NODE_EPOCH
@@ -159,11 +171,19 @@ class ReplicaHost(Generic[S]):
     def serve_replication(self, method: str, payload: bytes) -> bytes:
         """``replicate``, the install frames and ``routes``; anything else is refused."""
         if method == "replicate":
+            if self.service is None and self._early_log is not None:
+                return self._keep_early(payload)
             return self._backup().follow(payload)
+        if method == "install_begin":
+            self._require_backup()
+            self._begin_install(decode(payload, InstallBegin))
+            return b""
         if method in INSTALL_METHODS:
             self._require_backup()
-            install = self._receiver.receive(method, payload, self.epoch)
-            return self._install(install) if install is not None else b""
+            done = self._receiver.receive(method, payload, self.epoch, self.root)
+            if done is not None:
+                self._adopt(*done)
+            return b""
         if method == "routes":
             if self.role is Role.FENCED:
                 raise NotPrimary("fenced: this replica's routes are stale")
@@ -180,18 +200,52 @@ class ReplicaHost(Generic[S]):
         if self.role is not Role.BACKUP:
             raise NotPrimary(f"{self.label}: this replica is {self.role}, not a backup")
 
-    def _install(self, install: Install) -> bytes:
-        if self.role is not Role.BACKUP or install.epoch != self.epoch:
-            raise NotPrimary(
-                f"install of epoch {install.epoch} refused by a {self.role} at {self.epoch}"
-            )
+    def _begin_install(self, begin: InstallBegin) -> None:
+        """Start over from an empty directory whose log continues after ``begin.sequence``."""
+        if begin.epoch != self.epoch:
+            raise NotPrimary(f"install of epoch {begin.epoch} refused at epoch {self.epoch}")
         if self.service is not None:
             self.service.close()
             self.service = None
-        prepare_install(self.root, install, fsync=self.fsync)
-        self.service = self._open(self._options(install.epoch, True, install.sequence))
-        log.info("%s: backup installed at sequence %d", self.label, install.sequence)
+        if self._early_log is not None:
+            self._early_log.close()
+        clear_for_install(self.root)
+        self._floor = begin.sequence
+        self._early_log = WriteAheadLog.open(
+            self.root / WAL_DIR, fsync=self.fsync, floor=self._floor
+        )
+        log.info("%s: keeping records after %d; the state copy follows", self.label, self._floor)
+
+    def _keep_early(self, payload: bytes) -> bytes:
+        """A record that arrives before the state copy: logged, applied once the copy is in."""
+        assert self._early_log is not None
+        shipped = decode(payload, ShippedRecord)
+        if shipped.epoch != self.epoch:
+            raise NotPrimary(f"record of epoch {shipped.epoch} refused at epoch {self.epoch}")
+        try:
+            self._early_log.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
+        except SequenceGap as error:
+            raise NotPrimary(f"out of order: {error}") from error
+        except Exception:
+            log.critical("%s: backup log write failed; stopping", self.label, exc_info=True)
+            os._exit(STOP_EXIT_CODE)
         return b""
+
+    def _adopt(self, copy: Path, sequence: int) -> None:
+        """The state copy is in: open the copy and apply the records logged since."""
+        if self._early_log is None:
+            raise NotPrimary(f"{self.label}: a state copy without install_begin")
+        self._early_log.close()
+        self._early_log = None
+        self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
+        started = time.perf_counter()
+        self.service = self._open(self._options(self.epoch, True, self._floor))
+        log.info(
+            "%s: backup installed from a copy at sequence %d, opened in %.3f s",
+            self.label,
+            sequence,
+            time.perf_counter() - started,
+        )
 
     # -- reconfiguration (called by the controller) -------------------------------------------------
 
@@ -212,15 +266,48 @@ class ReplicaHost(Generic[S]):
             raise NotPrimary(f"attach of epoch {epoch} refused at epoch {self.epoch}")
         self.epoch = epoch
         started = time.perf_counter()
-        sequence = service.log.attach(epoch, address, service.snapshot_payload())
+        sequence = service.log.attach(epoch, address)
+        export = service.export_state()
+        threading.Thread(
+            target=self._send_copy, args=(epoch, address, export), name="install", daemon=True
+        ).start()
         log.info(
-            "%s: backup attached at epoch %d, sequence %d, in %.3f s",
+            "%s: backup attached at epoch %d, sequence %d, in %.3f s; its state copy follows",
             self.label,
             epoch,
             sequence,
             time.perf_counter() - started,
         )
         return sequence
+
+    def _send_copy(
+        self, epoch: int, address: ChannelAddress, export: Callable[[Path], int]
+    ) -> None:
+        """Off the lock: copy the state (writes go on meanwhile) and stream it to the backup.
+
+        Until it lands the backup cannot take over (it reports ``installed`` False); a
+        failure here leaves it so, and the controller builds another backup.
+        """
+        copy = self.root.parent / f".{self.root.name}.export-{epoch}"
+        started = time.perf_counter()
+        try:
+            sequence = export(copy)
+            made = time.perf_counter() - started
+            send_state(epoch, address, copy, sequence)
+            log.info(
+                "%s: state copy at sequence %d (%d bytes) made in %.2f s, sent in %.2f s",
+                self.label,
+                sequence,
+                copy.stat().st_size,
+                made,
+                time.perf_counter() - started - made,
+            )
+        except Exception:
+            log.error(
+                "%s: state copy for the backup at %s failed", self.label, address, exc_info=True
+            )
+        finally:
+            copy.unlink(missing_ok=True)
 
     def fence(self) -> None:
         """Stop serving anything: a newer epoch exists elsewhere."""
@@ -262,7 +349,7 @@ class ReplicaHost(Generic[S]):
             lease=self.lease.valid(),
             broken=service.log.broken if service else None,
             pid=os.getpid(),
-            installed=service is not None,
+            installed=service is not None and self._early_log is None,
         )
 
     def state_bytes(self) -> bytes:

@@ -5,8 +5,11 @@ kept. ``ReplicatedService`` holds the shared part once: open the latest snapshot
 write-ahead log, replay the log after the snapshot, append one record per batch through
 the ``ReplicatedLog`` (durable here and on the backup, or refused), take a snapshot every
 ``SNAPSHOT_EVERY_RECORDS`` records, follow a primary's records as a backup, and build a
-backup's directory from its primary's snapshot. A subclass supplies three things: how to
-restore its state from a snapshot, how to apply one record, and how to encode a snapshot.
+backup's directory from its primary's state. A subclass supplies how to restore its
+state from a snapshot, how to apply one record, and how to encode a snapshot; a state
+machine whose state lives in a store of its own (a shard) instead overrides the hooks
+that open it, write each record to it and checkpoint it (``open_state``,
+``record_applied``, ``checkpoint``, ``export_state``, ``adopt_state``).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict
 
 from tokpay.actors.channel import NotPrimary
-from tokpay.actors.protocol import Install, ShippedRecord, decode
+from tokpay.actors.protocol import ShippedRecord, decode
 from tokpay.actors.replication import ReplicatedLog, ReplicationFailed
 from tokpay.actors.timing import SNAPSHOT_EVERY_RECORDS
 from tokpay.ledger.errors import InvariantViolation, check
@@ -66,10 +69,8 @@ class ReplicatedService(ABC):
         self._root = root
         self._fsync = fsync
         self._snapshot_dir = root / SNAPSHOTS_DIR
-        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
-        found = read_latest_snapshot(self._snapshot_dir)
-        snapshot_sequence = 0 if found is None else found[0]
-        self.restore(None if found is None else found[1])
+        self.checkpoint_failures = 0
+        snapshot_sequence = self.open_state(root)
         self._wal = WriteAheadLog.open(
             root / WAL_DIR, fsync=fsync, floor=options.get("wal_floor", 0)
         )
@@ -86,15 +87,68 @@ class ReplicatedService(ABC):
         replayed = 0
         for record in self._wal.records(after_sequence=snapshot_sequence):
             self.apply_record(record.payload)
+            self.record_applied(record.sequence)
             replayed += 1
         self._records_since_snapshot = replayed
         self.recovered(snapshot_sequence, replayed)
 
     # -- what a state machine supplies ---------------------------------------------------------
 
-    @abstractmethod
+    def open_state(self, root: Path) -> int:
+        """Load the state from disk; returns the log sequence it already holds.
+
+        By default the newest snapshot file (a state small enough to encode whole).
+        """
+        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
+        found = read_latest_snapshot(self._snapshot_dir)
+        self.restore(None if found is None else found[1])
+        return 0 if found is None else found[0]
+
+    def record_applied(self, sequence: int) -> None:  # noqa: B027 (optional hook)
+        """Called once record ``sequence`` is durable in the log and applied in memory."""
+
+    def checkpoint(self) -> None:
+        """Every ``SNAPSHOT_EVERY_RECORDS`` records: let the log shrink.
+
+        By default a snapshot file of the whole state, then older segments go. A failed
+        checkpoint is loud (logged as an error and counted in the stats) but does not fail
+        the batch, whose record is already durable; the log simply stays longer.
+        """
+        try:
+            self.write_snapshot()
+        except Exception:
+            self.checkpoint_failures += 1
+            log.error(
+                "%s: checkpoint failed (%d so far); the log keeps growing until one succeeds",
+                self.label,
+                self.checkpoint_failures,
+                exc_info=True,
+            )
+
+    def export_state(self) -> Callable[[Path], int]:
+        """Called under the owner's lock when a backup is attached: returns a function, run
+        later on another thread, that writes a consistent copy of the state to a file and
+        returns the sequence the copy holds (at least the current one)."""
+        sequence = self._wal.last_sequence
+        payload = self.snapshot_payload()
+
+        def write(path: Path) -> int:
+            path.write_bytes(payload)
+            _fsync_path(path)
+            return sequence
+
+        return write
+
+    @classmethod
+    def adopt_state(cls, root: Path, copy: Path, sequence: int, *, fsync: bool) -> None:
+        """Place a copy made by ``export_state`` where ``open_state`` will find it."""
+        write_snapshot(root / SNAPSHOTS_DIR, sequence, copy.read_bytes(), fsync=fsync)
+        copy.unlink()
+
     def restore(self, snapshot: bytes | None) -> None:
-        """Set the in-memory state from a snapshot (None: the empty state)."""
+        """Set the in-memory state from a snapshot (None: the empty state); used by the
+        default ``open_state``."""
+        raise NotImplementedError(f"{self.label} keeps no snapshot files")
 
     @abstractmethod
     def apply_record(self, payload: bytes) -> None:
@@ -130,13 +184,27 @@ class ReplicatedService(ABC):
         """
         started = time.perf_counter()
         try:
-            self.log.append(payload)
+            sequence = self.log.append(payload)
         except ReplicationFailed:
+            # The record is in the local log (only the backup failed): keep what the
+            # state machine keeps of it in step with the log.
+            self._record_applied(self._wal.last_sequence)
             raise
         except Exception:
             log.critical("%s: log write failed; stopping", self.label, exc_info=True)
             os._exit(STOP_EXIT_CODE)
+        self._record_applied(sequence)
         self._after_append(started, items)
+
+    def _record_applied(self, sequence: int) -> None:
+        try:
+            self.record_applied(sequence)
+        except Exception:
+            # Memory and log are ahead of the state on disk: restart and replay the log.
+            log.critical(
+                "%s: writing record %d failed; stopping", self.label, sequence, exc_info=True
+            )
+            os._exit(STOP_EXIT_CODE)
 
     def follow(self, payload: bytes) -> bytes:
         """Backup: append the primary's record verbatim (same epoch and sequence), then apply it."""
@@ -155,6 +223,7 @@ class ReplicatedService(ABC):
             os._exit(STOP_EXIT_CODE)
         with self.stop_if_broken():
             self.apply_record(shipped.payload)
+        self._record_applied(shipped.sequence)
         self._after_append(started, 1)
         return b""
 
@@ -162,13 +231,8 @@ class ReplicatedService(ABC):
         self.note_append(time.perf_counter() - started, items)
         self._records_since_snapshot += 1
         if self._records_since_snapshot >= SNAPSHOT_EVERY_RECORDS:
-            try:
-                self.write_snapshot()
-            except Exception:
-                # The record is already durable in the log; a failed snapshot only means
-                # a longer replay. Never report the committed batch as failed.
-                log.exception("%s: snapshot failed; will retry later", self.label)
-                self._records_since_snapshot = 0
+            self._records_since_snapshot = 0
+            self.checkpoint()
 
     def write_snapshot(self) -> int:
         sequence = self._wal.last_sequence
@@ -195,12 +259,19 @@ class ReplicatedService(ABC):
         self._wal.close()
 
 
-def prepare_install(root: Path, install: Install, *, fsync: bool) -> None:
-    """Lay out a backup's directory from its primary's snapshot, wiping the old one first.
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clear_for_install(root: Path) -> None:
+    """Wipe a backup's directory before its primary's state arrives.
 
     A replica never rejoins from its own (possibly stale or wiped) files: it always
     starts from the surviving copy's state.
     """
     shutil.rmtree(root, ignore_errors=True)
-    (root / SNAPSHOTS_DIR).mkdir(parents=True)
-    write_snapshot(root / SNAPSHOTS_DIR, install.sequence, install.snapshot, fsync=fsync)
+    root.mkdir(parents=True)

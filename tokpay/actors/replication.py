@@ -17,24 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import msgspec
 
 from tokpay.actors.channel import NotPrimary, frame, read_frame
-from tokpay.actors.protocol import ChannelAddress, Install, InstallBegin, ShippedRecord, encode
+from tokpay.actors.protocol import ChannelAddress, InstallBegin, ShippedRecord, encode
 from tokpay.actors.timing import (
     HEARTBEAT_SECONDS,
     INSTALL_TIMEOUT_SECONDS,
     LEASE_SECONDS,
     SHIP_TIMEOUT_SECONDS,
 )
-from tokpay.wal import MAX_SNAPSHOT_BYTES, WriteAheadLog
+from tokpay.wal import WriteAheadLog
 
 log = logging.getLogger("tokpay.replication")
 
@@ -49,53 +51,78 @@ class ReplicationFailed(Exception):
     """The backup did not make a record durable; the primary must not acknowledge it."""
 
 
-INSTALL_METHODS = frozenset({"install_begin", "install_chunk", "install_end"})
+INSTALL_METHODS = frozenset({"install_state", "install_chunk", "install_end"})
+"""The frames of a state copy, sent on a connection of its own after ``install_begin``."""
 
 
 INSTALL_CHUNK_BYTES = 4 * 1024 * 1024
-"""A snapshot travels in chunks, each well under the channel's frame limit."""
+"""A state copy travels in chunks, each well under the channel's frame limit."""
+
+INSTALL_PART = "install.part"
 
 
 class InstallReceiver:
-    """A backup's side of a chunked install: begin, chunks, end -> ``Install``."""
+    """A backup's side of a state copy: a header, chunks written to a file, an end.
+
+    The copy goes to ``root/install.part`` as it arrives (never whole in memory); at the
+    end the file is fsynced and handed over with the sequence it holds.
+    """
 
     def __init__(self) -> None:
         self._header: InstallBegin | None = None
-        self._buffer = bytearray()
+        self._file: BinaryIO | None = None
+        self._received = 0
 
-    def begin(self, payload: bytes, epoch: int) -> None:
-        header = msgspec.msgpack.decode(payload, type=InstallBegin)
-        if header.epoch != epoch:
-            raise NotPrimary(f"install of epoch {header.epoch} refused at epoch {epoch}")
-        if not 0 <= header.size <= MAX_SNAPSHOT_BYTES:
-            raise ValueError(f"snapshot of {header.size} bytes exceeds {MAX_SNAPSHOT_BYTES}")
-        self._header = header
-        self._buffer = bytearray()
-
-    def chunk(self, payload: bytes) -> None:
-        if self._header is None:
-            raise ValueError("install chunk without a beginning")
-        if len(self._buffer) + len(payload) > self._header.size:
-            raise ValueError("install larger than announced")
-        self._buffer += payload
-
-    def receive(self, method: str, payload: bytes, epoch: int) -> Install | None:
-        """One install frame (``install_begin|chunk|end``); the whole Install at the end."""
-        if method == "install_begin":
-            self.begin(payload, epoch)
-        elif method == "install_chunk":
-            self.chunk(payload)
-        else:
-            return self.end()
-        return None
-
-    def end(self) -> Install:
-        header = self._header
-        if header is None or len(self._buffer) != header.size:
+    def receive(
+        self, method: str, payload: bytes, epoch: int, root: Path
+    ) -> tuple[Path, int] | None:
+        """One frame; at ``install_end``, (the copy's path, its sequence)."""
+        if method == "install_state":
+            header = msgspec.msgpack.decode(payload, type=InstallBegin)
+            if header.epoch != epoch:
+                raise NotPrimary(f"install of epoch {header.epoch} refused at epoch {epoch}")
+            self._close()
+            self._header, self._received = header, 0
+            self._file = open(root / INSTALL_PART, "wb")  # noqa: SIM115 (spans frames)
+            return None
+        current, stream = self._header, self._file
+        if current is None or stream is None:
+            raise ValueError(f"{method} without install_state")
+        header = current
+        if method == "install_chunk":
+            if self._received + len(payload) > header.size:
+                raise ValueError("install larger than announced")
+            stream.write(payload)
+            self._received += len(payload)
+            return None
+        if self._received != header.size:
             raise ValueError("install incomplete")
-        install = Install(header.epoch, header.sequence, bytes(self._buffer))
-        self._header, self._buffer = None, bytearray()
-        return install
+        stream.flush()
+        os.fsync(stream.fileno())
+        self._close()
+        self._header = None
+        return root / INSTALL_PART, header.sequence
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def send_state(epoch: int, address: ChannelAddress, copy: Path, sequence: int) -> None:
+    """Stream a state copy to the backup at ``address`` on a connection of its own."""
+    size = copy.stat().st_size
+    link = BackupLink(address)
+    try:
+        link.call(
+            "install_state", encode(InstallBegin(epoch, sequence, size)), INSTALL_TIMEOUT_SECONDS
+        )
+        with open(copy, "rb") as stream:
+            while chunk := stream.read(INSTALL_CHUNK_BYTES):
+                link.call("install_chunk", chunk, INSTALL_TIMEOUT_SECONDS)
+        link.call("install_end", b"", INSTALL_TIMEOUT_SECONDS)
+    finally:
+        link.close()
 
 
 class BackupLink:
@@ -192,12 +219,13 @@ class ReplicatedLog:
             self.backup.close()
             self.backup = None
 
-    def attach(self, epoch: int, address: ChannelAddress, snapshot: bytes) -> int:
-        """Make the replica at ``address`` this log's backup from ``snapshot``.
+    def attach(self, epoch: int, address: ChannelAddress) -> int:
+        """Make the replica at ``address`` this log's backup from the next record on.
 
-        Called with the owner's lock held, so ``snapshot`` is the state at exactly
-        ``last_sequence``; every later record is shipped. Clears a broken state: the
-        snapshot includes any record the old backup never acknowledged.
+        Called with the owner's lock held. The backup starts an empty log after
+        ``last_sequence`` and keeps every later record from now on; the state up to it
+        follows as a copy (``send_state``), after which the backup can take over. Clears
+        a broken state: the copy includes any record the old backup never acknowledged.
         """
         if epoch < self.epoch:
             raise ValueError(f"epoch {epoch} is older than the log's epoch {self.epoch}")
@@ -206,12 +234,8 @@ class ReplicatedLog:
             self.backup = None
         link = BackupLink(address)
         try:
-            begin = InstallBegin(epoch, self.wal.last_sequence, len(snapshot))
+            begin = InstallBegin(epoch, self.wal.last_sequence, 0)
             link.call("install_begin", encode(begin), INSTALL_TIMEOUT_SECONDS)
-            for start in range(0, len(snapshot), INSTALL_CHUNK_BYTES):
-                chunk = snapshot[start : start + INSTALL_CHUNK_BYTES]
-                link.call("install_chunk", chunk, INSTALL_TIMEOUT_SECONDS)
-            link.call("install_end", b"", INSTALL_TIMEOUT_SECONDS)
         except BaseException:
             link.close()
             raise

@@ -1,21 +1,28 @@
-"""A shard: one ShardLedger in memory, made durable by a write-ahead log.
+"""A shard: one ShardLedger in memory, made durable by a write-ahead log and a store.
 
 ``ShardService`` is the plain class (testable without Ray); ``ShardActor`` is the
 thin Ray shell. Each batch is applied in one pass, then written as one log record
-with one fsync (group commit), and only then answered. The actor runs one call at
-a time, so no read can observe a change before its record is durable.
+with one fsync (group commit), then to the shard's store (no fsync: the log is the
+durable record), and only then answered. The actor runs one call at a time, so no
+read can observe a change before its record is durable.
+
+The store is the checkpoint: a background thread makes it durable every
+``CHECKPOINT_SECONDS`` (SQLite works off the interpreter lock), and log segments the
+store holds durably are deleted. Nothing is ever encoded whole, so a checkpoint never
+stops the apply path, the heartbeat or the lease.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Unpack
 
-import msgspec
 import ray
 
 from tokpay.actors.channel import ChannelServer, NotPrimary
@@ -24,6 +31,7 @@ from tokpay.actors.protocol import (
     AccountsCreated,
     ChannelAddress,
     HistoryReply,
+    IdsClaimed,
     ReplicaSpec,
     ReplicaStatus,
     ShardRecord,
@@ -37,10 +45,12 @@ from tokpay.actors.protocol import (
 from tokpay.actors.replica_host import ReplicaHost, replica_root
 from tokpay.actors.replicated_service import LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed
-from tokpay.ledger.errors import LedgerError, check
+from tokpay.actors.timing import CHECKPOINT_SECONDS
+from tokpay.ledger.errors import LedgerError
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Decision, Prepare, TransferOrder
-from tokpay.ledger.shard_ledger import ShardLedger, ShardSnapshot
+from tokpay.ledger.shard_ledger import ShardLedger
+from tokpay.store.shard_store import STORE_FILE, ShardStore
 
 log = logging.getLogger("tokpay.shard")
 
@@ -64,19 +74,16 @@ class ShardService(ReplicatedService):
         self._shard_count = shard_count
         self.stats = ShardStats(shard=shard, accounts=0, transfers=0, prepared=0, log_sequence=0)
         super().__init__(data_dir / f"shard-{shard}", options)
+        self._checkpointer = Checkpointer(self)
 
     # -- the state machine ---------------------------------------------------------------
 
-    def restore(self, snapshot: bytes | None) -> None:
-        if snapshot is None:
-            self.ledger = ShardLedger(self._shard, self._shard_count)
-            return
-        state = msgspec.msgpack.decode(snapshot, type=ShardSnapshot)
-        check(
-            state.shard == self._shard and state.shard_count == self._shard_count,
-            f"snapshot belongs to shard {state.shard}/{state.shard_count}",
-        )
-        self.ledger = ShardLedger.from_snapshot(state)
+    def open_state(self, root: Path) -> int:
+        self.store = ShardStore(root, self._shard, self._shard_count)
+        self.ledger = ShardLedger(self._shard, self._shard_count, disk=self.store)
+        self.ledger.load(list(self.store.accounts()), list(self.store.prepared()))
+        self._truncated_at = self.store.durable_sequence
+        return self.store.applied_sequence
 
     def apply_record(self, payload: bytes) -> None:
         record = decode(payload, ShardRecord)
@@ -85,13 +92,60 @@ class ShardService(ReplicatedService):
             ledger.replay_accounts(record.accounts)
         elif isinstance(record, TransfersCommitted):
             ledger.replay_transfers(record.transfers)
+            ledger.replay_marks(record.refused)
         elif isinstance(record, TxPrepared):
             ledger.replay_prepared(record.records)
+            ledger.replay_marks(record.refused)
+        elif isinstance(record, IdsClaimed):
+            ledger.replay_marks(record.marks)
         else:
             ledger.decide(record.decisions)
 
+    def record_applied(self, sequence: int) -> None:
+        self.store.write(sequence, self.ledger.take_pending())
+        durable = self.store.durable_sequence
+        if durable > self._truncated_at:
+            # Log segments wholly below what the store holds durably are no longer needed.
+            self._wal.truncate_before(durable + 1)
+            self._truncated_at = durable
+
+    def checkpoint(self) -> None:
+        self._checkpointer.wake()
+
+    def write_snapshot(self) -> int:
+        """Checkpoint now, on this thread (tests and operators); returns the sequence."""
+        sequence = self.store.checkpoint()
+        self._wal.truncate_before(sequence + 1)
+        self._truncated_at = sequence
+        return sequence
+
+    def export_state(self) -> Callable[[Path], int]:
+        return self.store.copy_to
+
+    @classmethod
+    def adopt_state(cls, root: Path, copy: Path, sequence: int, *, fsync: bool) -> None:
+        os.replace(copy, root / STORE_FILE)
+        if fsync:
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def snapshot_payload(self) -> bytes:
-        return encode(self.ledger.snapshot())
+        """The whole state, encoded (replicas compare it): accounts, holds and a digest of
+        the store's rows. Reads every row: for checks, never on the write path."""
+        ledger = self.ledger
+        return encode(
+            (
+                sorted(
+                    (a.id, a.balance, a.entries, a.held_debit, a.held_credit)
+                    for a in ledger.accounts.values()
+                ),
+                sorted(ledger.prepared),
+                self.store.content_digest(),
+            )
+        )
 
     def recovered(self, snapshot_sequence: int, replayed: int) -> None:
         self.ledger.check_invariants()
@@ -128,41 +182,53 @@ class ShardService(ReplicatedService):
         self,
         payload: bytes,
         kind: Any,
-        apply: Callable[[list[Any]], tuple[Any, list[Any]]],
-        record: Callable[[list[Any]], ShardRecord],
+        apply: Callable[[list[Any]], tuple[Any, ShardRecord | None]],
     ) -> Any:
         """One write batch: decode, apply in one pass, log what changed as one record."""
         self.log.check_writable()
         items = _bounded(decode(payload, kind))
         with self.stop_if_broken():
-            answer, changed = apply(items)
-        if changed:
-            self._append(record(changed), len(items))
+            answer, record = apply(items)
+        if record is not None:
+            self._append(record, len(items))
         return answer
 
     def create_accounts(self, payload: bytes) -> bytes:
-        return encode(self._write(payload, list[AccountSpec], self._create, AccountsCreated))
+        def apply(specs: list[AccountSpec]) -> tuple[Any, ShardRecord | None]:
+            outcomes, created = self.ledger.create_accounts(specs, now_micros())
+            return outcomes, AccountsCreated(created) if created else None
 
-    def _create(self, specs: list[AccountSpec]) -> tuple[Any, list[Any]]:
-        return self.ledger.create_accounts(specs, now_micros())
+        return encode(self._write(payload, list[AccountSpec], apply))
 
     def apply_orders(self, payload: bytes) -> bytes:
-        return encode(self._write(payload, list[TransferOrder], self._commit, TransfersCommitted))
+        def apply(orders: list[TransferOrder]) -> tuple[Any, ShardRecord | None]:
+            outcomes, committed, refused = self.ledger.apply_orders(orders, now_micros())
+            changed = committed or refused
+            return outcomes, TransfersCommitted(committed, refused) if changed else None
 
-    def _commit(self, orders: list[TransferOrder]) -> tuple[Any, list[Any]]:
-        return self.ledger.apply_orders(orders, now_micros())
+        return encode(self._write(payload, list[TransferOrder], apply))
+
+    def claim_ids(self, payload: bytes) -> bytes:
+        def apply(orders: list[TransferOrder]) -> tuple[Any, ShardRecord | None]:
+            outcomes, claimed = self.ledger.claim(orders, now_micros())
+            return outcomes, IdsClaimed(claimed) if claimed else None
+
+        return encode(self._write(payload, list[TransferOrder], apply))
 
     def prepare(self, payload: bytes) -> bytes:
-        return encode(self._write(payload, list[Prepare], self.ledger.prepare, TxPrepared))
+        def apply(prepares: list[Prepare]) -> tuple[Any, ShardRecord | None]:
+            votes, prepared, refused = self.ledger.prepare(prepares, now_micros())
+            changed = prepared or refused
+            return votes, TxPrepared(prepared, refused) if changed else None
+
+        return encode(self._write(payload, list[Prepare], apply))
 
     def decide(self, payload: bytes) -> int:
-        ledger = self.ledger
+        def apply(decisions: list[Decision]) -> tuple[int, ShardRecord | None]:
+            applied = self.ledger.decide(decisions)
+            return len(applied), TxDecided(applied) if applied else None
 
-        def apply(decisions: list[Decision]) -> tuple[int, list[Decision]]:
-            applied = ledger.decide(decisions)
-            return len(applied), applied
-
-        count: int = self._write(payload, list[Decision], apply, TxDecided)
+        count: int = self._write(payload, list[Decision], apply)
         return count
 
     # -- reads ---------------------------------------------------------------------------
@@ -205,10 +271,57 @@ class ShardService(ReplicatedService):
     def current_stats(self) -> bytes:
         stats = self.stats
         stats.accounts = len(self.ledger.accounts)
-        stats.transfers = len(self.ledger.transfers)
+        stats.transfers = self.store.transfers
         stats.prepared = len(self.ledger.prepared)
         stats.log_sequence = self.last_sequence
+        stats.durable_sequence = self.store.durable_sequence
+        stats.store_bytes = self.store.size_bytes()
+        stats.checkpoint_failures = self._checkpointer.failures
         return encode(stats)
+
+    def close(self) -> None:
+        self._checkpointer.stop()
+        super().close()
+        self.store.close()
+
+
+class Checkpointer:
+    """Makes a shard's store durable every ``CHECKPOINT_SECONDS`` (or when woken), on a
+    thread of its own; the owner's thread deletes the log segments it covers."""
+
+    def __init__(self, service: ShardService) -> None:
+        self._store = service.store
+        self._label = service.label
+        self.failures = 0
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(CHECKPOINT_SECONDS)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self._store.checkpoint()
+            except Exception:
+                self.failures += 1
+                log.error(
+                    "%s: checkpoint failed (%d so far); the log keeps growing until one succeeds",
+                    self._label,
+                    self.failures,
+                    exc_info=True,
+                )
 
 
 def _bounded(items: list[Any]) -> list[Any]:
@@ -235,6 +348,7 @@ SHARD_METHODS: dict[str, ShardMethod] = {
     "create_accounts": ShardMethod(Access.WRITE, ShardService.create_accounts),
     "apply_orders": ShardMethod(Access.WRITE, ShardService.apply_orders),
     "prepare": ShardMethod(Access.WRITE, ShardService.prepare),
+    "claim_ids": ShardMethod(Access.WRITE, ShardService.claim_ids),
     "decide": ShardMethod(Access.WRITE, ShardService.decide),
     "balances": ShardMethod(Access.READ, ShardService.balances),
     "account": ShardMethod(Access.READ, lambda s, p: s.account(decode(p, str))),
@@ -273,7 +387,9 @@ class ShardActor:
             return ShardService(shard, shard_count, root.parent, **options)
 
         self._shard = shard
-        self._host = ReplicaHost(f"shard {shard}", replica, root, open_service, fsync=fsync)
+        self._host = ReplicaHost(
+            f"shard {shard}", replica, root, open_service, service_class=ShardService, fsync=fsync
+        )
         host = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
         self._channel = ChannelServer(self._dispatch, host=host)
         self._host.start_heartbeat()

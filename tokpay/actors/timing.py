@@ -68,7 +68,11 @@ INSTALL_TIMEOUT_SECONDS = 60.0
 """One chunk of a snapshot install; it may take far longer than one record."""
 
 SNAPSHOT_EVERY_RECORDS = 20_000
-"""Log records between snapshots (shards and the coordinator): bounds replay and disk."""
+"""Log records between checkpoints (shards and the coordinator): bounds replay and disk."""
+
+CHECKPOINT_SECONDS = 2.0
+"""How often a shard makes its store durable, so the log before it can go: bounds the
+log a restart replays (a few seconds of writes), whatever the history holds."""
 
 # -- the coordinator --------------------------------------------------------------------------
 

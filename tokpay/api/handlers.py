@@ -265,8 +265,8 @@ class Handlers:
         cursor = None if raw_cursor is None else _decode_cursor(raw_cursor)
         page = await self.ledger.history(account_id, limit, cursor)
         items = []
-        for transfer, effect in page.items:
+        for transfer, effect, balance_after in page.items:
             fields = msgspec.structs.asdict(transfer_out(transfer))
-            items.append(HistoryItemOut(**fields, effect=effect))
+            items.append(HistoryItemOut(**fields, effect=effect, balance_after=balance_after))
         next_cursor = None if page.next_cursor is None else _encode_cursor(page.next_cursor)
         return 200, _json.encode(HistoryOut(items, next_cursor))

@@ -122,6 +122,8 @@ class TransferOut(msgspec.Struct):
 class HistoryItemOut(TransferOut):
     effect: int = 0
     """Signed change this transfer made to the listed account's balance."""
+    balance_after: int = 0
+    """The listed account's balance right after this transfer."""
 
 
 class HistoryOut(msgspec.Struct):

@@ -46,6 +46,7 @@ from tokpay.ledger.model import (
     TransferOutcome,
 )
 from tokpay.ledger.routing import shard_of
+from tokpay.ledger.shard_ledger import home_of
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 CALL_ATTEMPTS = 5
@@ -83,9 +84,11 @@ class LedgerClient:
         self._read_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._write_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._misc_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
+        self._claim_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._coordinator_channel = self._channel(COORDINATOR_GROUP)
         self._reads = [self._batcher(self._read_batch(s)) for s in range(shard_count)]
         self._orders = [self._batcher(self._order_batch(s)) for s in range(shard_count)]
+        self._claims = [self._batcher(self._claim_batch(s)) for s in range(shard_count)]
         self._cross = self._batcher(self._cross_batch)
         self._lookups = 0
         self.batch_observer: Any = None
@@ -131,6 +134,14 @@ class LedgerClient:
 
         async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
             return decode(await channel.call("apply_orders", encode(orders)), list[TransferOutcome])
+
+        return send
+
+    def _claim_batch(self, shard: int) -> Any:
+        channel = self._claim_channels[shard]
+
+        async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
+            return decode(await channel.call("claim_ids", encode(orders)), list[TransferOutcome])
 
         return send
 
@@ -211,6 +222,11 @@ class LedgerClient:
 
     async def submit(self, order: TransferOrder) -> TransferOutcome:
         shards = {shard_of(a, self.shard_count) for a in order.accounts()}
+        home = claim_home(order, shards, self.shard_count)
+        if home is not None:
+            claim: TransferOutcome = await self._claims[home].submit(order)
+            if claim.error is not None:
+                return claim
         if len(shards) == 1:
             result: TransferOutcome = await self._orders[shards.pop()].submit(order)
         else:
@@ -237,6 +253,16 @@ class LedgerClient:
     async def coordinator_stats(self) -> dict[str, int]:
         raw = await self._coordinator_channel.call("stats", b"")
         return decode(raw, dict[str, int])
+
+
+def claim_home(order: TransferOrder, shards: set[int], shard_count: int) -> int | None:
+    """The shard to claim ``order``'s id at before sending it on, or None.
+
+    An id is bound to one body at its home shard (``home_of``). A single-shard order
+    whose shard is the id's home is checked there anyway; any other order claims first.
+    """
+    home = home_of(order.id, shard_count)
+    return None if shards == {home} else home
 
 
 def group_by_shard(
@@ -275,10 +301,22 @@ class SyncLedgerClient:
         )
 
     def submit_many(self, orders: Sequence[TransferOrder]) -> list[TransferOutcome]:
-        """Submit orders: single-shard ones straight to their shard, the rest via 2PC."""
+        """Submit orders: ids claimed at their home shard where needed, then single-shard
+        ones straight to their shard, the rest via 2PC."""
         local: list[tuple[int, TransferOrder]] = []
         cross: list[tuple[int, TransferOrder]] = []
+        claims: dict[int, list[tuple[int, TransferOrder]]] = {}
         for index, order in enumerate(orders):
+            shards = {shard_of(a, self.shard_count) for a in order.accounts()}
+            home = claim_home(order, shards, self.shard_count)
+            if home is not None:
+                claims.setdefault(home, []).append((index, order))
+        refused = self._scatter(
+            claims, len(orders), self._on_shard("claim_ids"), list[TransferOutcome]
+        )
+        for index, order in enumerate(orders):
+            if refused[index] is not None and refused[index].error is not None:
+                continue
             shards = {shard_of(a, self.shard_count) for a in order.accounts()}
             (local if len(shards) == 1 else cross).append((index, order))
         groups: dict[int, list[tuple[int, TransferOrder]]] = {}
@@ -290,6 +328,9 @@ class SyncLedgerClient:
             self._on_shard("apply_orders"),
             list[TransferOutcome],
         )
+        for index, outcome in enumerate(refused):
+            if outcome is not None and outcome.error is not None:
+                out[index] = outcome
         if cross:
             cross_out = self._scatter(
                 {-1: cross},

@@ -46,3 +46,13 @@ MAX_INFLIGHT_BATCHES: Final = 1
 
 MAX_BODY_BYTES: Final = 64 * 1024
 """Bytes in one HTTP request body."""
+
+MAX_ACCOUNTS_PER_SHARD: Final = 2_000_000
+"""Accounts one shard holds in memory (about 250 bytes each); more is ``shard_full``."""
+
+MAX_PREPARED_PER_SHARD: Final = 50_000
+"""Cross-shard holds one shard keeps at once; a prepare past it votes no (``overloaded``)."""
+
+REFUSAL_MEMORY_SECONDS: Final = 24 * 3600
+"""How long a refused transfer's id answers the same refusal to a retry with the same body.
+After it, the same body is judged again; another body under that id is a conflict forever."""

@@ -35,6 +35,8 @@ class Account(msgspec.Struct, kw_only=True):
     # Reads never show them; they only stop a second spend of the same money.
     held_debit: int = 0
     held_credit: int = 0
+    entries: int = 0
+    """How many history entries the account has; the next one is numbered entries + 1."""
 
 
 class Credit(msgspec.Struct, array_like=True, frozen=True):
@@ -140,6 +142,6 @@ class BalanceView(msgspec.Struct, frozen=True, array_like=True):
 
 
 class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[tuple[Transfer, int]]
-    """(transfer, signed effect on the account), newest first."""
+    items: list[tuple[Transfer, int, int]]
+    """(transfer, signed effect on the account, the account's balance after it), newest first."""
     next_cursor: int | None

@@ -1,17 +1,31 @@
 """One shard's accounts and the money rules that change them.
 
-Plain Python over plain data: no Ray, no files, no clock (callers pass ``now``).
-A batch is applied in one pass and in order, so each order sees the effect of the
-ones before it, and a hot account costs no more than a spread load. Every method
-that changes state returns exactly what the caller must log to replay it.
+Plain Python over plain data: no Ray, no clock (callers pass ``now``). A batch is
+applied in one pass and in order, so each order sees the effect of the ones before
+it, and a hot account costs no more than a spread load. Every method that changes
+state returns exactly what the caller must log to replay it.
+
+Memory holds what the rules need on every order: accounts and prepared holds. What
+only grows with time (committed transfers, each account's history, the ids this shard
+has seen) lives in the shard's store on disk (``tokpay.store``); what a batch adds
+waits in ``pending`` until its owner writes it there, right after the batch's log
+record is durable. A ledger without a store keeps it all in ``pending`` (tests).
 """
 
 from __future__ import annotations
 
-import msgspec
+from typing import Protocol
 
+from tokpay.ledger.changes import Changes, HistoryRow, Mark, order_digest
 from tokpay.ledger.errors import ErrorCode, LedgerError, check
-from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_BALANCE, MAX_PAGE_SIZE
+from tokpay.ledger.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_ACCOUNTS_PER_SHARD,
+    MAX_BALANCE,
+    MAX_PAGE_SIZE,
+    MAX_PREPARED_PER_SHARD,
+    REFUSAL_MEMORY_SECONDS,
+)
 from tokpay.ledger.model import (
     Account,
     AccountOutcome,
@@ -31,29 +45,47 @@ from tokpay.ledger.model import (
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.validation import validate_account_spec, validate_order
 
+REMEMBERED_REFUSALS = frozenset(
+    {
+        ErrorCode.INSUFFICIENT_FUNDS,
+        ErrorCode.ACCOUNT_NOT_FOUND,
+        ErrorCode.CURRENCY_MISMATCH,
+        ErrorCode.BALANCE_LIMIT_EXCEEDED,
+    }
+)
+"""Refusals the ledger decided from its state, answered again to a retry of the same body
+for ``REFUSAL_MEMORY_SECONDS``. Invalid bodies are refused the same way every time
+anyway; ``unavailable`` and ``overloaded`` are not decisions."""
 
-class ShardSnapshot(msgspec.Struct, kw_only=True):
-    shard: int
-    shard_count: int
-    accounts: list[Account]
-    transfers: list[Transfer]
-    history: dict[str, list[str]]
-    prepared: list[Prepared]
+
+class Disk(Protocol):
+    """What the ledger reads from its store (``tokpay.store.ShardStore``)."""
+
+    def transfer(self, transfer_id: str) -> Transfer | None: ...
+
+    def mark(self, transfer_id: str) -> Mark | None: ...
+
+    def history(
+        self, account_id: str, limit: int, below: int
+    ) -> list[tuple[Transfer, int, int, int]]: ...
 
 
 class ShardLedger:
-    """Accounts owned by shard ``shard`` of ``shard_count``, with their history."""
+    """Accounts owned by shard ``shard`` of ``shard_count``, their holds and, through
+    ``disk``, their history."""
 
-    def __init__(self, shard: int, shard_count: int) -> None:
+    def __init__(self, shard: int, shard_count: int, disk: Disk | None = None) -> None:
         check(0 <= shard < shard_count, f"shard {shard} outside 0..{shard_count - 1}")
         self.shard = shard
         self.shard_count = shard_count
+        self.disk = disk
         self.accounts: dict[str, Account] = {}
-        # Every transfer touching this shard; authoritative for those whose debit lives here.
-        self.transfers: dict[str, Transfer] = {}
-        self.history: dict[str, list[str]] = {}
         self.prepared: dict[str, Prepared] = {}
         self._prepared_transfer_ids: dict[str, str] = {}
+        self.pending = Changes()
+        # Indexes over ``pending`` for the rules: transfers and marks not yet on disk.
+        self._pending_transfers: dict[str, Transfer] = {}
+        self._pending_marks: dict[str, Mark] = {}
 
     # -- reads (committed state only) ------------------------------------------------
 
@@ -76,25 +108,46 @@ class ShardLedger:
         return account
 
     def transfer(self, transfer_id: str) -> Transfer | None:
-        return self.transfers.get(transfer_id)
+        transfer = self._pending_transfers.get(transfer_id)
+        if transfer is None and self.disk is not None:
+            transfer = self.disk.transfer(transfer_id)
+        return transfer
 
     def history_page(
         self, account_id: str, limit: int = DEFAULT_PAGE_SIZE, cursor: int | None = None
     ) -> HistoryPage:
-        """Transfers of ``account_id``, newest first; ``cursor`` is the position to continue below."""
-        self.account(account_id)
+        """Transfers of ``account_id``, newest first; ``cursor`` is the entry count to
+        continue below (entries are numbered 1.. in the order they happened)."""
+        entries = self.account(account_id).entries
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise LedgerError(ErrorCode.INVALID_LIMIT, f"limit must be in 1..{MAX_PAGE_SIZE}")
-        ids = self.history.get(account_id, [])
-        end = len(ids) if cursor is None else cursor
-        if not 0 <= end <= len(ids):
+        end = entries if cursor is None else cursor
+        if not 0 <= end <= entries:
             raise LedgerError(ErrorCode.INVALID_CURSOR, "cursor does not belong to this history")
-        start = max(0, end - limit)
-        items = []
-        for transfer_id in reversed(ids[start:end]):
-            transfer = self.transfers[transfer_id]
-            items.append((transfer, effect_on(transfer, account_id)))
-        return HistoryPage(items=items, next_cursor=start if start > 0 else None)
+        # Entries numbered end, end-1, ...: the newest may still be pending, the rest on disk.
+        found: dict[int, tuple[Transfer, int, int]] = {}
+        for row in self.pending.history:
+            if row.account == account_id and end - limit < row.n <= end:
+                found[row.n] = (
+                    self._pending_transfers[row.transfer_id],
+                    row.effect,
+                    row.balance_after,
+                )
+        below = min(found, default=end + 1)
+        if self.disk is not None and len(found) < min(limit, end):
+            for transfer, effect, after, n in self.disk.history(
+                account_id, limit - len(found), below
+            ):
+                found[n] = (transfer, effect, after)
+        numbers = sorted(found, reverse=True)[:limit]
+        check(
+            numbers == list(range(end, end - len(numbers), -1)),
+            f"history of {account_id!r} has a gap below entry {end}",
+        )
+        start = end - len(numbers)
+        return HistoryPage(
+            items=[found[n] for n in numbers], next_cursor=start if start > 0 else None
+        )
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -117,6 +170,12 @@ class ShardLedger:
                         )
                     outcomes.append(AccountOutcome(account=existing, created=False))
                     continue
+                if len(self.accounts) >= MAX_ACCOUNTS_PER_SHARD:
+                    raise LedgerError(
+                        ErrorCode.SHARD_FULL,
+                        f"shard {self.shard} holds MAX_ACCOUNTS_PER_SHARD="
+                        f"{MAX_ACCOUNTS_PER_SHARD} accounts; the ledger needs more shards",
+                    )
                 account = Account(
                     id=spec.id,
                     currency=spec.currency,
@@ -125,6 +184,7 @@ class ShardLedger:
                     created_at=now,
                 )
                 self.accounts[account.id] = account
+                self.pending.accounts[account.id] = account
                 created.append(account)
                 outcomes.append(AccountOutcome(account=account, created=True))
             except LedgerError as error:
@@ -135,46 +195,94 @@ class ShardLedger:
         for account in accounts:
             check(account.id not in self.accounts, f"log creates account {account.id!r} twice")
             self.accounts[account.id] = account
+            self.pending.accounts[account.id] = account
 
     # -- single-shard transfers ----------------------------------------------------------
 
     def apply_orders(
         self, orders: list[TransferOrder], now: int
-    ) -> tuple[list[TransferOutcome], list[Transfer]]:
-        """Apply orders whose accounts all live here, in order, all legs or none each."""
+    ) -> tuple[list[TransferOutcome], list[Transfer], list[Mark]]:
+        """Apply orders whose accounts all live here, in order, all legs or none each.
+
+        Returns the outcomes, the committed transfers and the refusals to remember.
+        """
         outcomes: list[TransferOutcome] = []
         committed: list[Transfer] = []
+        refused: list[Mark] = []
         for order in orders:
             try:
                 validate_order(order, self.shard_count)
-                existing = self._existing(order)
+                existing = self._existing(order, now)
                 if existing is not None:
                     outcomes.append(TransferOutcome(transfer=existing, replayed=True))
                     continue
                 for account_id in order.accounts():
                     self._require_here(account_id)
-                self._check_credits(order, order.credits)
-                self._check_debit(order)
+                try:
+                    self._check_credits(order, order.credits)
+                    self._check_debit(order)
+                except LedgerError as error:
+                    refused.extend(self._remember_refusal(order, error, now))
+                    raise
                 transfer = Transfer(order=order, created_at=now)
                 self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
                 committed.append(transfer)
                 outcomes.append(TransferOutcome(transfer=transfer))
             except LedgerError as error:
                 outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
-        return outcomes, committed
+        return outcomes, committed, refused
 
     def replay_transfers(self, transfers: list[Transfer]) -> None:
         for transfer in transfers:
-            check(transfer.order.id not in self.transfers, f"log repeats {transfer.order.id!r}")
+            check(self.transfer(transfer.order.id) is None, f"log repeats {transfer.order.id!r}")
             self._ensure_funding(transfer.order)
             self._commit_legs(transfer, debit_here=True, credits_here=transfer.order.credits)
 
+    def replay_marks(self, marks: list[Mark]) -> None:
+        """Refusals and claims from the log, as they were decided."""
+        for mark in marks:
+            self._mark(mark)
+
+    def claim(
+        self, orders: list[TransferOrder], now: int
+    ) -> tuple[list[TransferOutcome], list[Mark]]:
+        """Bind each order's id to its body here, at the id's home shard (``home_of``).
+
+        An order whose accounts are elsewhere is claimed at its id's home before it is
+        sent on, so an id is bound to one body across all shards, forever: the outcome
+        is an empty ``TransferOutcome`` to go ahead, or the refusal (an invalid body,
+        or another body under the same id).
+        """
+        outcomes: list[TransferOutcome] = []
+        claimed: list[Mark] = []
+        for order in orders:
+            try:
+                validate_order(order, self.shard_count)
+                check(
+                    home_of(order.id, self.shard_count) == self.shard,
+                    f"{order.id!r} not homed here",
+                )
+                if self._existing(order, now, claim=True) is None and not self._claimed(order):
+                    mark = Mark(order.id, order_digest(order))
+                    self._mark(mark)
+                    claimed.append(mark)
+                outcomes.append(TransferOutcome())
+            except LedgerError as error:
+                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+        return outcomes, claimed
+
     # -- two-phase commit participant ----------------------------------------------------
 
-    def prepare(self, prepares: list[Prepare]) -> tuple[list[Vote], list[Prepared]]:
-        """Vote on each transaction, holding this shard's funds for every yes."""
+    def prepare(
+        self, prepares: list[Prepare], now: int = 0
+    ) -> tuple[list[Vote], list[Prepared], list[Mark]]:
+        """Vote on each transaction, holding this shard's funds for every yes.
+
+        Returns the votes, the holds taken and the refusals to remember.
+        """
         votes: list[Vote] = []
         prepared: list[Prepared] = []
+        refused: list[Mark] = []
         for request in prepares:
             if request.txid in self.prepared:
                 votes.append(Vote(txid=request.txid, ok=True))
@@ -189,15 +297,25 @@ class ShardLedger:
                 check(debit_here or bool(credits_here), f"{request.txid} has no leg on this shard")
                 # Every participant checks the id, not just the debit shard: a commit stores the
                 # transfer under its id here, and this shard may know another body with that id.
-                existing = self._existing(order)
+                existing = self._existing(order, now)
                 if existing is not None:
                     votes.append(Vote(txid=request.txid, ok=False, existing=existing))
                     continue
+                if len(self.prepared) >= MAX_PREPARED_PER_SHARD:
+                    raise LedgerError(
+                        ErrorCode.OVERLOADED,
+                        f"shard {self.shard} holds MAX_PREPARED_PER_SHARD="
+                        f"{MAX_PREPARED_PER_SHARD} undecided transfers; retry shortly",
+                    )
                 # Credits first, as in apply_orders: _check_debit creates a top-up's funding
                 # account, which must not happen for a vote that logs no record.
-                self._check_credits(order, credits_here)
-                if debit_here:
-                    self._check_debit(order)
+                try:
+                    self._check_credits(order, credits_here)
+                    if debit_here:
+                        self._check_debit(order)
+                except LedgerError as error:
+                    refused.extend(self._remember_refusal(order, error, now))
+                    raise
             except LedgerError as error:
                 votes.append(
                     Vote(txid=request.txid, ok=False, error=error.code, detail=error.detail)
@@ -213,7 +331,7 @@ class ShardLedger:
             self._hold(record)
             prepared.append(record)
             votes.append(Vote(txid=request.txid, ok=True))
-        return votes, prepared
+        return votes, prepared, refused
 
     def replay_prepared(self, records: list[Prepared]) -> None:
         for record in records:
@@ -235,6 +353,7 @@ class ShardLedger:
                 continue
             del self.prepared[decision.txid]
             self._release(record)
+            self.pending.released.append(decision.txid)
             if decision.commit:
                 self._commit_legs(
                     record.transfer,
@@ -247,30 +366,28 @@ class ShardLedger:
     def in_doubt(self) -> list[str]:
         return list(self.prepared)
 
-    # -- snapshots and invariants ----------------------------------------------------------
+    # -- what goes to disk -----------------------------------------------------------------
 
-    def snapshot(self) -> ShardSnapshot:
-        return ShardSnapshot(
-            shard=self.shard,
-            shard_count=self.shard_count,
-            accounts=list(self.accounts.values()),
-            transfers=list(self.transfers.values()),
-            history=self.history,
-            prepared=list(self.prepared.values()),
-        )
+    def take_pending(self) -> Changes:
+        """Hand over what changed since the last call, to be written to the store."""
+        changes = self.pending
+        self.pending = Changes()
+        self._pending_transfers = {}
+        self._pending_marks = {}
+        return changes
 
-    @classmethod
-    def from_snapshot(cls, snapshot: ShardSnapshot) -> ShardLedger:
-        ledger = cls(snapshot.shard, snapshot.shard_count)
-        ledger.accounts = {a.id: a for a in snapshot.accounts}
-        ledger.transfers = {t.order.id: t for t in snapshot.transfers}
-        ledger.history = snapshot.history
-        for account in ledger.accounts.values():
+    def load(self, accounts: list[Account], prepared: list[Prepared]) -> None:
+        """Set the state read back from the store (holds are recomputed from ``prepared``)."""
+        self.accounts = {a.id: a for a in accounts}
+        for account in self.accounts.values():
             account.held_debit = 0
             account.held_credit = 0
-        ledger.replay_prepared(snapshot.prepared)
-        ledger.check_invariants()
-        return ledger
+        for record in prepared:
+            self._hold(record)
+        self.pending = Changes()
+        self.check_invariants()
+
+    # -- invariants --------------------------------------------------------------------------
 
     def check_invariants(self) -> None:
         for account in self.accounts.values():
@@ -302,9 +419,14 @@ class ShardLedger:
                 "the caller's shard map is stale",
             )
 
-    def _existing(self, order: TransferOrder) -> Transfer | None:
-        """The committed transfer this order replays, or None; raises on a conflicting body."""
-        existing = self.transfers.get(order.id)
+    def _existing(self, order: TransferOrder, now: int, *, claim: bool = False) -> Transfer | None:
+        """The committed transfer this order replays, or None to go ahead.
+
+        Raises on another body under the same id (here or, through a claim, on another
+        shard), on the same body mid-commit, and with the remembered refusal of the same
+        body within ``REFUSAL_MEMORY_SECONDS``.
+        """
+        existing = self.transfer(order.id)
         if existing is not None:
             if existing.order != order:
                 raise LedgerError(
@@ -320,12 +442,53 @@ class ShardLedger:
                     ErrorCode.TRANSFER_ID_CONFLICT,
                     f"transfer {order.id!r} is in progress with a different body",
                 )
+            if claim:
+                return None
             # The same transfer is mid-commit (e.g. a decision still being delivered):
             # the client should retry, not conclude that its id was taken.
             raise LedgerError(
                 ErrorCode.UNAVAILABLE, f"transfer {order.id!r} is being committed; retry shortly"
             )
+        mark = self._find_mark(order.id)
+        if mark is None:
+            return None
+        if mark.digest != order_digest(order):
+            raise LedgerError(
+                ErrorCode.TRANSFER_ID_CONFLICT,
+                f"transfer id {order.id!r} was already used with a different body",
+            )
+        if (
+            mark.code is not None
+            and not claim
+            and now - mark.at < REFUSAL_MEMORY_SECONDS * 1_000_000
+        ):
+            raise LedgerError(ErrorCode(mark.code), f"{mark.detail} (refused before; same answer)")
         return None
+
+    def _find_mark(self, transfer_id: str) -> Mark | None:
+        mark = self._pending_marks.get(transfer_id)
+        if mark is None and self.disk is not None:
+            mark = self.disk.mark(transfer_id)
+        return mark
+
+    def _claimed(self, order: TransferOrder) -> bool:
+        """Whether this shard already binds the order's id (to this body)."""
+        return (
+            self._find_mark(order.id) is not None
+            or order.id in self._prepared_transfer_ids
+            or self.transfer(order.id) is not None
+        )
+
+    def _mark(self, mark: Mark) -> None:
+        self._pending_marks[mark.id] = mark
+        self.pending.marks.append(mark)
+
+    def _remember_refusal(self, order: TransferOrder, error: LedgerError, now: int) -> list[Mark]:
+        if error.code not in REMEMBERED_REFUSALS:
+            return []
+        mark = Mark(order.id, order_digest(order), str(error.code), error.detail, now)
+        self._mark(mark)
+        return [mark]
 
     def _ensure_funding(self, order: TransferOrder) -> None:
         """Create this shard's funding account of the order's currency on first top-up."""
@@ -335,9 +498,11 @@ class ShardLedger:
             order.debit == funding_account_id(order.currency, self.shard),
             f"top-up {order.id!r} debits {order.debit!r}, not this shard's funding account",
         )
-        self.accounts[order.debit] = Account(
+        funding = Account(
             id=order.debit, currency=order.currency, owner="system", allow_overdraft=True
         )
+        self.accounts[order.debit] = funding
+        self.pending.accounts[order.debit] = funding
 
     def _check_debit(self, order: TransferOrder) -> None:
         self._ensure_funding(order)
@@ -385,6 +550,7 @@ class ShardLedger:
             self.accounts[credit.account].held_credit += credit.amount
         self.prepared[record.txid] = record
         self._prepared_transfer_ids[order.id] = record.txid
+        self.pending.prepared.append(record)
 
     def _release(self, record: Prepared) -> None:
         order = record.transfer.order
@@ -399,19 +565,31 @@ class ShardLedger:
     ) -> None:
         order = transfer.order
         accounts = self.accounts
-        history = self.history
+        pending = self.pending
         if debit_here:
             debit = accounts[order.debit]
-            debit.balance -= order.total
+            self._entry(debit, order.id, -order.total)
             check(
                 debit.allow_overdraft or debit.balance >= 0,
                 f"transfer {order.id!r} overdrew {debit.id!r}",
             )
-            history.setdefault(debit.id, []).append(order.id)
         for credit in credits_here:
-            accounts[credit.account].balance += credit.amount
-            history.setdefault(credit.account, []).append(order.id)
-        self.transfers[order.id] = transfer
+            self._entry(accounts[credit.account], order.id, credit.amount)
+        self._pending_transfers[order.id] = transfer
+        pending.transfers.append(transfer)
+
+    def _entry(self, account: Account, transfer_id: str, effect: int) -> None:
+        account.balance += effect
+        account.entries += 1
+        self.pending.history.append(
+            HistoryRow(account.id, account.entries, transfer_id, effect, account.balance)
+        )
+        self.pending.accounts[account.id] = account
+
+
+def home_of(transfer_id: str, shard_count: int) -> int:
+    """The shard that binds ``transfer_id`` to one body (it holds the id's claim)."""
+    return shard_of(transfer_id, shard_count)
 
 
 def effect_on(transfer: Transfer, account_id: str) -> int:

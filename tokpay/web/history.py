@@ -123,8 +123,8 @@ def by_day(entries: list[Entry], zone: ZoneInfo, now: datetime) -> list[tuple[st
 
 async def _walk(
     ledger: LedgerClient, user: User, before: int | None, limit: int, first: int = MAX_PAGE_SIZE
-) -> AsyncIterator[list[tuple[Transfer, int]]]:
-    """Ledger pages of the user's (transfer, effect), newest first, from ``before``;
+) -> AsyncIterator[list[tuple[Transfer, int, int]]]:
+    """Ledger pages of the user's (transfer, effect, balance after), newest first, from ``before``;
     ``limit`` items in all at most. Pages start at ``first`` items and double."""
     cursor = before
     left = limit
@@ -158,10 +158,10 @@ def _entry(user: User, transfer: Transfer, effect: int, emails: dict[str, str]) 
     return Entry(order.id, kind, effect, parties, order.memo, created)
 
 
-def _entries(store: WebStore, user: User, items: list[tuple[Transfer, int]]) -> list[Entry]:
-    others = {a for t, _ in items for a in t.order.accounts() if a != user.account_id}
+def _entries(store: WebStore, user: User, items: list[tuple[Transfer, int, int]]) -> list[Entry]:
+    others = {a for t, _, _ in items for a in t.order.accounts() if a != user.account_id}
     emails = store.emails_of(others)
-    return [_entry(user, transfer, effect, emails) for transfer, effect in items]
+    return [_entry(user, transfer, effect, emails) for transfer, effect, _ in items]
 
 
 async def list_page(
@@ -208,15 +208,17 @@ async def export_entries(
 async def chart_points(
     ledger: LedgerClient, user: User, balance: int
 ) -> list[tuple[datetime, int]]:
-    """(time, balance after) over the newest ledger page, oldest first, ending now."""
+    """(time, balance after) over the newest ledger page, oldest first, ending now.
+
+    Each history entry carries the balance after it, so nothing is recomputed."""
     points: list[tuple[datetime, int]] = []
-    running = balance
+    before = balance
     async for items in _walk(ledger, user, None, MAX_CHART_ITEMS):
-        for transfer, effect in items:
-            points.append((_EPOCH + timedelta(microseconds=transfer.created_at), running))
-            running -= effect
+        for transfer, effect, after in items:
+            points.append((_EPOCH + timedelta(microseconds=transfer.created_at), after))
+            before = after - effect
     if points:
-        points.append((points[-1][0], running))
+        points.append((points[-1][0], before))
         points.reverse()
         points.append((datetime.now(UTC), balance))
     return points
@@ -243,13 +245,11 @@ async def receipt(
     order = transfer.order
     emails = store.emails_of(order.accounts())
     balance_after: int | None = None
-    running = balance
     async for items in _walk(ledger, user, None, MAX_RECEIPT_SCAN):
-        for item, effect in items:
+        for item, _, after in items:
             if item.order.id == transfer_id:
-                balance_after = running
+                balance_after = after
                 break
-            running -= effect
         if balance_after is not None:
             break
     effect = effect_on(transfer, user.account_id)

@@ -1,0 +1,61 @@
+"""What one batch changed, as the shard's store will keep it (see ``tokpay.store``).
+
+The ledger fills a ``Changes`` while it applies a batch; its owner writes it to the
+store right after the batch's log record is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tokpay.ledger.model import Account, Prepared, Transfer, TransferOrder
+
+
+def order_digest(order: TransferOrder) -> bytes:
+    """16 bytes that differ for any two different bodies (an id's claim stores this)."""
+    return hashlib.blake2b(msgspec.msgpack.encode(order), digest_size=16).digest()
+
+
+class HistoryRow(msgspec.Struct, array_like=True, frozen=True):
+    """One entry of an account's history: its number, the transfer, its effect, the balance after."""
+
+    account: str
+    n: int
+    transfer_id: str
+    effect: int
+    balance_after: int
+
+
+class Mark(msgspec.Struct, array_like=True, frozen=True):
+    """An id known here without its transfer: a claim (``code`` None) or a refusal."""
+
+    id: str
+    digest: bytes
+    code: str | None = None
+    detail: str = ""
+    at: int = 0
+
+
+@dataclass
+class Changes:
+    """What one log record changed in the store; written in one transaction."""
+
+    accounts: dict[str, Account] = field(default_factory=dict)
+    transfers: list[Transfer] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
+    prepared: list[Prepared] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.accounts
+            or self.transfers
+            or self.history
+            or self.prepared
+            or self.released
+            or self.marks
+        )

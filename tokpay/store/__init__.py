@@ -1,0 +1,1 @@
+"""Each shard replica's on-disk state (accounts, holds, transfers, history, id index)."""
