@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.orders import account_specs, ids_on, pay, topup
 from tokpay.ledger.errors import ErrorCode, InvariantViolation, LedgerError
-from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from tokpay.ledger.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, REFUSAL_MEMORY_SECONDS
 from tokpay.ledger.model import (
     AccountOutcome,
     AccountSpec,
@@ -30,7 +30,24 @@ FUNDING_USD = funding_account_id("USD", 0)
 
 
 def state_of(ledger: ShardLedger) -> bytes:
-    return msgspec.msgpack.encode(ledger.snapshot())
+    """Balances, holds and the history and transfers waiting for the store, encoded
+    (remembered refusals and holds' rows are left out: they change no balance)."""
+    pending = ledger.pending
+    return msgspec.msgpack.encode(
+        (ledger.accounts, ledger.prepared, pending.transfers, pending.history)
+    )
+
+
+def history_ids(ledger: ShardLedger, account_id: str) -> list[str]:
+    """Every transfer id in ``account_id``'s history, oldest first, read page by page."""
+    ids: list[str] = []
+    cursor: int | None = None
+    while True:
+        page = ledger.history_page(account_id, MAX_PAGE_SIZE, cursor)
+        ids += [transfer.order.id for transfer, _, _ in page.items]
+        if page.next_cursor is None:
+            return ids[::-1]
+        cursor = page.next_cursor
 
 
 def balances(ledger: ShardLedger, *account_ids: str) -> list[int]:
@@ -50,7 +67,7 @@ def ledger() -> ShardLedger:
     ledger = ShardLedger(0, 1)
     created, _ = ledger.create_accounts(account_specs(USERS, "USD"), T0)
     assert all(o.created for o in created)
-    outcomes, _ = ledger.apply_orders([topup("alice", 1_000, id="seed")], T0)
+    outcomes, _, _ = ledger.apply_orders([topup("alice", 1_000, id="seed")], T0)
     assert outcomes[0].error is None
     return ledger
 
@@ -60,24 +77,24 @@ def ledger() -> ShardLedger:
 
 def test_same_order_again_replays_the_original_transfer(ledger: ShardLedger) -> None:
     order = pay("alice", [("bob", 30), ("carol", 20)], id="pay-1", memo="rent")
-    first, committed = ledger.apply_orders([order], T0 + 10)
+    first, committed, _ = ledger.apply_orders([order], T0 + 10)
     assert first == [TransferOutcome(transfer=Transfer(order=order, created_at=T0 + 10))]
     assert committed == [Transfer(order=order, created_at=T0 + 10)]
     after_first = state_of(ledger)
 
     for later in (T0 + 20, T0 + 10**9):
-        again, committed = ledger.apply_orders([order], later)
+        again, committed, _ = ledger.apply_orders([order], later)
         assert again == [TransferOutcome(transfer=first[0].transfer, replayed=True)]
         assert again[0].transfer is not None and again[0].transfer.created_at == T0 + 10
         assert committed == []
         assert state_of(ledger) == after_first
     assert balances(ledger, "alice", "bob", "carol") == [950, 30, 20]
-    assert ledger.history["alice"] == ["seed", "pay-1"]
+    assert history_ids(ledger, "alice") == ["seed", "pay-1"]
 
 
 def test_replay_within_one_batch(ledger: ShardLedger) -> None:
     order = pay("alice", [("bob", 100)], id="pay-1")
-    outcomes, committed = ledger.apply_orders([order, order, order], T0 + 5)
+    outcomes, committed, _ = ledger.apply_orders([order, order, order], T0 + 5)
     transfer = Transfer(order=order, created_at=T0 + 5)
     assert outcomes == [
         TransferOutcome(transfer=transfer),
@@ -86,43 +103,52 @@ def test_replay_within_one_batch(ledger: ShardLedger) -> None:
     ]
     assert committed == [transfer]
     assert balances(ledger, "alice", "bob") == [900, 100]
-    assert ledger.history["bob"] == ["pay-1"]
+    assert history_ids(ledger, "bob") == ["pay-1"]
 
 
 def test_replay_wins_over_insufficient_funds(ledger: ShardLedger) -> None:
     """A retry of an applied order is answered from memory, not re-checked against balances."""
     order = pay("alice", [("bob", 1_000)], id="all-in")
-    first, _ = ledger.apply_orders([order], T0 + 1)
+    first, _, _ = ledger.apply_orders([order], T0 + 1)
     assert ledger.account("alice").balance == 0
-    again, committed = ledger.apply_orders([order], T0 + 2)
+    again, committed, _ = ledger.apply_orders([order], T0 + 2)
     assert again[0].replayed and again[0].transfer == first[0].transfer and committed == []
 
 
 def test_topup_replays_too(ledger: ShardLedger) -> None:
     order = topup("bob", 77, id="tu-bob")
-    first, _ = ledger.apply_orders([order], T0 + 1)
-    again, committed = ledger.apply_orders([order], T0 + 2)
+    first, _, _ = ledger.apply_orders([order], T0 + 1)
+    again, committed, _ = ledger.apply_orders([order], T0 + 2)
     assert again == [TransferOutcome(transfer=first[0].transfer, replayed=True)]
     assert committed == []
     assert balances(ledger, "bob", FUNDING_USD) == [77, -1_077]
 
 
-def test_refused_order_is_not_remembered(ledger: ShardLedger) -> None:
-    """Only applied transfers are idempotency keys: a refused order may be retried later."""
+def test_refused_order_is_remembered_for_a_day(ledger: ShardLedger) -> None:
+    """A retry of a refused body gets the same refusal, even once it would fit; after
+    REFUSAL_MEMORY_SECONDS it is judged again. Another body under the id is a conflict."""
     order = pay("bob", [("carol", 50)], id="pay-bob")
-    refused, _ = ledger.apply_orders([order], T0 + 1)
+    refused, _, marks = ledger.apply_orders([order], T0 + 1)
     assert refused[0].error == ErrorCode.INSUFFICIENT_FUNDS
+    assert [(m.id, m.code, m.at) for m in marks] == [("pay-bob", "insufficient_funds", T0 + 1)]
     assert ledger.transfer("pay-bob") is None
     ledger.apply_orders([pay("alice", [("bob", 50)], id="fund-bob")], T0 + 2)
-    retried, committed = ledger.apply_orders([order], T0 + 3)
-    assert retried == [TransferOutcome(transfer=Transfer(order=order, created_at=T0 + 3))]
+    retried, committed, marks = ledger.apply_orders([order], T0 + 3)
+    assert retried[0].error == ErrorCode.INSUFFICIENT_FUNDS and committed == marks == []
+    other = pay("bob", [("carol", 1)], id="pay-bob")
+    outcomes, committed, _ = ledger.apply_orders([other], T0 + 4)
+    assert outcomes[0].error == ErrorCode.TRANSFER_ID_CONFLICT and committed == []
+    later = T0 + 1 + REFUSAL_MEMORY_SECONDS * 1_000_000
+    retried, committed, _ = ledger.apply_orders([order], later)
+    assert retried == [TransferOutcome(transfer=Transfer(order=order, created_at=later))]
     assert len(committed) == 1
+    assert balances(ledger, "bob", "carol") == [0, 50]
 
 
 def test_conflict_in_the_same_batch(ledger: ShardLedger) -> None:
     first = pay("alice", [("bob", 10)], id="dup")
     second = pay("alice", [("bob", 11)], id="dup")
-    outcomes, committed = ledger.apply_orders([first, second, first], T0 + 1)
+    outcomes, committed, _ = ledger.apply_orders([first, second, first], T0 + 1)
     assert outcomes[0].transfer is not None and not outcomes[0].replayed
     assert outcomes[1].error == ErrorCode.TRANSFER_ID_CONFLICT
     assert outcomes[2].replayed and outcomes[2].transfer == outcomes[0].transfer
@@ -170,17 +196,18 @@ def test_multi_leg_transfer_applies_all_legs_or_none(
 ) -> None:
     ledger.create_accounts([AccountSpec(id="erin", currency="EUR", owner="e")], T0)
     before = state_of(ledger)
-    outcomes, committed = ledger.apply_orders([order], T0 + 1)
+    outcomes, committed, marks = ledger.apply_orders([order], T0 + 1)
     assert outcomes[0].error == code and committed == []
+    assert [m.code for m in marks] == [code]
     assert state_of(ledger) == before
 
     # The same legs that fit the balance exactly go through together.
     exact = pay("alice", [("bob", 400), ("carol", 400), ("dave", 200)], id="exact")
-    outcomes, committed = ledger.apply_orders([exact], T0 + 2)
+    outcomes, committed, _ = ledger.apply_orders([exact], T0 + 2)
     assert outcomes[0].error is None
     assert balances(ledger, *USERS) == [0, 400, 400, 200]
     for account_id in ("alice", "bob", "carol", "dave"):
-        assert ledger.history[account_id][-1] == "exact"
+        assert history_ids(ledger, account_id)[-1] == "exact"
     assert usd_total(ledger) == 0
 
 
@@ -197,7 +224,7 @@ def test_later_orders_in_a_batch_see_earlier_effects(ledger: ShardLedger) -> Non
         topup("carol", 20, id="tu-c"),
         pay("carol", [("dave", 60)], id="c-d-3"),  # 40 + 20 is exactly enough
     ]
-    outcomes, committed = ledger.apply_orders(orders, T0 + 1)
+    outcomes, committed, _ = ledger.apply_orders(orders, T0 + 1)
     assert [o.error for o in outcomes] == [
         ErrorCode.INSUFFICIENT_FUNDS,
         None,
@@ -215,7 +242,7 @@ def test_later_orders_in_a_batch_see_earlier_effects(ledger: ShardLedger) -> Non
 
 def test_batch_drains_an_account_exactly_once(ledger: ShardLedger) -> None:
     orders = [pay("alice", [("bob", 400)], id=f"p{i}") for i in range(4)]
-    outcomes, committed = ledger.apply_orders(orders, T0 + 1)
+    outcomes, committed, _ = ledger.apply_orders(orders, T0 + 1)
     assert [o.error for o in outcomes] == [
         None,
         None,
@@ -241,7 +268,7 @@ def _make_history(ledger: ShardLedger, count: int) -> list[str]:
         if i % 3 == 0:
             ledger.apply_orders([pay("alice", [("bob", 2)], id=f"fund{i}")], T0 + 2 * i)
             ids.append(f"fund{i}")
-        outcomes, _ = ledger.apply_orders([order], T0 + 2 * i + 1)
+        outcomes, _, _ = ledger.apply_orders([order], T0 + 2 * i + 1)
         assert outcomes[0].error is None, outcomes[0]
         ids.append(order.id)
     return ["seed", *ids]
@@ -250,7 +277,7 @@ def _make_history(ledger: ShardLedger, count: int) -> list[str]:
 @pytest.mark.parametrize("limit", [1, 2, 3, 7, 10, 50, MAX_PAGE_SIZE])
 def test_history_pages_walk_everything_once_newest_first(ledger: ShardLedger, limit: int) -> None:
     expected = _make_history(ledger, 25)
-    assert ledger.history["alice"] == expected
+    assert history_ids(ledger, "alice") == expected
     seen: list[str] = []
     cursor: int | None = None
     pages = 0
@@ -258,10 +285,10 @@ def test_history_pages_walk_everything_once_newest_first(ledger: ShardLedger, li
         page = ledger.history_page("alice", limit, cursor)
         pages += 1
         assert 1 <= len(page.items) <= limit
-        for transfer, effect in page.items:
+        for transfer, effect, _ in page.items:
             assert effect == effect_on(transfer, "alice")
             assert ledger.transfer(transfer.order.id) == transfer
-        seen.extend(t.order.id for t, _ in page.items)
+        seen.extend(t.order.id for t, _, _ in page.items)
         if page.next_cursor is None:
             break
         assert len(page.items) == limit
@@ -269,18 +296,18 @@ def test_history_pages_walk_everything_once_newest_first(ledger: ShardLedger, li
     assert seen == list(reversed(expected))
     assert pages == -(-len(expected) // limit)
     # Signed effects add up to the balance.
-    total = sum(effect for _, effect in ledger.history_page("alice", MAX_PAGE_SIZE).items)
+    total = sum(effect for _, effect, _ in ledger.history_page("alice", MAX_PAGE_SIZE).items)
     assert total == ledger.account("alice").balance
 
 
 def test_history_effects_are_signed(ledger: ShardLedger) -> None:
     ledger.apply_orders([pay("alice", [("bob", 30), ("carol", 5)], id="x")], T0 + 1)
-    assert [(t.order.id, e) for t, e in ledger.history_page("alice").items] == [
+    assert [(t.order.id, e) for t, e, _ in ledger.history_page("alice").items] == [
         ("x", -35),
         ("seed", 1_000),
     ]
-    assert [(t.order.id, e) for t, e in ledger.history_page("bob").items] == [("x", 30)]
-    assert [(t.order.id, e) for t, e in ledger.history_page(FUNDING_USD).items] == [
+    assert [(t.order.id, e) for t, e, _ in ledger.history_page("bob").items] == [("x", 30)]
+    assert [(t.order.id, e) for t, e, _ in ledger.history_page(FUNDING_USD).items] == [
         ("seed", -1_000)
     ]
 
@@ -290,17 +317,17 @@ def test_history_cursor_is_stable_while_new_transfers_arrive(ledger: ShardLedger
     first = ledger.history_page("alice", 4)
     assert first.next_cursor is not None
     newer = [pay("alice", [("dave", 1)], id=f"new{i}") for i in range(5)]
-    outcomes, _ = ledger.apply_orders(newer, T0 + 10**6)
+    outcomes, _, _ = ledger.apply_orders(newer, T0 + 10**6)
     assert all(o.error is None for o in outcomes)
-    seen = [t.order.id for t, _ in first.items]
+    seen = [t.order.id for t, _, _ in first.items]
     cursor: int | None = first.next_cursor
     while cursor is not None:
         page = ledger.history_page("alice", 4, cursor)
-        seen.extend(t.order.id for t, _ in page.items)
+        seen.extend(t.order.id for t, _, _ in page.items)
         cursor = page.next_cursor
     assert seen == list(reversed(expected))
     newest = ledger.history_page("alice", 5)
-    assert [t.order.id for t, _ in newest.items] == [f"new{i}" for i in reversed(range(5))]
+    assert [t.order.id for t, _, _ in newest.items] == [f"new{i}" for i in reversed(range(5))]
 
 
 def test_history_default_page_size_and_empty_history(ledger: ShardLedger) -> None:
@@ -320,7 +347,7 @@ def test_history_invalid_limit(ledger: ShardLedger, limit: int) -> None:
 
 def test_history_invalid_cursor(ledger: ShardLedger) -> None:
     _make_history(ledger, 3)
-    size = len(ledger.history["alice"])
+    size = len(history_ids(ledger, "alice"))
     for cursor in (-1, size + 1, 10**9):
         with pytest.raises(LedgerError) as raised:
             ledger.history_page("alice", 10, cursor)
@@ -354,7 +381,7 @@ def test_reads(ledger: ShardLedger) -> None:
 
 
 def test_user_accounts_never_go_below_zero(ledger: ShardLedger) -> None:
-    outcomes, _ = ledger.apply_orders(
+    outcomes, _, _ = ledger.apply_orders(
         [pay("alice", [("bob", 1_000)], id="all"), pay("alice", [("bob", 1)], id="one-more")],
         T0 + 1,
     )
@@ -366,7 +393,7 @@ def test_user_accounts_never_go_below_zero(ledger: ShardLedger) -> None:
 def test_overdraft_accounts_may_go_negative(ledger: ShardLedger) -> None:
     spec = AccountSpec(id="credit-line", currency="USD", owner="bank", allow_overdraft=True)
     assert ledger.create_accounts([spec], T0)[0][0].created
-    outcomes, _ = ledger.apply_orders(
+    outcomes, _, _ = ledger.apply_orders(
         [
             pay("credit-line", [("bob", 500)], id="loan-1"),
             pay("credit-line", [("carol", 250), ("dave", 250)], id="loan-2"),
@@ -411,7 +438,9 @@ def test_wrong_shard_is_refused_without_stopping_the_shard() -> None:
 
 
 def _prepare(ledger: ShardLedger, txid: str, order: TransferOrder) -> bool:
-    votes, _ = ledger.prepare([Prepare(txid=txid, transfer=Transfer(order=order, created_at=T0))])
+    votes, _, _ = ledger.prepare(
+        [Prepare(txid=txid, transfer=Transfer(order=order, created_at=T0))]
+    )
     return votes[0].ok
 
 
@@ -427,13 +456,13 @@ def test_held_funds_cannot_be_spent_twice(ledger: ShardLedger) -> None:
     ]
     # Neither a second prepare nor a single-shard payment may use the held 700.
     assert not _prepare(ledger, "tx-2", pay("alice", [("carol", 301)], id="p2"))
-    outcomes, _ = ledger.apply_orders([pay("alice", [("carol", 301)], id="p3")], T0)
+    outcomes, _, _ = ledger.apply_orders([pay("alice", [("carol", 301)], id="p3")], T0)
     assert outcomes[0].error == ErrorCode.INSUFFICIENT_FUNDS
     # Held incoming credit is not spendable either.
-    outcomes, _ = ledger.apply_orders([pay("bob", [("carol", 1)], id="p4")], T0)
+    outcomes, _, _ = ledger.apply_orders([pay("bob", [("carol", 1)], id="p4")], T0)
     assert outcomes[0].error == ErrorCode.INSUFFICIENT_FUNDS
     # What is left is.
-    outcomes, _ = ledger.apply_orders([pay("alice", [("carol", 300)], id="p5")], T0)
+    outcomes, _, _ = ledger.apply_orders([pay("alice", [("carol", 300)], id="p5")], T0)
     assert outcomes[0].error is None
     ledger.check_invariants()
 
@@ -453,18 +482,20 @@ def test_abort_releases_holds_and_leaves_no_trace(ledger: ShardLedger) -> None:
     assert ledger.in_doubt() == ["tx-1"]
     assert ledger.decide([Decision("tx-1", False)]) == [Decision("tx-1", False)]
     assert state_of(ledger) == before
+    # The store writes the hold and then deletes it.
+    assert [r.txid for r in ledger.pending.prepared] == ledger.pending.released == ["tx-1"]
     assert ledger.transfer("p1") is None
     # The id is free again once aborted.
-    outcomes, _ = ledger.apply_orders([pay("alice", [("bob", 1_000)], id="p1")], T0)
+    outcomes, _, _ = ledger.apply_orders([pay("alice", [("bob", 1_000)], id="p1")], T0)
     assert outcomes[0].error is None
 
 
 def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
     order = pay("alice", [("bob", 600)], id="p1")
     request = Prepare(txid="tx-1", transfer=Transfer(order=order, created_at=T0))
-    votes, prepared = ledger.prepare([request, request])
+    votes, prepared, _ = ledger.prepare([request, request])
     assert [v.ok for v in votes] == [True, True] and len(prepared) == 1
-    votes, prepared = ledger.prepare([request])
+    votes, prepared, _ = ledger.prepare([request])
     assert votes[0].ok and prepared == []
     assert ledger.account("alice").held_debit == 600
     ledger.check_invariants()
@@ -474,7 +505,7 @@ def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
     assert ledger.decide([Decision("tx-1", False), Decision("tx-unknown", True)]) == []
     assert balances(ledger, "alice", "bob") == [400, 600]
     # A late prepare of a transfer that has committed is answered with the transfer.
-    votes, prepared = ledger.prepare(
+    votes, prepared, _ = ledger.prepare(
         [Prepare(txid="tx-9", transfer=Transfer(order=order, created_at=T0 + 5))]
     )
     assert votes[0].ok is False and votes[0].existing == Transfer(order=order, created_at=T0)
@@ -485,7 +516,7 @@ def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
 def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> None:
     order = pay("alice", [("bob", 1)], id="p1")
     assert _prepare(ledger, "tx-1", order)
-    votes, prepared = ledger.prepare(
+    votes, prepared, _ = ledger.prepare(
         [Prepare(txid="tx-2", transfer=Transfer(order=order, created_at=T0))]
     )
     assert votes[0].error == ErrorCode.UNAVAILABLE and prepared == []
@@ -499,7 +530,7 @@ def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
     request = Prepare(
         txid="tx-new", transfer=Transfer(order=order, created_at=T0), coordinator_epoch=7
     )
-    votes, _ = ledger.prepare([request])
+    votes, _, _ = ledger.prepare([request])
     assert votes[0].ok
     # The old coordinator (epoch 5), resumed after a pause, tries to abort it: ignored.
     assert ledger.decide([Decision("tx-new", False, 5)]) == []
