@@ -56,9 +56,21 @@ def payment(
 
 
 def state_of(ledger: ShardLedger) -> bytes:
-    """Everything a shard holds, as bytes: any change at all shows up as a difference."""
+    """Everything a shard holds or has yet to store, as bytes: any change to money, holds,
+    transfers or history shows up. Remembered refusals (``pending.marks``) are left out:
+    a refusal the ledger decided from its state is remembered by design."""
+    pending = ledger.pending
     return msgspec.msgpack.encode(
-        (ledger.snapshot(), sorted(ledger._prepared_transfer_ids.items()))
+        (
+            ledger.accounts,
+            ledger.prepared,
+            sorted(ledger._prepared_transfer_ids.items()),
+            pending.accounts,
+            pending.transfers,
+            pending.history,
+            pending.prepared,
+            pending.released,
+        )
     )
 
 
@@ -76,10 +88,10 @@ def ledger() -> ShardLedger:
         NOW,
     )
     assert all(o.created for o in created_outcomes) and len(created) == 4
-    outcomes, committed = ledger.apply_orders([topup("alice", 1_000, id="seed")], NOW)
+    outcomes, committed, _ = ledger.apply_orders([topup("alice", 1_000, id="seed")], NOW)
     assert outcomes[0].error is None and len(committed) == 1
     # One ordinary payment so that history and transfers are not empty.
-    outcomes, _ = ledger.apply_orders([payment(credits=(("bob", 1),), id="seed-pay")], NOW)
+    outcomes, _, _ = ledger.apply_orders([payment(credits=(("bob", 1),), id="seed-pay")], NOW)
     assert outcomes[0].error is None
     ledger.check_invariants()
     return ledger
@@ -92,7 +104,7 @@ def balance(ledger: ShardLedger, account_id: str) -> int:
 def assert_order_refused(ledger: ShardLedger, order: TransferOrder, code: ErrorCode) -> None:
     """``apply_orders`` refuses ``order`` with ``code`` and the shard is exactly as before."""
     before = state_of(ledger)
-    outcomes, committed = ledger.apply_orders([order], LATER)
+    outcomes, committed, _ = ledger.apply_orders([order], LATER)
     assert len(outcomes) == 1
     outcome = outcomes[0]
     assert outcome.error == code, outcome
@@ -106,7 +118,7 @@ def assert_order_refused(ledger: ShardLedger, order: TransferOrder, code: ErrorC
 def assert_prepare_refused(ledger: ShardLedger, order: TransferOrder, code: ErrorCode) -> None:
     """``prepare`` votes no with ``code``, logs no record and holds nothing."""
     before = state_of(ledger)
-    votes, prepared = ledger.prepare(
+    votes, prepared, _ = ledger.prepare(
         [Prepare(txid="tx-x", transfer=Transfer(order=order, created_at=LATER))]
     )
     assert [(v.txid, v.ok, v.error) for v in votes] == [("tx-x", False, code)]
@@ -286,12 +298,12 @@ def test_limits_are_inclusive(ledger: ShardLedger) -> None:
     validate_order(payment(memo="é" * (MAX_MEMO_BYTES // 2)), 1)
     validate_order(payment(memo="m" * MAX_MEMO_BYTES), 1)
 
-    outcomes, committed = ledger.apply_orders([topup("bob", MAX_AMOUNT, id="big")], LATER)
+    outcomes, committed, _ = ledger.apply_orders([topup("bob", MAX_AMOUNT, id="big")], LATER)
     assert outcomes[0].error is None and len(committed) == 1
     assert balance(ledger, "bob") == MAX_AMOUNT + 1
 
     memo = "é" * (MAX_MEMO_BYTES // 2)
-    outcomes, _ = ledger.apply_orders(
+    outcomes, _, _ = ledger.apply_orders(
         [payment(credits=(("carol", 1),), id="memo", memo=memo)], LATER
     )
     assert outcomes[0].error is None
@@ -307,7 +319,7 @@ def test_exactly_max_credits_is_accepted() -> None:
     ledger.apply_orders([topup("payer", 10 * MAX_CREDITS, id="seed")], NOW)
 
     order = payment("payer", tuple((p, 10) for p in payees), id="fan-out")
-    outcomes, committed = ledger.apply_orders([order], NOW)
+    outcomes, committed, _ = ledger.apply_orders([order], NOW)
     assert outcomes[0].error is None and [t.order for t in committed] == [order]
     assert balance(ledger, "payer") == 0
     assert all(balance(ledger, p) == 10 for p in payees)
@@ -374,13 +386,18 @@ def test_refused_topup_does_not_create_the_funding_account() -> None:
 
 
 def test_prepare_refuses_stateful_problems_and_holds_nothing(ledger: ShardLedger) -> None:
-    assert_prepare_refused(ledger, payment(debit="ghost"), ErrorCode.ACCOUNT_NOT_FOUND)
+    # Each under its own id: a refused id answers its first refusal to any other body.
+    assert_prepare_refused(ledger, payment(debit="ghost", id="s-1"), ErrorCode.ACCOUNT_NOT_FOUND)
     assert_prepare_refused(
-        ledger, payment(credits=(("bob", 1), ("ghost", 1))), ErrorCode.ACCOUNT_NOT_FOUND
+        ledger, payment(credits=(("bob", 1), ("ghost", 1)), id="s-2"), ErrorCode.ACCOUNT_NOT_FOUND
     )
-    assert_prepare_refused(ledger, payment(credits=(("erin", 1),)), ErrorCode.CURRENCY_MISMATCH)
     assert_prepare_refused(
-        ledger, payment(credits=(("bob", 500), ("carol", 500))), ErrorCode.INSUFFICIENT_FUNDS
+        ledger, payment(credits=(("erin", 1),), id="s-3"), ErrorCode.CURRENCY_MISMATCH
+    )
+    assert_prepare_refused(
+        ledger,
+        payment(credits=(("bob", 500), ("carol", 500)), id="s-4"),
+        ErrorCode.INSUFFICIENT_FUNDS,
     )
 
 
@@ -402,7 +419,7 @@ def test_balance_limit_exceeded_on_credit_changes_nothing() -> None:
     assert_prepare_refused(
         ledger, payment("payer", (("rich", 6),)), ErrorCode.BALANCE_LIMIT_EXCEEDED
     )
-    outcomes, _ = ledger.apply_orders([payment("payer", (("rich", 5),))], NOW)
+    outcomes, _, _ = ledger.apply_orders([payment("payer", (("rich", 5),), id="t-2")], NOW)
     assert outcomes[0].error is None
     assert balance(ledger, "rich") == MAX_BALANCE
 
@@ -410,7 +427,7 @@ def test_balance_limit_exceeded_on_credit_changes_nothing() -> None:
 def test_held_credits_count_toward_the_balance_limit() -> None:
     ledger = ledger_near_the_balance_limit(headroom=10)
     first = payment("payer", (("rich", 6),), id="in-1")
-    votes, prepared = ledger.prepare(
+    votes, prepared, _ = ledger.prepare(
         [Prepare(txid="tx-1", transfer=Transfer(order=first, created_at=NOW))]
     )
     assert votes[0].ok and len(prepared) == 1
@@ -420,13 +437,16 @@ def test_held_credits_count_toward_the_balance_limit() -> None:
     assert_order_refused(ledger, second, ErrorCode.BALANCE_LIMIT_EXCEEDED)
     assert_prepare_refused(ledger, second, ErrorCode.BALANCE_LIMIT_EXCEEDED)
     assert ledger.decide([Decision("tx-1", False)]) == [Decision("tx-1", False)]
-    outcomes, _ = ledger.apply_orders([second], NOW)
+    # The refused body keeps its refusal (remembered); the same legs under a new id fit now.
+    assert_order_refused(ledger, second, ErrorCode.BALANCE_LIMIT_EXCEEDED)
+    third = payment("payer", (("rich", 6),), id="in-3")
+    outcomes, _, _ = ledger.apply_orders([third], NOW)
     assert outcomes[0].error is None
 
 
 def test_transfer_id_conflicts_change_nothing(ledger: ShardLedger) -> None:
     original = payment(credits=(("bob", 10),), id="pay-1", memo="lunch")
-    outcomes, _ = ledger.apply_orders([original], NOW)
+    outcomes, _, _ = ledger.apply_orders([original], NOW)
     assert outcomes[0].error is None
     variants = [
         ("credits", payment(credits=(("bob", 11),), id="pay-1", memo="lunch")),
@@ -440,14 +460,14 @@ def test_transfer_id_conflicts_change_nothing(ledger: ShardLedger) -> None:
     for field, variant in variants:
         assert_order_refused(ledger, variant, ErrorCode.TRANSFER_ID_CONFLICT)
         assert_prepare_refused(ledger, variant, ErrorCode.TRANSFER_ID_CONFLICT)
-        outcomes, _ = ledger.apply_orders([variant], LATER)
+        outcomes, _, _ = ledger.apply_orders([variant], LATER)
         assert f"field {field!r} differs" in outcomes[0].detail
     # A conflict is refused even when the new body could never be paid.
     assert_order_refused(
         ledger, payment(credits=(("bob", 10**6),), id="pay-1"), ErrorCode.TRANSFER_ID_CONFLICT
     )
     # The original is untouched and still replays.
-    outcomes, committed = ledger.apply_orders([original], LATER)
+    outcomes, committed, _ = ledger.apply_orders([original], LATER)
     assert outcomes[0].replayed and outcomes[0].transfer == Transfer(order=original, created_at=NOW)
     assert committed == []
 
@@ -459,7 +479,7 @@ def test_transfer_id_conflict_with_a_prepared_transfer() -> None:
     )
     ledger.apply_orders([topup("alice", 100, id="seed")], NOW)
     held = payment(credits=(("bob", 10),), id="pay-1")
-    votes, prepared = ledger.prepare(
+    votes, prepared, _ = ledger.prepare(
         [Prepare(txid="tx-1", transfer=Transfer(order=held, created_at=NOW))]
     )
     assert votes[0].ok and len(prepared) == 1
@@ -604,7 +624,7 @@ def test_bad_orders_in_a_batch_do_not_stop_good_ones(ledger: ShardLedger) -> Non
         payment(credits=(("carol", 100),), id="good-2"),
         payment(credits=(("carol", 10_000),), id="bad-3"),
     ]
-    outcomes, committed = ledger.apply_orders(orders, LATER)
+    outcomes, committed, _ = ledger.apply_orders(orders, LATER)
     assert [o.error for o in outcomes] == [
         None,
         ErrorCode.ACCOUNT_NOT_FOUND,
