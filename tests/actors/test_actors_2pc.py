@@ -163,9 +163,9 @@ def test_concurrent_random_transfers_keep_the_books(
     histories = run(reads())
     by_id = {t.order.id: t for t in [*workload.topups, *committed]}
     for account_id, items in histories.items():
-        ids = [t.order.id for t, _ in items]
+        ids = [t.order.id for t, _, _ in items]
         assert len(ids) == len(set(ids)), f"{account_id} lists a transfer twice"
-        for transfer, effect in items:
+        for transfer, effect, _ in items:
             assert by_id.get(transfer.order.id) == transfer, (
                 "history shows an unacknowledged transfer"
             )
@@ -175,7 +175,7 @@ def test_concurrent_random_transfers_keep_the_books(
     for transfer in by_id.values():
         for account_id in transfer.order.accounts():
             if account_id in histories:
-                assert transfer.order.id in {t.order.id for t, _ in histories[account_id]}
+                assert transfer.order.id in {t.order.id for t, _, _ in histories[account_id]}
 
     expected = replay_balances(workload.accounts, [*workload.topups, *committed])
     assert balances_now(ledger, workload.accounts) == expected
@@ -297,18 +297,12 @@ def test_concurrent_submissions_of_one_cross_shard_id_apply_once(ledger: LedgerH
         assert len({o.transfer.created_at for o in outcomes if o.transfer}) == 1
     assert balances_now(ledger, [payer, payee]) == {payer: 85, payee: 115}
     history = run(full_history(LedgerClient(ledger), payee))
-    assert sorted(t.order.id for t, _ in history) == sorted(
+    assert sorted(t.order.id for t, _, _ in history) == sorted(
         ["dup-top-" + payee, batched.id, direct.id, scripted.id]
     )
     audit_shards(ledger)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="transfer ids are only known to the shards a transfer touched: the same id with "
-    "another body on shards the first one never touched is accepted (needs a global id registry)",
-)
 def test_reused_id_on_untouched_shards_is_a_conflict(ledger: LedgerHandles) -> None:
     payer, payee = cross_shard_pair("ru", hops=1)
     shard_c = (shard_of(payer, SHARDS) + 2) % SHARDS

@@ -21,6 +21,7 @@ from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH, MAX_LOOKUP_IDS
 from tokpay.ledger.model import BalanceView, TransferOrder
 from tokpay.ledger.routing import shard_of
+from tokpay.ledger.shard_ledger import home_of
 
 SHARDS = 3
 HEAVY_SHARD = 0
@@ -138,10 +139,17 @@ def test_submit_many_chunks_by_max_batch_and_keeps_order(
             assert outcome.error == ErrorCode.INSUFFICIENT_FUNDS, outcome
     assert len(committed) > 2_500
     coordinator_chunks = [n for _, n in calls["coordinator"]]
-    heavy_chunks = [n for _, n in calls[f"shard-{HEAVY_SHARD}"]]
+    heavy_chunks = [n for m, n in calls[f"shard-{HEAVY_SHARD}"] if m == "apply_orders"]
     assert len(coordinator_chunks) >= 2 and max(coordinator_chunks) <= MAX_BATCH
     assert len(heavy_chunks) >= 2 and max(heavy_chunks) <= MAX_BATCH
-    assert sum(n for c in calls.values() for _, n in c) == len(orders)
+    sent = [(m, n) for c in calls.values() for m, n in c]
+    assert sum(n for m, n in sent if m != "claim_ids") == len(orders)
+    # Ids are claimed at their home shard unless that is the one shard the order touches.
+    claimed = sum(n for m, n in sent if m == "claim_ids")
+    touched = [{shard_of(a, SHARDS) for a in o.accounts()} for o in orders]
+    homes = [home_of(o.id, SHARDS) for o in orders]
+    assert claimed == sum(1 for t, h in zip(touched, homes, strict=True) if t != {h})
+    assert all(n <= MAX_BATCH for m, n in sent if m == "claim_ids")
 
     expected = {v.account_id: v.balance for v in before if v is not None}
     for order in committed:

@@ -35,9 +35,11 @@ def in_doubt(shards: list[Any]) -> list[list[str]]:
     ]
 
 
-async def full_history(client: LedgerClient, account_id: str) -> list[tuple[Transfer, int]]:
+async def full_history(
+    client: LedgerClient, account_id: str
+) -> list[tuple[Transfer, int, int]]:
     """Every history entry of ``account_id``, newest first, read page by page."""
-    items: list[tuple[Transfer, int]] = []
+    items: list[tuple[Transfer, int, int]] = []
     cursor: int | None = None
     while True:
         page = await client.history(account_id, HISTORY_PAGE, cursor)
