@@ -626,7 +626,7 @@ class Runner:
             assert ledger._prepared_transfer_ids == ref.in_progress[shard]
 
 
-def history_of(ledger: ShardLedger, account_id: str, limit: int = 3) -> list[tuple[str, int]]:
+def history_of(ledger: ShardLedger, account_id: str, limit: int = 50) -> list[tuple[str, int]]:
     """An account's whole history, oldest first, read in pages of ``limit``; checks that
     each entry's balance_after is the running balance and the last is the balance."""
     items: list[tuple[Transfer, int, int]] = []
@@ -723,7 +723,7 @@ RNG = st.randoms(use_true_random=False)
 # -- (a) random streams ----------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(starts(), st.lists(STREAM_OPS, min_size=5, max_size=40))
 def test_streams_keep_money_conserved_and_match_the_reference(
     start: Start, ops: list[tuple[Any, ...]]
@@ -736,7 +736,7 @@ def test_streams_keep_money_conserved_and_match_the_reference(
 # -- (b) interleaved two-phase commit ----------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(MULTI_SHARD_STARTS, st.lists(INTERLEAVED_OPS, min_size=5, max_size=40), RNG)
 def test_interleaved_transactions_hold_funds_until_decided(
     start: Start, ops: list[tuple[Any, ...]], rng: random.Random
@@ -744,7 +744,7 @@ def test_interleaved_transactions_hold_funds_until_decided(
     start.runner(ops).finish(rng)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(MULTI_SHARD_STARTS, st.lists(HOLD_OPS, min_size=2, max_size=10), RNG)
 def test_prepare_all_then_decide_in_random_order(
     start: Start, prepares: list[tuple[Any, ...]], rng: random.Random
@@ -808,7 +808,7 @@ def assert_same_state(restored: ShardLedger, original: ShardLedger) -> None:
     assert sorted(restored.in_doubt()) == sorted(original.in_doubt())
     assert restored._prepared_transfer_ids == original._prepared_transfer_ids
     for account_id in original.accounts:
-        assert history_of(restored, account_id, 7) == history_of(original, account_id, 7)
+        assert history_of(restored, account_id, 3) == history_of(original, account_id, 3)
     for transfer in original.pending.transfers:
         assert restored.transfer(transfer.order.id) == transfer
     assert transfer_count(restored) == transfer_count(original)
@@ -816,7 +816,7 @@ def assert_same_state(restored: ShardLedger, original: ShardLedger) -> None:
         assert restored._find_mark(mark.id) == original._find_mark(mark.id)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     starts(),
     st.lists(INTERLEAVED_OPS, min_size=5, max_size=30),
@@ -859,7 +859,7 @@ def test_recovery_from_the_store_keeps_everything_including_prepared(
 # -- (d) replay from the log -----------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(starts(), st.lists(INTERLEAVED_OPS, min_size=5, max_size=40), st.booleans(), RNG)
 def test_replaying_the_whole_log_rebuilds_the_same_state(
     start: Start, ops: list[tuple[Any, ...]], decide_all: bool, rng: random.Random
