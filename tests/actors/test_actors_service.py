@@ -1,4 +1,4 @@
-"""ShardService on real files, without Ray: durability, snapshots, in-doubt holds, group commit.
+"""ShardService on real files, without Ray: durability, checkpoints, in-doubt holds, group commit.
 
 Each test writes through the service, closes it as a crash or restart would, opens a
 new service on the same directory and checks that it rebuilt exactly the same state.
@@ -7,6 +7,7 @@ new service on the same directory and checks that it rebuilt exactly the same st
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.support.services import account_of, apply_orders, create_accounts
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.errors import ErrorCode
+from tokpay.ledger.limits import MAX_PAGE_SIZE
 from tokpay.ledger.model import Decision, Prepare, Transfer, Vote, funding_account_id
 from tokpay.wal import WriteAheadLog
 
@@ -31,16 +33,30 @@ def open_service(data_dir: Path, *, fsync: bool = True) -> ShardService:
 
 
 def state(service: ShardService) -> dict[str, Any]:
-    """Everything a restart must preserve, in comparable form."""
+    """Everything a restart must preserve, in comparable form: memory, and every row of
+    the store (transfers, history, claims and refusals) through its digest."""
     ledger = service.ledger
     return {
         "balances": service.all_balances(),
         "accounts": {a.id: encode(a) for a in ledger.accounts.values()},
-        "transfers": {t: encode(x) for t, x in ledger.transfers.items()},
-        "history": {a: list(ids) for a, ids in ledger.history.items()},
+        "transfers": service.store.transfers,
+        "store": service.store.content_digest(),
+        "history": {a: history_ids(service, a) for a in ledger.accounts},
         "in_doubt": sorted(service.in_doubt()),
         "sums": service.currency_sums(),
     }
+
+
+def history_ids(service: ShardService, account_id: str) -> list[str]:
+    """An account's transfer ids, newest first, through the service's history pages."""
+    ids: list[str] = []
+    cursor: int | None = None
+    while True:
+        reply = decode(service.history(account_id, MAX_PAGE_SIZE, cursor), Any)
+        ids += [item[0]["order"]["id"] for item in reply["page"]["items"]]
+        cursor = reply["page"]["next_cursor"]
+        if cursor is None:
+            return ids
 
 
 def populate(service: ShardService, prefix: str, rounds: int) -> list[str]:
@@ -97,8 +113,9 @@ def test_restart_rebuilds_balances_transfers_and_history(tmp_path: Path) -> None
     assert {u: before["balances"][u] for u in users} == dict.fromkeys(users, 100)
     assert before["balances"][FUNDING] == -800
     assert before["sums"] == {CURRENCY: 0}
-    assert len(before["transfers"]) == 8 + 5 * 8
-    assert "rs-over-0" not in before["transfers"]
+    assert before["transfers"] == 8 + 5 * 8
+    assert reopened.ledger.transfer("rs-over-0") is None
+    assert reopened.ledger.transfer("rs-p4-7") is not None
     reopened.check_invariants()
     # A replayed order after the restart is recognised, not applied again.
     again = apply_orders(
@@ -108,7 +125,7 @@ def test_restart_rebuilds_balances_transfers_and_history(tmp_path: Path) -> None
     reopened.close()
 
 
-def test_snapshot_drops_old_segments_and_restart_matches(
+def test_checkpoint_drops_old_segments_and_restart_matches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class SmallSegmentLog(WriteAheadLog):
@@ -130,8 +147,10 @@ def test_snapshot_drops_old_segments_and_restart_matches(
     assert len(segments_before) >= 3
 
     sequence = service.write_snapshot()
-    assert sequence == decode(service.current_stats(), Any)["log_sequence"]
-    assert [p.name for p in snapshot_dir.glob("*.snap")] == [f"{sequence:020d}.snap"]
+    stats = decode(service.current_stats(), Any)
+    assert sequence == stats["log_sequence"] == stats["durable_sequence"]
+    # The store is the checkpoint: a shard writes no snapshot files.
+    assert list(snapshot_dir.glob("*.snap")) == []
     after_snapshot = sorted(wal_dir.glob("*.wal"))
     # Only the segment holding the newest record survives; everything older is gone.
     assert len(after_snapshot) == 1
@@ -153,14 +172,18 @@ def test_snapshot_drops_old_segments_and_restart_matches(
     reopened.close()
 
 
-def test_automatic_snapshot_every_n_records(
+def test_checkpoint_every_n_records_runs_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(replicated_service_module, "SNAPSHOT_EVERY_RECORDS", 4)
     service = open_service(tmp_path)
-    populate(service, "au", rounds=3)  # 1 + 1 + 3 records: one snapshot after the fourth
-    snapshots = sorted((tmp_path / f"shard-{SHARD}" / "snapshots").glob("*.snap"))
-    assert [p.name for p in snapshots] == [f"{4:020d}.snap"]
+    assert service.store.durable_sequence == 0
+    populate(service, "au", rounds=3)  # 1 + 1 + 3 records: the checkpointer is woken at 4
+    deadline = time.monotonic() + 10
+    while service.store.durable_sequence < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.store.durable_sequence >= 4
+    assert list((tmp_path / f"shard-{SHARD}" / "snapshots").glob("*.snap")) == []
     before = state(service)
     service.close()
     reopened = open_service(tmp_path)
@@ -228,13 +251,15 @@ def test_one_fdatasync_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert synced(lambda: apply_orders(service, topups)) == 1
     batch = [pay(users[i], [(users[i - 1], 1)], id=f"fs-pay-{i}") for i in range(50)]
     assert synced(lambda: apply_orders(service, batch)) == 1
-    # Nothing changed, nothing logged: replays, refusals and unknown decisions cost no fsync.
+    # Nothing changed, nothing logged: replays and unknown decisions cost no fsync.
     assert synced(lambda: apply_orders(service, batch)) == 0
+    # A refusal is remembered (one record); its retry is answered from memory.
     overdraft = [pay(users[0], [(users[1], 999)], id="fs-no")]
+    assert synced(lambda: apply_orders(service, overdraft)) == 1
     assert synced(lambda: apply_orders(service, overdraft)) == 0
     assert synced(lambda: service.decide(encode([Decision("unknown", True)]))) == 0
     assert synced(lambda: service.balances(encode(users))) == 0
-    assert decode(service.current_stats(), Any)["fsyncs"] == 3
+    assert decode(service.current_stats(), Any)["fsyncs"] == 4
     service.close()
 
     unsynced = open_service(tmp_path / "nosync", fsync=False)
