@@ -1,13 +1,17 @@
 """Replication between two ShardServices over the real channel (sockets, files, fsync).
 
-No Ray here: a backup is the replica host (``ReplicaHost``) with a ShardService behind a
-ChannelServer, as the actor has it, so the shipping, epoch fencing and snapshot install
-are tested on their own.
+No Ray here: each copy is the replica host (``ReplicaHost``) with a ShardService, the
+backup behind a ChannelServer, as the actor has them, so the shipping, epoch fencing and
+the install (a copy of the primary's store streamed on a thread while writes go on) are
+tested on their own.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +20,7 @@ from tests.support.services import apply_orders, create_accounts
 from tokpay.actors.channel import ChannelServer, NotPrimary
 from tokpay.actors.protocol import ReplicaSpec, ShippedRecord, encode
 from tokpay.actors.replica_host import ReplicaHost
-from tokpay.actors.replication import ReplicatedLog
+from tokpay.actors.replication import InstallReceiver, ReplicatedLog
 from tokpay.actors.shard import ShardService
 
 SHARD = 0
@@ -33,6 +37,7 @@ class BackupHarness:
             spec,
             root,
             lambda options: ShardService(SHARD, SHARD_COUNT, root.parent, **options),
+            service_class=ShardService,
             fsync=True,
         )
         self.server = ChannelServer(self.dispatch)
@@ -45,6 +50,17 @@ class BackupHarness:
     def service(self) -> ShardService | None:
         return self.host.service
 
+    def installed(self) -> bool:
+        return self.host.status().installed
+
+    def wait_installed(self, seconds: float = 10) -> ShardService:
+        deadline = time.monotonic() + seconds
+        while not self.installed():
+            assert time.monotonic() < deadline, "the state copy never arrived"
+            time.sleep(0.01)
+        assert self.service is not None
+        return self.service
+
     def promote(self) -> None:
         """Become a primary at the next epoch: from now on no record is accepted."""
         with self.host.lock:
@@ -52,15 +68,35 @@ class BackupHarness:
 
 
 @pytest.fixture
-def primary(tmp_path: Path) -> ShardService:
-    """A primary that must ship each record to a backup before it answers."""
-    return ShardService(SHARD, SHARD_COUNT, tmp_path, replicated=True, root=tmp_path / "p")
+def primary_host(tmp_path: Path) -> ReplicaHost[ShardService]:
+    """A primary's host; its service must ship each record to a backup before it answers."""
+    root = tmp_path / "p"
+    return ReplicaHost(
+        "primary",
+        ReplicaSpec(name="p", epoch=1, role="primary"),
+        root,
+        lambda options: ShardService(SHARD, SHARD_COUNT, root.parent, **options),
+        service_class=ShardService,
+        fsync=True,
+    )
 
 
-def attach_backup(primary: ShardService, root: Path, epoch: int) -> BackupHarness:
-    """A new backup in ``root``, installed from the primary's snapshot and following it."""
+@pytest.fixture
+def primary(primary_host: ReplicaHost[ShardService]) -> ShardService:
+    assert primary_host.service is not None
+    return primary_host.service
+
+
+def attach_backup(
+    host: ReplicaHost[ShardService], root: Path, epoch: int, *, wait: bool = True
+) -> BackupHarness:
+    """A new backup in ``root``, attached as the controller does (through the primary's
+    host); with ``wait``, once its state copy is in."""
     backup = BackupHarness(root, epoch)
-    primary.log.attach(epoch, backup.server.address, primary.snapshot_payload())
+    with host.lock:
+        host.attach_backup(epoch, backup.server.address)
+    if wait:
+        backup.wait_installed()
     return backup
 
 
@@ -71,9 +107,11 @@ def test_writes_wait_for_a_backup_and_change_nothing(primary: ShardService) -> N
     assert primary.log.last_sequence == 0
 
 
-def test_backup_follows_primary_byte_for_byte(tmp_path: Path, primary: ShardService) -> None:
+def test_backup_follows_primary_byte_for_byte(
+    tmp_path: Path, primary_host: ReplicaHost[ShardService], primary: ShardService
+) -> None:
     accounts = ids_on(SHARD, SHARD_COUNT, 6, "acct")
-    backup = attach_backup(primary, tmp_path / "b", epoch=2)
+    backup = attach_backup(primary_host, tmp_path / "b", epoch=2)
     create_accounts(primary, accounts)
     topups = [topup(a, 1_000, id=f"t-{a}", shard_count=SHARD_COUNT) for a in accounts]
     assert all(o.transfer for o in apply_orders(primary, topups))
@@ -88,9 +126,11 @@ def test_backup_follows_primary_byte_for_byte(tmp_path: Path, primary: ShardServ
     assert reopened.snapshot_payload() == primary.snapshot_payload()
 
 
-def test_promoted_backup_fences_the_old_primary(tmp_path: Path, primary: ShardService) -> None:
+def test_promoted_backup_fences_the_old_primary(
+    tmp_path: Path, primary_host: ReplicaHost[ShardService], primary: ShardService
+) -> None:
     accounts = ids_on(SHARD, SHARD_COUNT, 2, "f")
-    backup = attach_backup(primary, tmp_path / "b", epoch=2)
+    backup = attach_backup(primary_host, tmp_path / "b", epoch=2)
     create_accounts(primary, accounts)
     apply_orders(primary, [topup(accounts[0], 500, id="t0", shard_count=SHARD_COUNT)])
     before = backup.service.snapshot_payload() if backup.service else b""
@@ -107,8 +147,10 @@ def test_promoted_backup_fences_the_old_primary(tmp_path: Path, primary: ShardSe
     assert backup.service.ledger.transfer("zombie") is None
 
 
-def test_backup_refuses_records_of_another_epoch(tmp_path: Path, primary: ShardService) -> None:
-    backup = attach_backup(primary, tmp_path / "b", epoch=3)
+def test_backup_refuses_records_of_another_epoch(
+    tmp_path: Path, primary_host: ReplicaHost[ShardService], primary: ShardService
+) -> None:
+    backup = attach_backup(primary_host, tmp_path / "b", epoch=3)
     assert backup.service is not None
     stale = ShippedRecord(epoch=2, sequence=1, payload=b"")
     with pytest.raises(NotPrimary):
@@ -117,16 +159,16 @@ def test_backup_refuses_records_of_another_epoch(tmp_path: Path, primary: ShardS
 
 
 def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(
-    tmp_path: Path, primary: ShardService
+    tmp_path: Path, primary_host: ReplicaHost[ShardService], primary: ShardService
 ) -> None:
     accounts = ids_on(SHARD, SHARD_COUNT, 2, "n")
-    first = attach_backup(primary, tmp_path / "b1", epoch=2)
+    first = attach_backup(primary_host, tmp_path / "b1", epoch=2)
     create_accounts(primary, accounts)
     first.promote()  # stands for a lost backup: it answers nothing useful
     lost_ack = [topup(accounts[0], 900, id="lost-ack", shard_count=SHARD_COUNT)]
     with pytest.raises(NotPrimary):
         apply_orders(primary, lost_ack)
-    second = attach_backup(primary, tmp_path / "b2", epoch=3)
+    second = attach_backup(primary_host, tmp_path / "b2", epoch=3)
     assert primary.log.broken is None
     # The client's retry with the same id is answered from the ledger, once.
     (outcome,) = apply_orders(primary, lost_ack)
@@ -145,18 +187,67 @@ def test_a_single_copy_log_needs_no_backup(tmp_path: Path) -> None:
     assert service.log.last_sequence == 1
 
 
-def test_snapshot_travels_in_chunks(
-    tmp_path: Path, primary: ShardService, monkeypatch: pytest.MonkeyPatch
+def test_state_copy_travels_in_chunks(
+    tmp_path: Path,
+    primary_host: ReplicaHost[ShardService],
+    primary: ShardService,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import tokpay.actors.replication as replication
 
     accounts = ids_on(SHARD, SHARD_COUNT, 20, "chunk")
-    _first = attach_backup(primary, tmp_path / "b1", epoch=2)  # acknowledges the writes below
+    _first = attach_backup(primary_host, tmp_path / "b1", epoch=2)  # acknowledges the writes
     create_accounts(primary, accounts)
     apply_orders(primary, [topup(a, 10, id=f"t-{a}", shard_count=SHARD_COUNT) for a in accounts])
     # A tiny chunk size: the install below takes many frames, reassembled exactly.
     monkeypatch.setattr(replication, "INSTALL_CHUNK_BYTES", 97)
-    assert len(primary.snapshot_payload()) > 20 * 97
-    second = attach_backup(primary, tmp_path / "b2", epoch=3)
-    assert second.service is not None
-    assert second.service.snapshot_payload() == primary.snapshot_payload()
+    frames: list[str] = []
+    receive = InstallReceiver.receive
+
+    def counting(self: InstallReceiver, method: str, *args: Any) -> tuple[Path, int] | None:
+        frames.append(method)
+        return receive(self, method, *args)
+
+    monkeypatch.setattr(InstallReceiver, "receive", counting)
+    second = attach_backup(primary_host, tmp_path / "b2", epoch=3, wait=True)
+    assert frames.count("install_chunk") > 20
+    assert frames[0] == "install_state" and frames[-1] == "install_end"
+    assert second.wait_installed().snapshot_payload() == primary.snapshot_payload()
+
+
+def test_writes_go_on_while_the_state_copy_travels(
+    tmp_path: Path,
+    primary_host: ReplicaHost[ShardService],
+    primary: ShardService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy is made and sent off the lock: records acknowledged meanwhile are kept by
+    the backup, which reports installed only once the copy is in, then applies them."""
+    import tokpay.actors.replica_host as replica_host
+
+    accounts = ids_on(SHARD, SHARD_COUNT, 4, "early")
+    _first = attach_backup(primary_host, tmp_path / "b1", epoch=2)
+    create_accounts(primary, accounts)
+    apply_orders(primary, [topup(a, 50, id=f"t-{a}", shard_count=SHARD_COUNT) for a in accounts])
+    release = threading.Event()
+    real_send = replica_host.send_state
+
+    def held_send(*args: Any) -> None:
+        assert release.wait(10)
+        real_send(*args)
+
+    monkeypatch.setattr(replica_host, "send_state", held_send)
+    second = attach_backup(primary_host, tmp_path / "b2", epoch=3, wait=False)
+    started = time.monotonic()
+    for n in range(10):
+        order = pay(accounts[n % 4], [(accounts[(n + 1) % 4], 1)], id=f"m{n}")
+        assert apply_orders(primary, [order])[0].error is None
+    assert time.monotonic() - started < 5, "writes waited for the state copy"
+    assert not second.installed() and second.service is None
+    release.set()
+    service = second.wait_installed()
+    assert service.snapshot_payload() == primary.snapshot_payload()
+    assert service.log.last_sequence == primary.log.last_sequence
+    # And it follows from there.
+    apply_orders(primary, [pay(accounts[0], [(accounts[1], 2)], id="after")])
+    assert service.snapshot_payload() == primary.snapshot_payload()
