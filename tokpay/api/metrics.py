@@ -71,8 +71,26 @@ class _ShardCollector:
         fsync = HistogramMetricFamily(
             "tokpay_shard_fsync_seconds", "Log append + fsync time per batch", labels=["shard"]
         )
+        durable = GaugeMetricFamily(
+            "tokpay_shard_durable_sequence",
+            "Log sequence the shard's store holds durably (the log before it is deleted)",
+            labels=["shard"],
+        )
+        store_bytes = GaugeMetricFamily(
+            "tokpay_shard_store_bytes", "Bytes of the shard's store files", labels=["shard"]
+        )
+        transfers = GaugeMetricFamily(
+            "tokpay_shard_transfers", "Transfers the shard's store holds", labels=["shard"]
+        )
+        failures = CounterMetricFamily(
+            "tokpay_shard_checkpoint_failures", "Failed store checkpoints", labels=["shard"]
+        )
         for s in self._stats:
             label = [str(s.shard)]
+            durable.add_metric(label, s.durable_sequence)
+            store_bytes.add_metric(label, s.store_bytes)
+            transfers.add_metric(label, s.transfers)
+            failures.add_metric(label, s.checkpoint_failures)
             accounts.add_metric(label, s.accounts)
             log_sequence.add_metric(label, s.log_sequence)
             in_doubt.add_metric(label, s.prepared)
@@ -84,6 +102,7 @@ class _ShardCollector:
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             fsync.add_metric(label, buckets, s.fsync_seconds)
         yield from (accounts, log_sequence, in_doubt, batches, fsync)
+        yield from (durable, store_bytes, transfers, failures)
         for name, value in self._coordinator.items():
             yield GaugeMetricFamily(
                 f"tokpay_coordinator_{name}", f"Coordinator {name}", value=value

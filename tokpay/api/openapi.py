@@ -31,6 +31,7 @@ WHY: dict[int, str] = {
     429: "Too many requests waiting for the ledger; nothing was done, retry later",
     500: "Unexpected server error",
     503: "The ledger cannot be reached, or the gateway is still starting",
+    507: "The account's shard holds as many accounts as it may (`shard_full`); nothing was created",
 }
 
 ID_SCHEMA: dict[str, Any] = msgspec.json.schema(schemas.Id)

@@ -50,7 +50,7 @@ ROUTES = (
     Route("GET",  "/healthz",                            "operations", Handlers.healthz,         "HealthOut"),
     Route("GET",  "/metrics",                            "operations", Handlers.metrics,         None),
     Route("GET",  "/v1/ledger/summary",                  "operations", Handlers.ledger_summary,  "LedgerSummaryOut"),
-    Route("POST", "/v1/accounts",                        "accounts",   Handlers.create_account,  "AccountOut",  "AccountIn",  (403, 409), created=True),
+    Route("POST", "/v1/accounts",                        "accounts",   Handlers.create_account,  "AccountOut",  "AccountIn",  (403, 409, 507), created=True),
     Route("GET",  "/v1/accounts/{account_id}",           "accounts",   Handlers.get_account,     "AccountOut",  None,         (404, 422)),
     Route("GET",  "/v1/accounts/{account_id}/balance",   "balances",   Handlers.get_balance,     "BalanceOut",  None,         (404, 422, 429)),
     Route("POST", "/v1/balances/lookup",                 "balances",   Handlers.lookup,          "LookupOut",   "LookupIn",   (429,)),

@@ -13,10 +13,28 @@ import msgspec
 
 from tokpay.ledger.model import Account, Prepared, Transfer, TransferOrder
 
+ORDER_FIELDS = ("debit", "credits", "currency", "memo", "kind")
+
 
 def order_digest(order: TransferOrder) -> bytes:
-    """16 bytes that differ for any two different bodies (an id's claim stores this)."""
-    return hashlib.blake2b(msgspec.msgpack.encode(order), digest_size=16).digest()
+    """What an id's claim stores of its body: 16 bytes that differ for any two bodies,
+    then 2 bytes per field of ``ORDER_FIELDS``, to say which field another body changed."""
+    whole = hashlib.blake2b(msgspec.msgpack.encode(order), digest_size=16).digest()
+    fields = b"".join(_field_hash(getattr(order, name)) for name in ORDER_FIELDS)
+    return whole + fields
+
+
+def digest_difference(digest: bytes, order: TransferOrder) -> str:
+    """`` (field 'memo' differs)`` for the first field whose hash differs, else ``""``."""
+    for index, name in enumerate(ORDER_FIELDS):
+        start = 16 + 2 * index
+        if digest[start : start + 2] != _field_hash(getattr(order, name)):
+            return f" (field {name!r} differs)"
+    return ""
+
+
+def _field_hash(value: object) -> bytes:
+    return hashlib.blake2b(msgspec.msgpack.encode(value), digest_size=2).digest()
 
 
 class HistoryRow(msgspec.Struct, array_like=True, frozen=True):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from tokpay.ledger.changes import Changes, HistoryRow, Mark, order_digest
+from tokpay.ledger.changes import Changes, HistoryRow, Mark, digest_difference, order_digest
 from tokpay.ledger.errors import ErrorCode, LedgerError, check
 from tokpay.ledger.limits import (
     DEFAULT_PAGE_SIZE,
@@ -452,10 +452,11 @@ class ShardLedger:
         mark = self._find_mark(order.id)
         if mark is None:
             return None
-        if mark.digest != order_digest(order):
+        if mark.digest[:16] != order_digest(order)[:16]:
             raise LedgerError(
                 ErrorCode.TRANSFER_ID_CONFLICT,
-                f"transfer id {order.id!r} was already used with a different body",
+                f"transfer {order.id!r} exists with a different body"
+                f"{digest_difference(mark.digest, order)}",
             )
         if (
             mark.code is not None

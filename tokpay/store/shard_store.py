@@ -37,6 +37,7 @@ log = logging.getLogger("tokpay.store")
 STORE_FILE = "store.sqlite"
 CACHE_KIB = 16 * 1024
 """SQLite's page cache per connection (KiB): the store's only in-memory cache."""
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -109,6 +110,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    # After a checkpoint lets the WAL start over, its file is cut back to this size.
+    connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     return connection
 
 
