@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from tokpay.ledger.model import AccountSpec, HistoryPage
 from tokpay.ledger.routing import topup_order
 from tokpay.ledger.shard_ledger import ShardLedger
+from tokpay.store.shard_store import ShardStore
 from tokpay.web import history
 from tokpay.web.dashboard import spreadsheet_safe
 from tokpay.web.people import MAX_CONTACTS, PeopleStore, looks_like, skeleton
@@ -74,11 +75,15 @@ class CountingLedger:
 
 
 def test_the_list_reads_one_page_not_the_whole_history(tmp_path: Path) -> None:
-    ledger = ShardLedger(0, 1)
+    # History as a shard keeps it: on its store, read back page by page.
+    shard_store = ShardStore(tmp_path / "shard", 0, 1)
+    ledger = ShardLedger(0, 1, disk=shard_store)
     user = User("u_long", "long@example.com", "w_long")
     ledger.create_accounts([AccountSpec(id=user.account_id, currency="USD", owner=user.id)], 1)
     orders = [topup_order(f"top_{n:06d}", user.account_id, 1 + n, "USD", 1) for n in range(3_000)]
     ledger.apply_orders(orders, 1_000_000)
+    shard_store.write(1, ledger.take_pending())
+    assert shard_store.count("history") == 6_000  # each top-up: the user and the funding account
     counting = CountingLedger(ledger)
     store = WebStore(tmp_path / "web.sqlite3")
 
@@ -97,6 +102,7 @@ def test_the_list_reads_one_page_not_the_whole_history(tmp_path: Path) -> None:
     missed = _run(history.list_page(counting, store, user, nothing))  # type: ignore[arg-type]
     assert missed.entries == [] and missed.older == 3_000 - history.MAX_SCANNED_PER_PAGE
     assert counting.items_read <= history.MAX_SCANNED_PER_PAGE + 1
+    shard_store.close()
 
 
 def test_day_headings() -> None:
