@@ -1,0 +1,174 @@
+"""A shard's store after a crash: the log is the truth, the store catches up, and a store
+file that cannot be trusted stops the shard at open with a clear error.
+
+The crash is real: a child process writes through a ``ShardService`` until the store
+write of one record fails, and the service ends the process (``os._exit``) after the
+record's log fsync and before its store write, as a kill at that instant would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.orders import ids_on, pay, topup
+from tests.support.services import apply_orders, create_accounts
+from tokpay.actors.protocol import decode
+from tokpay.actors.replicated_service import STOP_EXIT_CODE
+from tokpay.actors.shard import ShardService
+from tokpay.ledger.errors import InvariantViolation
+from tokpay.ledger.limits import MAX_PAGE_SIZE
+from tokpay.store.shard_store import STORE_FILE, StoreError
+
+SHARD = 0
+SHARD_COUNT = 2
+REPO = Path(__file__).resolve().parents[2]
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from tests.support.orders import ids_on, pay, topup
+    from tests.support.services import apply_orders, create_accounts
+    from tokpay.actors.shard import ShardService
+
+    data_dir = Path(sys.argv[1])
+    service = ShardService(0, 2, data_dir)
+    users = ids_on(0, 2, 4, "k")
+    create_accounts(service, users)
+    apply_orders(service, [topup(u, 100, id=f"top-{u}", shard_count=2) for u in users])
+    apply_orders(service, [pay(users[0], [(users[1], 7)], id="before")])
+    real_write = service.store.write
+
+    def failing_write(sequence, changes):
+        service.store.write = real_write  # fails once: this record only
+        raise OSError("store write lost (simulated kill after the log fsync)")
+
+    service.store.write = failing_write
+    apply_orders(service, [pay(users[0], [(users[2], 5), (users[3], 4)], id="crash")])
+    print("not reached: the service must stop when its store write fails")
+    """
+)
+
+
+def open_service(data_dir: Path) -> ShardService:
+    return ShardService(SHARD, SHARD_COUNT, data_dir)
+
+
+def history(service: ShardService, account_id: str) -> list[tuple[str, int, int]]:
+    """(transfer id, effect, balance after) of every entry, oldest first."""
+    items: list[Any] = []
+    cursor: int | None = None
+    while True:
+        page = decode(service.history(account_id, MAX_PAGE_SIZE, cursor), Any)["page"]
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return [(t["order"]["id"], effect, after) for t, effect, after in reversed(items)]
+
+
+def test_killed_between_log_fsync_and_store_write_recovers_the_transfer_once(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == STOP_EXIT_CODE, child.stderr[-2000:]
+    assert "not reached" not in child.stdout
+
+    service = open_service(tmp_path)
+    # Three records made it to the store; the fourth is only in the log and is replayed.
+    assert service.store.applied_sequence == service.last_sequence == 4
+    users = ids_on(SHARD, SHARD_COUNT, 4, "k")
+    crash = service.ledger.transfer("crash")
+    assert crash is not None and crash.order.debit == users[0]
+    assert service.store.transfers == 4 + 2  # four top-ups, "before" and "crash", once each
+    assert history(service, users[0]) == [
+        (f"top-{users[0]}", 100, 100),
+        ("before", -7, 93),
+        ("crash", -9, 84),
+    ]
+    assert history(service, users[2]) == [(f"top-{users[2]}", 100, 100), ("crash", 5, 105)]
+    assert service.all_balances()[users[0]] == 84
+    assert service.currency_sums() == {"USD": 0}
+    # The client's retry after the crash is a replay, not a second transfer.
+    retry = apply_orders(service, [pay(users[0], [(users[2], 5), (users[3], 4)], id="crash")])
+    assert retry[0].replayed and service.store.transfers == 6
+    service.close()
+
+
+def write_some(data_dir: Path) -> None:
+    service = open_service(data_dir)
+    users = ids_on(SHARD, SHARD_COUNT, 20, "t")
+    create_accounts(service, users)
+    apply_orders(service, [topup(u, 50, id=f"top-{u}", shard_count=SHARD_COUNT) for u in users])
+    for round_ in range(10):
+        apply_orders(
+            service,
+            [pay(users[i], [(users[i - 1], 1)], id=f"p{round_}-{i}") for i in range(20)],
+        )
+    service.write_snapshot()
+    service.close()
+
+
+def store_path(data_dir: Path) -> Path:
+    return data_dir / f"shard-{SHARD}" / STORE_FILE
+
+
+def test_a_truncated_store_file_stops_the_shard_at_open(tmp_path: Path) -> None:
+    write_some(tmp_path)
+    path = store_path(tmp_path)
+    size = path.stat().st_size
+    assert size > 16 * 1024
+    with open(path, "r+b") as file:
+        file.truncate(size // 2)
+    with pytest.raises(StoreError, match=STORE_FILE):
+        open_service(tmp_path)
+
+
+def test_a_store_file_with_garbage_pages_stops_the_shard_at_open(tmp_path: Path) -> None:
+    write_some(tmp_path)
+    path = store_path(tmp_path)
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        # Every page but the header page: torn writes of a lost disk cache.
+        file.seek(4096)
+        file.write(os.urandom(size - 4096))
+    with pytest.raises(StoreError, match=STORE_FILE):
+        open_service(tmp_path)
+
+
+def test_a_store_file_that_is_not_a_database_stops_the_shard_at_open(tmp_path: Path) -> None:
+    write_some(tmp_path)
+    store_path(tmp_path).write_bytes(b"\0" * 100 + os.urandom(8000))
+    with pytest.raises(StoreError, match=STORE_FILE):
+        open_service(tmp_path)
+
+
+def test_another_shards_store_is_refused(tmp_path: Path) -> None:
+    write_some(tmp_path)
+    os.rename(tmp_path / f"shard-{SHARD}", tmp_path / "shard-1")
+    with pytest.raises(StoreError, match="belongs to shard 0/2"):
+        ShardService(1, SHARD_COUNT, tmp_path)
+
+
+def test_a_store_ahead_of_its_log_is_refused(tmp_path: Path) -> None:
+    """A lost or replaced log: the store holds records the log does not; never served."""
+    write_some(tmp_path)
+    for segment in (tmp_path / f"shard-{SHARD}" / "wal").iterdir():
+        segment.unlink()
+    with pytest.raises(InvariantViolation, match="refusing to start"):
+        open_service(tmp_path)
