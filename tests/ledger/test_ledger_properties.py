@@ -851,9 +851,9 @@ def test_recovery_from_the_store_keeps_everything_including_prepared(
         restored.finish(rng)
         for original, again in zip(runner.ledgers, restored.ledgers, strict=True):
             assert_same_state(again, original)
-        for store in restored.stores:
-            assert store is not None
-            store.close()
+        for kept in restored.stores:
+            assert kept is not None
+            kept.close()
 
 
 # -- (d) replay from the log -----------------------------------------------------------------------
