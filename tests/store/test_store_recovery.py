@@ -110,7 +110,21 @@ def test_killed_between_log_fsync_and_store_write_recovers_the_transfer_once(
     service.close()
 
 
-def write_some(data_dir: Path) -> None:
+WORKLOAD = textwrap.dedent(
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.store.test_store_recovery import write_some
+
+    write_some(Path(sys.argv[1]), close=False)
+    os._exit(9)  # killed: no close, so the store's own WAL file is left as it was
+    """
+)
+
+
+def write_some(data_dir: Path, *, close: bool = True) -> None:
     service = open_service(data_dir)
     users = ids_on(SHARD, SHARD_COUNT, 20, "t")
     create_accounts(service, users)
@@ -121,7 +135,9 @@ def write_some(data_dir: Path) -> None:
             [pay(users[i], [(users[i - 1], 1)], id=f"p{round_}-{i}") for i in range(20)],
         )
     service.write_snapshot()
-    service.close()
+    apply_orders(service, [pay(users[i], [(users[i - 2], 2)], id=f"late-{i}") for i in range(20)])
+    if close:
+        service.close()
 
 
 def store_path(data_dir: Path) -> Path:
@@ -172,3 +188,33 @@ def test_a_store_ahead_of_its_log_is_refused(tmp_path: Path) -> None:
         segment.unlink()
     with pytest.raises(InvariantViolation, match="refusing to start"):
         open_service(tmp_path)
+
+
+def test_a_torn_tail_of_the_stores_wal_is_replayed_from_the_log(tmp_path: Path) -> None:
+    """Killed with commits in the store's own WAL file, whose last frame is then torn:
+    SQLite drops the torn commit and the shard's log brings it back."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run(
+        [sys.executable, "-c", WORKLOAD, str(tmp_path / "killed")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 9, child.stderr[-2000:]
+    wal = Path(f"{store_path(tmp_path / 'killed')}-wal")
+    size = wal.stat().st_size
+    assert size > 4096, "the kill left no commits in the store's WAL"
+    with open(wal, "r+b") as file:
+        file.truncate(size - 1_000)  # mid-frame: the newest commit is torn
+
+    write_some(tmp_path / "clean")  # the same workload, never interrupted
+    killed = open_service(tmp_path / "killed")
+    clean = open_service(tmp_path / "clean")
+    assert killed.all_balances() == clean.all_balances()
+    assert killed.store.transfers == clean.store.transfers == 20 + 10 * 20 + 20
+    for user in ids_on(SHARD, SHARD_COUNT, 20, "t"):
+        assert history(killed, user) == history(clean, user)
+    killed.close()
+    clean.close()
