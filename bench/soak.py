@@ -179,12 +179,13 @@ class HttpLoad(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.plan, self.book = url, plan, book
         self.pause, self.idle, self.halt = threading.Event(), threading.Event(), threading.Event()
-        self.started_at = time.monotonic()
+        self.started_at = 0.0  # when the load starts: the first minute is counted from there
         self.kept: list[tuple[Body, Body]] = []
         self.requests = self.errors = 0
 
     def run(self) -> None:
         rng, names, tick = random.Random(7), self.plan.accounts(), 0
+        self.started_at = time.monotonic()
         with httpx.Client(base_url=self.url, timeout=30) as http:
             while not self.halt.is_set():
                 if self.pause.is_set():
@@ -452,6 +453,9 @@ def main() -> int:
     soak = Soak(args, data_dir)
     try:
         run = soak.run()
+    except KeyboardInterrupt:
+        print("interrupted: the server this run started is stopped", flush=True)
+        return 130
     finally:
         soak.close()
         if not args.keep_data:
