@@ -1,5 +1,5 @@
 # The two entry points of the README. Both run the idempotent set-up first.
-.PHONY: setup run test lint bench screenshots
+.PHONY: setup run test lint bench soak screenshots
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,9 @@ test: lint
 
 bench: setup
 	.venv/bin/python bench/run_all.py $(ARGS)
+
+soak: setup
+	.venv/bin/python bench/soak.py $(ARGS)
 
 screenshots: setup
 	TOKPAY_SCREENSHOTS=$(CURDIR)/docs/screenshots .venv/bin/pytest -q tests/web/test_web_browser.py
