@@ -357,7 +357,14 @@ class Soak:
 
     def _kill_and_recover(self, point: int) -> dict[str, Any]:
         self.http.hold()
-        self.server.kill_hard()
+        if self.args.kill == "replicas":
+            session = self.server.process.pid if self.server.process else None
+            victims = soak_plot.replica_pids(session)
+            print(f"kill -9 of {len(victims)} shard and coordinator processes", flush=True)
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+        else:
+            self.server.kill_hard()
         self.stop_load.set()
         deadline = time.monotonic() + WORKER_DONE_TIMEOUT_SECONDS
         while self._drain(1.0) != "done":
@@ -367,14 +374,18 @@ class Soak:
         print(f"killed at {self.book.committed:,}; restarting", flush=True)
         started = time.monotonic()
         healthy: float | None = None
-        try:
-            self.server.start()
-            healthy = time.monotonic() - started
-        except RuntimeError:
-            # Not healthy within the harness's wait: a slow recovery is a reading (today
-            # it grows with history), not a crash of the soak, while the server still runs.
-            if self.server.process is None or self.server.process.poll() is not None:
-                raise
+        if self.args.kill == "replicas":
+            # Ray restarts each actor; the figure is the ledger's own recovery.
+            healthy = None
+        else:
+            try:
+                self.server.start()
+                healthy = time.monotonic() - started
+            except RuntimeError:
+                # Not healthy within the harness's wait: a slow recovery is a reading,
+                # not a crash of the soak, while the server still runs.
+                if self.server.process is None or self.server.process.poll() is not None:
+                    raise
         probe = self.plan.transfer(random.Random(point), f"probe-{point}")
         serving = soak_plot.serve_again(self.server.url, probe, started)
         self.book.acknowledge(probe)
@@ -412,6 +423,10 @@ def parse_args() -> argparse.Namespace:
     # fmt: off
     option("--transfers", type=int, default=10_000_000,
            help="transfers to commit in all; the run ends at the last --kill-at (%(default)s)")
+    option("--kill", choices=("replicas", "server"), default="replicas",
+           help="what kill -9 hits at each --kill-at: every shard and coordinator process "
+           "(Ray restarts them: the ledger's own recovery) or the whole server's session "
+           "(Ray, gateway and all, then `tokpay serve` again) (%(default)s)")
     option("--kill-at", default="1000000,10000000",
            help="committed counts at which the server's session is SIGKILLed and restarted "
            "on the same data; the last one is the end (default: 1M and 10M)")

@@ -66,6 +66,18 @@ def replica_rss(session: int | None, data_dir: Path) -> dict[str, float]:
     return out
 
 
+def replica_pids(session: int | None) -> list[int]:
+    """The pids of every shard and coordinator process of the server's session."""
+    pids = []
+    for pid in session_pids(session) if session is not None else []:
+        try:
+            if " ".join(psutil.Process(pid).cmdline()).startswith(REPLICA_CLASSES):
+                pids.append(pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
 def replica_disk(data_dir: Path) -> dict[str, float]:
     """MiB under each replica directory (every top-level directory but run/)."""
     out: dict[str, float] = {}
