@@ -816,7 +816,7 @@ def assert_same_state(restored: ShardLedger, original: ShardLedger) -> None:
         assert restored._find_mark(mark.id) == original._find_mark(mark.id)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     starts(),
     st.lists(INTERLEAVED_OPS, min_size=5, max_size=30),
