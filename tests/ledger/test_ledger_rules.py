@@ -439,7 +439,7 @@ def test_wrong_shard_is_refused_without_stopping_the_shard() -> None:
 
 def _prepare(ledger: ShardLedger, txid: str, order: TransferOrder) -> bool:
     votes, _, _ = ledger.prepare(
-        [Prepare(txid=txid, transfer=Transfer(order=order, created_at=T0))]
+        [Prepare(txid=txid, transfer=Transfer(order=order, created_at=T0))], 0
     )
     return votes[0].ok
 
@@ -493,9 +493,9 @@ def test_abort_releases_holds_and_leaves_no_trace(ledger: ShardLedger) -> None:
 def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
     order = pay("alice", [("bob", 600)], id="p1")
     request = Prepare(txid="tx-1", transfer=Transfer(order=order, created_at=T0))
-    votes, prepared, _ = ledger.prepare([request, request])
+    votes, prepared, _ = ledger.prepare([request, request], 0)
     assert [v.ok for v in votes] == [True, True] and len(prepared) == 1
-    votes, prepared, _ = ledger.prepare([request])
+    votes, prepared, _ = ledger.prepare([request], 0)
     assert votes[0].ok and prepared == []
     assert ledger.account("alice").held_debit == 600
     ledger.check_invariants()
@@ -506,7 +506,7 @@ def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:
     assert balances(ledger, "alice", "bob") == [400, 600]
     # A late prepare of a transfer that has committed is answered with the transfer.
     votes, prepared, _ = ledger.prepare(
-        [Prepare(txid="tx-9", transfer=Transfer(order=order, created_at=T0 + 5))]
+        [Prepare(txid="tx-9", transfer=Transfer(order=order, created_at=T0 + 5))], 0
     )
     assert votes[0].ok is False and votes[0].existing == Transfer(order=order, created_at=T0)
     assert prepared == [] and ledger.in_doubt() == []
@@ -517,7 +517,7 @@ def test_prepared_transfer_id_blocks_a_different_txid(ledger: ShardLedger) -> No
     order = pay("alice", [("bob", 1)], id="p1")
     assert _prepare(ledger, "tx-1", order)
     votes, prepared, _ = ledger.prepare(
-        [Prepare(txid="tx-2", transfer=Transfer(order=order, created_at=T0))]
+        [Prepare(txid="tx-2", transfer=Transfer(order=order, created_at=T0))], 0
     )
     assert votes[0].error == ErrorCode.UNAVAILABLE and prepared == []
     assert ledger.account("alice").held_debit == 1
@@ -530,7 +530,7 @@ def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
     request = Prepare(
         txid="tx-new", transfer=Transfer(order=order, created_at=T0), coordinator_epoch=7
     )
-    votes, _, _ = ledger.prepare([request])
+    votes, _, _ = ledger.prepare([request], 0)
     assert votes[0].ok
     # The old coordinator (epoch 5), resumed after a pause, tries to abort it: ignored.
     assert ledger.decide([Decision("tx-new", False, 5)]) == []
@@ -545,7 +545,7 @@ def test_a_deposed_coordinator_cannot_abort_what_its_successor_prepared(
         transfer=Transfer(order=pay("alice", [("bob", 5)], id="p-old"), created_at=T0),
         coordinator_epoch=5,
     )
-    assert ledger.prepare([old])[0][0].ok
+    assert ledger.prepare([old], 0)[0][0].ok
     assert ledger.decide([Decision("tx-old", False, 7)]) == [Decision("tx-old", False, 7)]
     assert ledger.in_doubt() == []
     ledger.check_invariants()

@@ -119,7 +119,7 @@ def assert_prepare_refused(ledger: ShardLedger, order: TransferOrder, code: Erro
     """``prepare`` votes no with ``code``, logs no record and holds nothing."""
     before = state_of(ledger)
     votes, prepared, _ = ledger.prepare(
-        [Prepare(txid="tx-x", transfer=Transfer(order=order, created_at=LATER))]
+        [Prepare(txid="tx-x", transfer=Transfer(order=order, created_at=LATER))], 0
     )
     assert [(v.txid, v.ok, v.error) for v in votes] == [("tx-x", False, code)]
     assert votes[0].existing is None
@@ -428,7 +428,7 @@ def test_held_credits_count_toward_the_balance_limit() -> None:
     ledger = ledger_near_the_balance_limit(headroom=10)
     first = payment("payer", (("rich", 6),), id="in-1")
     votes, prepared, _ = ledger.prepare(
-        [Prepare(txid="tx-1", transfer=Transfer(order=first, created_at=NOW))]
+        [Prepare(txid="tx-1", transfer=Transfer(order=first, created_at=NOW))], 0
     )
     assert votes[0].ok and len(prepared) == 1
     assert ledger.account("rich").held_credit == 6
@@ -480,7 +480,7 @@ def test_transfer_id_conflict_with_a_prepared_transfer() -> None:
     ledger.apply_orders([topup("alice", 100, id="seed")], NOW)
     held = payment(credits=(("bob", 10),), id="pay-1")
     votes, prepared, _ = ledger.prepare(
-        [Prepare(txid="tx-1", transfer=Transfer(order=held, created_at=NOW))]
+        [Prepare(txid="tx-1", transfer=Transfer(order=held, created_at=NOW))], 0
     )
     assert votes[0].ok and len(prepared) == 1
     # Same id and body while in progress: retry later. Another body: a conflict.

@@ -35,9 +35,7 @@ def in_doubt(shards: list[Any]) -> list[list[str]]:
     ]
 
 
-async def full_history(
-    client: LedgerClient, account_id: str
-) -> list[tuple[Transfer, int, int]]:
+async def full_history(client: LedgerClient, account_id: str) -> list[tuple[Transfer, int, int]]:
     """Every history entry of ``account_id``, newest first, read page by page."""
     items: list[tuple[Transfer, int, int]] = []
     cursor: int | None = None

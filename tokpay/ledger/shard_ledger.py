@@ -274,7 +274,7 @@ class ShardLedger:
     # -- two-phase commit participant ----------------------------------------------------
 
     def prepare(
-        self, prepares: list[Prepare], now: int = 0
+        self, prepares: list[Prepare], now: int
     ) -> tuple[list[Vote], list[Prepared], list[Mark]]:
         """Vote on each transaction, holding this shard's funds for every yes.
 

@@ -37,7 +37,7 @@ log = logging.getLogger("tokpay.store")
 STORE_FILE = "store.sqlite"
 CACHE_KIB = 16 * 1024
 """SQLite's page cache per connection (KiB): the store's only in-memory cache."""
-WAL_LIMIT_BYTES = 64 * 1024 * 1024
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -294,9 +294,13 @@ class ShardStore:
         """A consistent, compacted copy of the store (for a new backup); returns the
         sequence it holds. Runs as a read transaction: the writer is never blocked."""
         target.unlink(missing_ok=True)
-        with self._side_lock:
-            db = self._side_connection()
+        # A connection of its own: checkpoints go on meanwhile (they can make durable,
+        # though not recycle, what the copy's read transaction still sees).
+        db = _connect(self.path)
+        try:
             db.execute("VACUUM INTO ?", (str(target),))
+        finally:
+            db.close()
         copy = sqlite3.connect(target)
         try:
             row = copy.execute("SELECT value FROM meta WHERE key='applied_sequence'").fetchone()
