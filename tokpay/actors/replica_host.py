@@ -53,6 +53,7 @@ from tokpay.actors.replication import (
 )
 from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
 from tokpay.wal import SequenceGap, WriteAheadLog
+from tokpay.wal.distrust import distrust
 
 log = logging.getLogger("tokpay.replica")
 
@@ -226,8 +227,9 @@ class ReplicaHost(Generic[S]):
             self._early_log.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
         except SequenceGap as error:
             raise NotPrimary(f"out of order: {error}") from error
-        except Exception:
+        except Exception as error:
             log.critical("%s: backup log write failed; stopping", self.label, exc_info=True)
+            distrust(self.root, f"backup log write failed: {error!r}")
             os._exit(STOP_EXIT_CODE)
         return b""
 

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 from tokpay.actors.channel import NotPrimary
 from tokpay.actors.protocol import ShippedRecord, decode
@@ -30,6 +30,7 @@ from tokpay.actors.replication import ReplicatedLog, ReplicationFailed
 from tokpay.actors.timing import SNAPSHOT_EVERY_RECORDS
 from tokpay.ledger.errors import InvariantViolation, check
 from tokpay.wal import SequenceGap, WriteAheadLog, read_latest_snapshot, write_snapshot
+from tokpay.wal.distrust import check_trusted, distrust
 
 log = logging.getLogger("tokpay.replica")
 
@@ -66,6 +67,7 @@ class ReplicatedService(ABC):
     def __init__(self, default_root: Path, options: LogOptions) -> None:
         root = options.get("root", default_root)
         fsync = options.get("fsync", True)
+        check_trusted(root)
         self._root = root
         self._fsync = fsync
         self._snapshot_dir = root / SNAPSHOTS_DIR
@@ -190,9 +192,8 @@ class ReplicatedService(ABC):
             # state machine keeps of it in step with the log.
             self._record_applied(self._wal.last_sequence)
             raise
-        except Exception:
-            log.critical("%s: log write failed; stopping", self.label, exc_info=True)
-            os._exit(STOP_EXIT_CODE)
+        except Exception as error:
+            self.stop_untrusted(f"log write failed: {error!r}")
         self._record_applied(sequence)
         self._after_append(started, items)
 
@@ -218,9 +219,8 @@ class ReplicatedService(ABC):
             self._wal.append(shipped.epoch, shipped.payload, sequence=shipped.sequence)
         except SequenceGap as error:
             raise NotPrimary(f"out of order: {error}") from error
-        except Exception:
-            log.critical("%s: backup log write failed; stopping", self.label, exc_info=True)
-            os._exit(STOP_EXIT_CODE)
+        except Exception as error:
+            self.stop_untrusted(f"backup log write failed: {error!r}")
         with self.stop_if_broken():
             self.apply_record(shipped.payload)
         self._record_applied(shipped.sequence)
@@ -240,6 +240,15 @@ class ReplicatedService(ABC):
         self._wal.truncate_before(sequence + 1)
         self._records_since_snapshot = 0
         return sequence
+
+    def stop_untrusted(self, reason: str) -> NoReturn:
+        """A write or fsync of this copy failed: mark it untrusted and stop (see
+        ``tokpay.wal.distrust``). Never retried: the failed pages may already be gone."""
+        log.critical(
+            "%s: %s; marking this copy untrusted and stopping", self.label, reason, exc_info=True
+        )
+        distrust(self._root, reason)
+        os._exit(STOP_EXIT_CODE)
 
     @contextmanager
     def stop_if_broken(self) -> Iterator[None]:

@@ -290,6 +290,7 @@ class Checkpointer:
     thread of its own; the owner's thread deletes the log segments it covers."""
 
     def __init__(self, service: ShardService) -> None:
+        self._service = service
         self._store = service.store
         self._label = service.label
         self.failures = 0
@@ -314,6 +315,9 @@ class Checkpointer:
                 return
             try:
                 self._store.checkpoint()
+            except OSError as error:
+                # A failed fsync: later ones may succeed over pages the kernel dropped.
+                self._service.stop_untrusted(f"store checkpoint fsync failed: {error!r}")
             except Exception:
                 self.failures += 1
                 log.error(

@@ -14,7 +14,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokpay.wal.distrust import UntrustedCopy, check_trusted
+from tokpay.wal.distrust import trust_after_reboot as trust_after_reboot_of
+
 console = Console(stderr=True)
+
+
+def _check_copies(data_dir: Path, trust_after_reboot: bool) -> None:
+    """Refuse to start on a copy whose write or fsync failed (``tokpay.wal.distrust``)."""
+    for copy in sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else []:
+        if trust_after_reboot and trust_after_reboot_of(copy):
+            console.print(
+                f"[yellow]{copy}: opened after a failed fsync in an earlier boot[/yellow]"
+            )
+        check_trusted(copy)
 
 
 class Server(StrEnum):
@@ -40,6 +53,13 @@ def serve(
         bool,
         typer.Option(help="fsync every log batch. --no-fsync voids durability; benchmarks only."),
     ] = True,
+    trust_after_reboot: Annotated[
+        bool,
+        typer.Option(
+            help="Open copies whose write or fsync failed in an earlier boot (the disk now "
+            "holds what it holds; check it first). Refused in the same boot as the failure."
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded single-node ledger and its HTTP gateway.
 
@@ -60,7 +80,8 @@ def serve(
     data_dir = data_dir.resolve()
     try:
         shard_count = read_shard_count(data_dir, shards)
-    except ValueError as error:
+        _check_copies(data_dir, trust_after_reboot)
+    except (ValueError, UntrustedCopy) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Starting Ray and {shard_count} shards on {data_dir} ...")
