@@ -38,6 +38,7 @@ STORE_FILE = "store.sqlite"
 CACHE_KIB = 16 * 1024
 """SQLite's page cache per connection (KiB): the store's only in-memory cache."""
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
+BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -110,6 +111,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    # A writer held back by a checkpoint's tail waits for it rather than failing.
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # After a checkpoint lets the WAL start over, its file is cut back to this size.
     connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     return connection
@@ -283,8 +286,12 @@ class ShardStore:
             sequence = int(
                 db.execute("SELECT value FROM meta WHERE key='applied_sequence'").fetchone()[0]
             )
-            # PASSIVE copies what no reader still needs; the fsyncs below cover the rest.
+            # PASSIVE copies the bulk without holding up the writer; RESTART then copies the
+            # few frames written meanwhile, holding the writer back for that tail only, so
+            # the WAL can start over (under steady writes a PASSIVE alone never completes
+            # and the WAL file would grow without end).
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             _fsync_file(f"{self.path}-wal")
             _fsync_file(str(self.path))
         self.durable_sequence = max(self.durable_sequence, sequence)
