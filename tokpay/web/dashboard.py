@@ -160,9 +160,7 @@ def spreadsheet_safe(cell: str) -> str:
 
 @router.get("/transactions/{transfer_id}", response_class=HTMLResponse)
 async def receipt_page(request: Request, web: Web, user: SignedIn, transfer_id: str) -> Response:
-    ledger = web.ledger()
-    balance = await wallet.balance_of(ledger, user)
-    found = await history.receipt(ledger, web.store, user, transfer_id, balance)
+    found = await history.receipt(web.ledger(), web.store, user, transfer_id)
     if found is None:
         return not_found(
             request, web, user, "There is no transaction with this reference in your wallet."

@@ -234,7 +234,7 @@ class Receipt:
 
 
 async def receipt(
-    ledger: LedgerClient, store: WebStore, user: User, transfer_id: str, balance: int
+    ledger: LedgerClient, store: WebStore, user: User, transfer_id: str
 ) -> Receipt | None:
     """The transfer ``transfer_id`` if the user took part in it, else None (not found)."""
     if len(transfer_id) > MAX_TRANSFER_ID_CHARS or not transfer_id.isprintable():

@@ -153,7 +153,7 @@ async def pay_confirm(request: Request, web: Web, user: SignedIn) -> Response:
 async def pay_done(request: Request, web: Web, user: SignedIn, transfer_id: str) -> Response:
     ledger = web.ledger()
     balance = await wallet.balance_of(ledger, user)
-    found = await history.receipt(ledger, web.store, user, transfer_id, balance)
+    found = await history.receipt(ledger, web.store, user, transfer_id)
     if found is None or found.entry.kind != "sent":
         return not_found(
             request, web, user, "There is no payment with this reference from your wallet."
