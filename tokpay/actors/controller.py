@@ -118,7 +118,8 @@ class Controller:
                 if primary is not None and backup is not None and g.backup_ready
                 else None
             )
-            groups.append(GroupStatus(group, g.epoch, primary, backup, g.backup_ready, lag))
+            down = self._reconfigure.down.get(group)
+            groups.append(GroupStatus(group, g.epoch, primary, backup, g.backup_ready, lag, down))
         return ControllerStatus(
             shard_count=self._map.state.shard_count,
             nodes={n: n in self._placement.live_nodes for n in self._map.state.nodes},

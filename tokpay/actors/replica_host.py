@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import ray
 
 from tokpay.actors.channel import NotPrimary
+from tokpay.actors.copies import ProofKeeper
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 from tokpay.actors.protocol import (
     ChannelAddress,
@@ -67,7 +68,7 @@ def replica_root(data_dir: str, local_name: str, spec: ReplicaSpec | None) -> Pa
     base = os.environ.get(NODE_DATA_DIR_ENV)
     if not base:
         raise RuntimeError(f"{NODE_DATA_DIR_ENV} is not set on this node (see cluster/)")
-    return Path(base) / "replicas" / spec.name
+    return Path(base) / "replicas" / (spec.root or spec.name)
 
 
 class ReplicaHost(Generic[S]):
@@ -107,6 +108,8 @@ class ReplicaHost(Generic[S]):
             # A primary is created only with the cluster: later primaries are promoted backups.
             primary = self.role is Role.PRIMARY
             self.service = open_service(self._options(spec.epoch, True, 0)) if primary else None
+        self._proof = ProofKeeper(root, spec.group, spec.name, fsync=fsync) if spec else None
+        self._prove_role()
         self._heartbeat: Heartbeat | None = None
 
     def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
@@ -190,6 +193,7 @@ class ReplicaHost(Generic[S]):
             self.service = None
         prepare_install(self.root, install, fsync=self.fsync)
         self.service = self._open(self._options(install.epoch, True, install.sequence))
+        self._prove_role()
         log.info("%s: backup installed at sequence %d", self.label, install.sequence)
         return b""
 
@@ -202,6 +206,7 @@ class ReplicaHost(Generic[S]):
         self.epoch = epoch
         self.service.log.detach(epoch)
         self.role = Role.PRIMARY
+        self._prove_role()
         log.warning("%s: promoted to primary at epoch %d", self.label, epoch)
         return True
 
@@ -213,6 +218,7 @@ class ReplicaHost(Generic[S]):
         self.epoch = epoch
         started = time.perf_counter()
         sequence = service.log.attach(epoch, address, service.snapshot_payload())
+        self._prove_role()
         log.info(
             "%s: backup attached at epoch %d, sequence %d, in %.3f s",
             self.label,
@@ -231,6 +237,23 @@ class ReplicaHost(Generic[S]):
             self.role = Role.FENCED
             if self.service is not None:
                 self.service.log.detach(self.epoch)
+            self._prove_role()
+
+    def _prove_role(self) -> None:
+        """Rewrite this copy's proof file for its role and epoch now, before acting on it
+        (tokpay.actors.copies: what the controller resumes from after a restart)."""
+        proof, service = self._proof, self.service
+        if proof is None:
+            return
+        sequence = service.last_sequence if service else 0
+        if self.role is Role.PRIMARY:
+            proof.primary(self.epoch, sequence)
+        elif self.role is Role.FENCED:
+            proof.retired()
+        elif service is None:
+            proof.installing(self.epoch)
+        else:
+            proof.in_sync(self.epoch, sequence)
 
     # -- reports ------------------------------------------------------------------------------------
 
@@ -263,6 +286,7 @@ class ReplicaHost(Generic[S]):
             broken=service.log.broken if service else None,
             pid=os.getpid(),
             installed=service is not None,
+            proof=self._proof.proof if self._proof else None,
         )
 
     def state_bytes(self) -> bytes:

@@ -28,6 +28,13 @@ class Member(msgspec.Struct):
 
     name: str
     node: str
+    root: str = ""
+    """Its directory under the node's ``replicas/`` (empty: its name); a copy resumed from
+    its disk after a restart keeps its old directory under a new name."""
+
+    @property
+    def directory(self) -> str:
+        return self.root or self.name
 
 
 class Group(msgspec.Struct):
@@ -40,6 +47,9 @@ class Group(msgspec.Struct):
     standby: Member | None = None
     """The previous backup while its replacement is being installed: until the new one
     is in sync it holds every acknowledged record, so it stays a promotion candidate."""
+    attach_epoch: int | None = None
+    """The last epoch at which the primary was told to attach a backup (saved before the
+    call): no write can have been acknowledged at a later epoch. None: not recorded."""
 
 
 class ClusterState(msgspec.Struct):
@@ -65,6 +75,8 @@ class GroupStatus(msgspec.Struct):
     backup: MemberStatus | None
     backup_ready: bool
     lag: int | None
+    down: str | None = None
+    """Why the group cannot serve, in words an operator can act on (None: it can)."""
 
 
 class ControllerStatus(msgspec.Struct):
