@@ -135,14 +135,14 @@ def log_end(root: Path) -> int | None:
         return None
 
 
-def copies_on_disk(base: Path, node: str, group: str, skip: set[str]) -> list[CopyView]:
-    """The copies of ``group`` in ``base/replicas`` (a node's disk), except those whose
-    proof names a replica in ``skip`` (running ones: ask them instead)."""
+def copies_on_disk(base: Path, node: str, group: str | None, skip: set[str]) -> list[CopyView]:
+    """The copies of ``group`` (None: of every group) in ``base/replicas`` (a node's disk),
+    except those whose proof names a replica in ``skip`` (running ones: ask them instead)."""
     found = []
     replicas = base / "replicas"
     for root in sorted(replicas.iterdir()) if replicas.is_dir() else []:
         proof = read_proof(root)
-        if proof is None or proof.group != group or proof.member in skip:
+        if proof is None or (group is not None and proof.group != group) or proof.member in skip:
             continue
         found.append(CopyView(root.name, node, proof, log_end(root)))
     return found

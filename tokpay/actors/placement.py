@@ -38,7 +38,7 @@ log = logging.getLogger("tokpay.controller")
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _copies_on_node(node: str, group: str, skip: list[str]) -> list[CopyView]:
+def _copies_on_node(node: str, group: str | None, skip: list[str]) -> list[CopyView]:
     """Runs on ``node``: the copies of ``group`` on its disk (tokpay.actors.copies)."""
     return copies_on_disk(Path(os.environ[NODE_DATA_DIR_ENV]), node, group, set(skip))
 
@@ -110,9 +110,11 @@ class Placement:
         self._liveness.expect(member.name, REPLICA_CREATE_TIMEOUT_SECONDS)
         return handle
 
-    async def copies_on_disks(self, group: str, skip: set[str]) -> tuple[list[CopyView], set[str]]:
-        """The copies of ``group`` on every live node's disk but those of the replicas in
-        ``skip``; and the nodes that did not answer."""
+    async def copies_on_disks(
+        self, group: str | None, skip: set[str]
+    ) -> tuple[list[CopyView], set[str]]:
+        """The copies of ``group`` (None: of every group) on every live node's disk but
+        those of the replicas in ``skip``; and the nodes that did not answer."""
         nodes = sorted(self.live_nodes)
         calls = [
             _copies_on_node.options(resources={node_resource(n): 0.001}).remote(

@@ -21,6 +21,8 @@ log = logging.getLogger("tokpay.controller")
 
 KV_NAMESPACE = "tokpay"
 KV_STATE_KEY = b"controller/state"
+MEMBER_PREFIX = "tokpay-"
+GENERATION_MARK = "-g"
 
 
 class Member(msgspec.Struct):
@@ -129,7 +131,17 @@ class ShardMap:
 
     def new_member(self, group: str, node: str) -> Member:
         self.state.generation += 1
-        return Member(name=f"tokpay-{group}-g{self.state.generation}", node=node)
+        return Member(
+            name=f"{MEMBER_PREFIX}{group}{GENERATION_MARK}{self.state.generation}", node=node
+        )
+
+    def skip_generations_of(self, names: list[str]) -> None:
+        """Name new replicas after every one in ``names`` (a map rebuilt from the disks
+        must never reuse the name, hence the directory, of a copy that is still there)."""
+        for name in names:
+            _, mark, number = name.rpartition(GENERATION_MARK)
+            if mark and number.isdigit():
+                self.state.generation = max(self.state.generation, int(number))
 
     def routes(self) -> dict[str, Route]:
         return {

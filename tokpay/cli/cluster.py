@@ -129,11 +129,11 @@ def up(
     console.print(f"Gateway: http://127.0.0.1:{port}  (docs at /docs)")
 
 
-def _up_again(data_dir: Path) -> None:
+def _up_again(data_dir: Path, *, recover: bool = False) -> None:
     cluster = LocalCluster.load(data_dir)
     with console.status("Starting the cluster again from its disks ...") as spinner:
         try:
-            result = restart_cluster(cluster, lambda line: spinner.update(line))
+            result = restart_cluster(cluster, lambda line: spinner.update(line), recover=recover)
         except (ClusterError, TimeoutError) as error:
             console.print(f"[red]{error}[/red]")
             console.print(f"`tokpay cluster status --data-dir {data_dir}` says what is down.")
@@ -209,6 +209,18 @@ def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
         f"Start it again: tokpay cluster up --data-dir {data_dir}\n"
         f"Remove it for good: tokpay cluster destroy --data-dir {data_dir} --yes"
     )
+
+
+@cluster_app.command("recover")
+def recover(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """The cluster state (Redis) was lost: rebuild the shard map, epochs and placement
+    from the replicas' own disks, and start the cluster.
+
+    Every node must be running (or startable): each group resumes from the copy its
+    replicas' proof files show holds every acknowledged transfer. If any group cannot
+    be proven complete, nothing is changed and the groups are listed.
+    """
+    _up_again(data_dir.resolve(), recover=True)
 
 
 @cluster_app.command("destroy")

@@ -33,11 +33,13 @@ class Restarted:
     seconds_to_serving: float = 0.0
 
 
-def restart_cluster(cluster: LocalCluster, say: Say) -> Restarted:
+def restart_cluster(cluster: LocalCluster, say: Say, *, recover: bool = False) -> Restarted:
     """Start what is down, let the controller resume every group, start the gateway.
 
     Returns once every group has a primary and an in-sync backup and the gateway
-    answers (the time from the call to then is ``seconds_to_serving``).
+    answers (the time from the call to then is ``seconds_to_serving``). ``recover``:
+    the cluster state (Redis) was lost; rebuild the shard map from the replicas' disks.
+    Raises ClusterError with the controller's reason if the ledger cannot resume.
     """
     began = time.monotonic()
     result = Restarted()
@@ -45,13 +47,18 @@ def restart_cluster(cluster: LocalCluster, say: Say) -> Restarted:
     result.started = cluster.restart()
     settings = cluster.settings
     say(f"started {', '.join(result.started) or 'nothing'}; resuming the ledger from the disks ...")
-    deploy(
-        cluster.ray_address,
-        cluster.node_names,
-        int(settings["shards"]),
-        bool(settings.get("fsync", True)),
-        cluster.auth_token_path,
-    )
+    try:
+        deploy(
+            cluster.ray_address,
+            cluster.node_names,
+            int(settings["shards"]),
+            bool(settings.get("fsync", True)),
+            cluster.auth_token_path,
+            recover=recover,
+        )
+    except Exception as error:
+        # A refusal from the controller reaches us wrapped in Ray's task error.
+        raise ClusterError(str(getattr(error, "cause", None) or error)) from None
     if not cluster.service_alive(GATEWAY_SERVICE):
         say("starting the gateway ...")
         start_cluster_gateway(cluster)
