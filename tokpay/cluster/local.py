@@ -404,6 +404,10 @@ class LocalCluster:
         self._save()
         return pid
 
+    @property
+    def service_records(self) -> dict[str, ProcessRecord]:
+        return self._require_state()["services"]
+
     def service_alive(self, name: str) -> bool:
         record = self._require_state()["services"].get(name)
         return record is not None and session_running(record)
