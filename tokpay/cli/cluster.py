@@ -135,7 +135,7 @@ def _up_again(data_dir: Path, *, recover: bool = False) -> None:
         try:
             result = restart_cluster(cluster, lambda line: spinner.update(line), recover=recover)
         except (ClusterError, TimeoutError) as error:
-            console.print(f"[red]{error}[/red]")
+            console.print(f"[red]{str(error).replace('DATA_DIR', str(data_dir))}[/red]")
             console.print(f"`tokpay cluster status --data-dir {data_dir}` says what is down.")
             raise typer.Exit(1) from None
     console.print(

@@ -66,7 +66,10 @@ def deploy(
         get_if_exists=True,
         resources={node_resource(nodes[0]): 1},
     ).remote(shards, nodes, fsync)
-    return ray.get(controller.bootstrap.remote(recover), timeout=READY_TIMEOUT_SECONDS)
+    # Only a recovery passes the flag: a controller deployed by an older TokPay (Ray
+    # restarts it with the code it was created with) still resumes a plain restart.
+    call = controller.bootstrap.remote(recover=True) if recover else controller.bootstrap.remote()
+    return ray.get(call, timeout=READY_TIMEOUT_SECONDS)
 
 
 def controller_status(address: str, auth_token_path: Path | None = None) -> Any:
