@@ -21,6 +21,7 @@ from tokpay.actors.copies import (
     ProofRole,
     choose_copy,
     copies_on_disk,
+    delete_old_copies,
     read_proof,
 )
 from tokpay.actors.shard import ShardService
@@ -36,13 +37,13 @@ class Disk:
         self.base = base
         self.node = node
 
-    def copy(self, name: str, records: int) -> ProofKeeper:
+    def copy(self, name: str, records: int, group: str = GROUP) -> ProofKeeper:
         """A copy whose log holds ``records`` records; its proof, to drive through roles."""
         root = self.base / "replicas" / name
         with WriteAheadLog.open(root / "wal", fsync=False) as wal:
             for _ in range(records):
                 wal.append(1, b"record")
-        return ProofKeeper(root, GROUP, name, fsync=True)
+        return ProofKeeper(root, group, name, fsync=True)
 
     def read(self, skip: frozenset[str] = frozenset()) -> list[CopyView]:
         return copies_on_disk(self.base, self.node, GROUP, set(skip))
@@ -186,3 +187,15 @@ def test_a_real_backup_proves_its_install_promotion_and_fence(tmp_path: Path) ->
     proof = read_proof(tmp_path / "b")
     assert proof is not None
     assert (proof.role, proof.in_sync_epoch, proof.primary_at_in_sync) == ("retired", 3, True)
+
+
+def test_old_copies_are_deleted_once_the_group_is_in_sync_again(n1: Disk) -> None:
+    n1.copy("primary", records=3).primary(6, sequence=3)
+    n1.copy("retired", records=3).in_sync(4, sequence=3)
+    n1.copy("new-backup", records=3).in_sync(6, sequence=3)
+    # A copy of another group is never touched.
+    n1.copy("other-group", records=1, group="shard-1").primary(1, sequence=1)
+    deleted = delete_old_copies(n1.base, GROUP, {"primary", "new-backup"}, epoch=6)
+    assert deleted == ["retired"]
+    left = sorted(p.name for p in (n1.base / "replicas").iterdir())
+    assert left == ["new-backup", "other-group", "primary"]

@@ -14,6 +14,7 @@ than its proof says.
 from __future__ import annotations
 
 import os
+import shutil
 from enum import StrEnum
 from pathlib import Path
 
@@ -146,6 +147,22 @@ def copies_on_disk(base: Path, node: str, group: str | None, skip: set[str]) -> 
             continue
         found.append(CopyView(root.name, node, proof, log_end(root)))
     return found
+
+
+def delete_old_copies(base: Path, group: str, keep: set[str], epoch: int) -> list[str]:
+    """Delete the copies of ``group`` in ``base/replicas`` that no choice can take any
+    more: not in ``keep`` (the current primary's and backup's directories) and never in
+    sync at ``epoch`` or later, once the group is in sync again at ``epoch``."""
+    deleted = []
+    replicas = base / "replicas"
+    for root in sorted(replicas.iterdir()) if replicas.is_dir() else []:
+        proof = read_proof(root)
+        if proof is None or proof.group != group or root.name in keep:
+            continue
+        if proof.in_sync_epoch < epoch and proof.epoch < epoch:
+            shutil.rmtree(root)
+            deleted.append(root.name)
+    return deleted
 
 
 # -- the choice ----------------------------------------------------------------------------------

@@ -241,6 +241,8 @@ class Reconfiguration:
         g.backup_address = address
         await self._map.save()
         placement.retire(standby)
+        # Both copies are in sync at this epoch: no choice can take an older copy now.
+        placement.delete_old_copies(group, {primary.directory, member.directory}, epoch)
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._liveness.reports.pop(primary.name, None)
         self.rebuilds += 1

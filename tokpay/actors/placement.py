@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from tokpay.actors.coordinator import CoordinatorActor
-from tokpay.actors.copies import CopyView, copies_on_disk
+from tokpay.actors.copies import CopyView, copies_on_disk, delete_old_copies
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
 from tokpay.actors.protocol import ReplicaSpec
@@ -41,6 +41,12 @@ log = logging.getLogger("tokpay.controller")
 def _copies_on_node(node: str, group: str | None, skip: list[str]) -> list[CopyView]:
     """Runs on ``node``: the copies of ``group`` on its disk (tokpay.actors.copies)."""
     return copies_on_disk(Path(os.environ[NODE_DATA_DIR_ENV]), node, group, set(skip))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _delete_copies_on_node(group: str, keep: list[str], epoch: int) -> list[str]:
+    """Runs on a node: delete its copies of ``group`` from before ``epoch``."""
+    return delete_old_copies(Path(os.environ[NODE_DATA_DIR_ENV]), group, set(keep), epoch)
 
 
 class Placement:
@@ -135,6 +141,25 @@ class Placement:
             else:
                 copies.extend(answer)
         return copies, silent
+
+    def delete_old_copies(self, group: str, keep: set[str], epoch: int) -> None:
+        """On every live node, delete the copies of ``group`` left from before ``epoch``
+        (replaced and retired replicas' directories), in the background."""
+
+        async def delete() -> None:
+            for node in sorted(self.live_nodes):
+                call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
+                try:
+                    deleted = await asyncio.wait_for(
+                        call.remote(group, sorted(keep), epoch), CONTROLLER_CALL_TIMEOUT_SECONDS
+                    )
+                except Exception as error:
+                    log.info("deleting old copies of %s on %s failed: %r", group, node, error)
+                    continue
+                if deleted:
+                    log.info("%s: deleted old copies %s on %s", group, deleted, node)
+
+        asyncio.get_running_loop().create_task(delete())
 
     async def handle(self, member: Member) -> Any:
         """The replica's actor handle, looked up off the event loop when not cached."""
