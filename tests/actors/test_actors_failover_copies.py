@@ -24,6 +24,7 @@ from tokpay.actors.copies import (
     delete_old_copies,
     read_proof,
 )
+from tokpay.actors.recovery import RecoveryRefused, groups_from_copies
 from tokpay.actors.shard import ShardService
 from tokpay.wal import WriteAheadLog
 
@@ -47,6 +48,10 @@ class Disk:
 
     def read(self, skip: frozenset[str] = frozenset()) -> list[CopyView]:
         return copies_on_disk(self.base, self.node, GROUP, set(skip))
+
+    def read_all(self) -> list[CopyView]:
+        """Every group's copies, as ``cluster recover`` reads a node."""
+        return copies_on_disk(self.base, self.node, None, set())
 
 
 @pytest.fixture
@@ -199,3 +204,21 @@ def test_old_copies_are_deleted_once_the_group_is_in_sync_again(n1: Disk) -> Non
     assert deleted == ["retired"]
     left = sorted(p.name for p in (n1.base / "replicas").iterdir())
     assert left == ["new-backup", "other-group", "primary"]
+
+
+def test_recovery_rebuilds_groups_from_the_disks_or_lists_what_it_cannot_prove(
+    n1: Disk, n2: Disk
+) -> None:
+    n1.copy("s0-primary", records=8).primary(5, sequence=8)
+    n2.copy("s0-installing", records=0).installing(6)
+    n2.copy("s1-backup", records=4, group="shard-1").in_sync(3, sequence=4)
+    groups = groups_from_copies(["shard-0", "shard-1"], n1.read_all() + n2.read_all())
+    g0, g1 = groups["shard-0"], groups["shard-1"]
+    assert g0.primary is not None and g0.primary.root == "s0-primary"
+    assert (g0.epoch, g0.attach_epoch) == (6, 5)
+    assert g1.primary is not None and (g1.primary.node, g1.epoch) == ("n2", 3)
+    # shard-1's only copy lost records: nothing is recovered, and the refusal names it.
+    n2.copy("s1-cut", records=1, group="shard-1").in_sync(4, sequence=9)
+    with pytest.raises(RecoveryRefused, match="shard-1 is down") as refused:
+        groups_from_copies(["shard-0", "shard-1"], n1.read() + n2.read_all())
+    assert "shard-0" not in str(refused.value)

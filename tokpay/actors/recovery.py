@@ -51,25 +51,22 @@ async def refuse_fresh(placement: Placement, nodes: list[str]) -> None:
         )
 
 
-async def rebuild_from_disks(shard_map: ShardMap, placement: Placement) -> list[str]:
-    """Fill the empty ``shard_map`` from the copies on every node; the recovered groups.
-
-    Each group's proven copy is recorded as its primary (not running: the monitor
-    fails over to it from its disk) at the highest epoch any copy of the group saw.
-    """
-    copies = await _every_copy(placement, shard_map.state.nodes)
+def groups_from_copies(groups: list[str], copies: list[CopyView]) -> dict[str, Group]:
+    """Each group's proven copy, recorded as its primary (not running: the monitor
+    fails over to it from its disk) at the highest epoch any copy of the group saw;
+    or RecoveryRefused listing every group that cannot be proven complete."""
     by_group: dict[str, list[CopyView]] = defaultdict(list)
     for copy in copies:
         by_group[copy.proof.group].append(copy)
-    unknown = sorted(set(by_group) - set(shard_map.shard_of))
+    unknown = sorted(set(by_group) - set(groups))
     if unknown:
         raise RecoveryRefused(
-            f"the disks hold groups {', '.join(unknown)}, not in a ledger of "
-            f"{shard_map.state.shard_count} shards: recover with the shard count they had"
+            f"the disks hold groups {', '.join(unknown)}, not in a ledger of these "
+            f"{len(groups)} groups: recover with the shard count they had"
         )
     chosen: dict[str, Group] = {}
     refused = []
-    for group in shard_map.shard_of:
+    for group in groups:
         choice = choose_copy(group, by_group.get(group, []), acked_epoch=None)
         if choice.copy is None:
             refused.append(choice.reason)
@@ -82,6 +79,13 @@ async def rebuild_from_disks(shard_map: ShardMap, placement: Placement) -> list[
         )
     if refused:
         raise RecoveryRefused("cannot prove these groups complete:\n" + "\n".join(refused))
+    return chosen
+
+
+async def rebuild_from_disks(shard_map: ShardMap, placement: Placement) -> list[str]:
+    """Fill the empty ``shard_map`` from the copies on every node; the recovered groups."""
+    copies = await _every_copy(placement, shard_map.state.nodes)
+    chosen = groups_from_copies(list(shard_map.shard_of), copies)
     shard_map.skip_generations_of([c.proof.member for c in copies] + [c.directory for c in copies])
     shard_map.state.groups.update(chosen)
     await shard_map.save()
