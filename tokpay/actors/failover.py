@@ -91,6 +91,9 @@ class Reconfiguration:
         if choice.copy is not None:
             return choice
         placement = self._placement
+        # Reading a directory must not race its replica: the old primary (its lease is
+        # over, it is replaced either way) is ended first; after a restart none runs.
+        await placement.kill(g.primary)
         await placement.refresh_nodes(force=True)
         on_disk, silent = await placement.copies_on_disks(group, {c.proof.member for c in live})
         unreachable = [
