@@ -31,6 +31,10 @@ from tokpay.actors.timing import (
 
 log = logging.getLogger("tokpay.controller")
 
+DOWN_RETRY_SECONDS = 3.0
+"""A group with no provably complete copy reads the nodes' disks again this often (a
+node holding one may have come back)."""
+
 
 class Reconfiguration:
     def __init__(self, shard_map: ShardMap, liveness: Liveness, placement: Placement) -> None:
@@ -143,7 +147,7 @@ class Reconfiguration:
             if choice.copy is None:
                 self.down[group] = choice.reason
                 log.critical("%s", choice.reason)
-                await asyncio.sleep(NO_CANDIDATE_WAIT_SECONDS)
+                await asyncio.sleep(DOWN_RETRY_SECONDS)
                 return
             log.warning("%s", choice.reason)
             others = [m for m in (g.backup, g.standby) if m is not None]
