@@ -222,3 +222,19 @@ def test_recovery_rebuilds_groups_from_the_disks_or_lists_what_it_cannot_prove(
     with pytest.raises(RecoveryRefused, match="shard-1 is down") as refused:
         groups_from_copies(["shard-0", "shard-1"], n1.read() + n2.read_all())
     assert "shard-0" not in str(refused.value)
+
+
+def test_a_directory_open_in_a_running_process_is_not_read_nor_chosen(n1: Disk, n2: Disk) -> None:
+    """Ray's kill returns before the replica's process ends: its log is not opened under
+    it (opening cuts a torn tail), and the group waits rather than take a lesser copy."""
+    n1.copy("old-primary", records=6).primary(5, sequence=6)
+    n2.copy("older", records=6).in_sync(4, sequence=6)
+    held = (n1.base / "replicas" / "old-primary" / PROOF_FILE).open("rb")
+    try:
+        (busy,) = n1.read()
+        assert busy.in_use and busy.log_end is None
+        choice = choose_copy(GROUP, [busy, *n2.read()], acked_epoch=5)
+        assert choice.copy is None and "still open in a running process" in choice.reason
+    finally:
+        held.close()
+    assert chosen(n1.read() + n2.read(), acked_epoch=5) == "old-primary"

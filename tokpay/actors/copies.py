@@ -13,6 +13,7 @@ than its proof says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from enum import StrEnum
@@ -120,6 +121,9 @@ class CopyView(msgspec.Struct, frozen=True):
     """The last sequence its log holds (None: no log that opens)."""
     live: bool = False
     """A running replica (the one named in the proof): promoted in place if chosen."""
+    in_use: bool = False
+    """Read from a disk while some process still has it open: not read, not chosen yet
+    (its proof still counts: what it was in sync at was acknowledged)."""
 
 
 def log_end(root: Path) -> int | None:
@@ -136,16 +140,44 @@ def log_end(root: Path) -> int | None:
         return None
 
 
+def directories_in_use(replicas: Path) -> set[str]:
+    """The directories under ``replicas`` that a running process has a file open in.
+
+    A replica keeps its log open while it lives, so this tells, on the node itself,
+    whether a replica the controller gave up on is really gone: Ray's kill returns
+    before the process ends, and a process that missed its heartbeats may run on.
+    """
+    prefix = f"{replicas.resolve()}/"
+    used: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed since it was listed
+                target = os.readlink(fd)
+                if target.startswith(prefix):
+                    used.add(target[len(prefix) :].split("/", 1)[0])
+    return used
+
+
 def copies_on_disk(base: Path, node: str, group: str | None, skip: set[str]) -> list[CopyView]:
     """The copies of ``group`` (None: of every group) in ``base/replicas`` (a node's disk),
-    except those whose proof names a replica in ``skip`` (running ones: ask them instead)."""
+    except those whose proof names a replica in ``skip`` (running ones: ask them instead).
+    A directory some process still has open is listed unread (``in_use``): a log is never
+    opened under its writer."""
     found = []
     replicas = base / "replicas"
+    in_use = directories_in_use(replicas) if replicas.is_dir() else set()
     for root in sorted(replicas.iterdir()) if replicas.is_dir() else []:
         proof = read_proof(root)
         if proof is None or (group is not None and proof.group != group) or proof.member in skip:
             continue
-        found.append(CopyView(root.name, node, proof, log_end(root)))
+        if root.name in in_use:
+            found.append(CopyView(root.name, node, proof, None, in_use=True))
+        else:
+            found.append(CopyView(root.name, node, proof, log_end(root)))
     return found
 
 
@@ -155,6 +187,7 @@ def delete_old_copies(base: Path, group: str, keep: set[str], epoch: int) -> lis
     sync at ``epoch`` or later, once the group is in sync again at ``epoch``."""
     deleted = []
     replicas = base / "replicas"
+    keep = keep | (directories_in_use(replicas) if replicas.is_dir() else set())
     for root in sorted(replicas.iterdir()) if replicas.is_dir() else []:
         proof = read_proof(root)
         if proof is None or proof.group != group or root.name in keep:
@@ -177,6 +210,8 @@ class CopyChoice(msgspec.Struct, frozen=True):
 def rejection(copy: CopyView) -> str | None:
     """Why ``copy`` cannot be resumed from at all, or None."""
     proof = copy.proof
+    if copy.in_use:
+        return f"{copy.directory} on {copy.node} is still open in a running process"
     if proof.in_sync_epoch == 0:
         return f"{copy.directory} on {copy.node} was never in sync ({proof.role})"
     if copy.log_end is None:
@@ -241,7 +276,8 @@ def choose_copy(
             None,
             f"{group} is down: the best copy ({best.directory} on {best.node}) is in sync "
             f"only up to epoch {best.proof.in_sync_epoch}, and writes may have been "
-            f"acknowledged at epoch {bound}{waiting}",
+            f"acknowledged at epoch {bound}{'; ' if rejected else ''}{'; '.join(rejected)}"
+            f"{waiting}",
         )
     return CopyChoice(
         best,
