@@ -55,9 +55,13 @@ def deploy_command(
     ],
     shards: Shards = 4,
     fsync: Fsync = True,
+    recover: Annotated[
+        bool, typer.Option(help="Redis's state was lost: rebuild the shard map from the disks.")
+    ] = False,
 ) -> None:
     """On real machines: create TokPay on nodes started with cluster/head.sh and
-    worker.sh.
+    worker.sh (refused where replica data exists but the shard map is gone: then
+    --recover rebuilds it from the replicas' proof files).
 
     Starts the controller (detached, on the head), which places every shard's
     and the coordinator's primary and backup on different nodes and waits
@@ -67,7 +71,7 @@ def deploy_command(
     """
     names = [n.strip() for n in nodes.split(",") if n.strip()]
     _refuse_too_few_nodes(len(names))
-    deploy(address, names, shards, fsync)
+    deploy(address, names, shards, fsync, recover=recover)
     console.print(f"TokPay deployed on {', '.join(names)}: {shards} shards, replication factor 2")
 
 
