@@ -24,7 +24,9 @@ from tokpay.actors.copies import (
     delete_old_copies,
     read_proof,
 )
+from tokpay.actors.protocol import ReplicaSpec
 from tokpay.actors.recovery import RecoveryRefused, groups_from_copies
+from tokpay.actors.replica_host import ReplicaHost
 from tokpay.actors.shard import ShardService
 from tokpay.wal import WriteAheadLog
 
@@ -183,9 +185,18 @@ def test_backup_fenced_after_silence_is_chosen_when_the_primary_dies(n1: Disk, n
 
 
 def test_a_real_backup_proves_its_install_promotion_and_fence(tmp_path: Path) -> None:
-    primary = ShardService(0, 2, tmp_path, replicated=True, root=tmp_path / "p")
+    root = tmp_path / "p"
+    primary = ReplicaHost(
+        "primary",
+        ReplicaSpec(name="p", epoch=1, role="primary"),
+        root,
+        lambda options: ShardService(0, 2, root.parent, **options),
+        service_class=ShardService,
+        fsync=True,
+    )
     backup = attach_backup(primary, tmp_path / "b", epoch=2)
-    proof = read_proof(tmp_path / "b")
+    with backup.host.lock:  # the install ends under the backup's lock, proof written last
+        proof = read_proof(tmp_path / "b")
     assert proof is not None and (proof.role, proof.in_sync_epoch) == ("backup-in-sync", 2)
     backup.promote()
     backup.host.fence()
