@@ -38,6 +38,7 @@ RESUME_LIMIT_SECONDS = 10.0
 """Writes resume within this after a worker node dies (target 5 s; generous for a shared
 2-core CI machine; bench/RESULTS.md records the measured times)."""
 HEAD_RESUME_LIMIT_SECONDS = 40.0
+PORTS_ENV = "TOKPAY_TEST_PORTS"
 """The head's loss waits for its restart, the GCS reload and the controller's."""
 
 
@@ -81,10 +82,14 @@ class Running:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir = tmp_path_factory.mktemp("cluster") / "c"
-    port = free_port()
+    # On a machine shared by several runs, TOKPAY_TEST_PORTS=RAY_PORT,GATEWAY_PORT keeps
+    # the cluster on given ports (Redis and Ray Client take the two after RAY_PORT).
+    chosen = os.environ.get(PORTS_ENV)
+    ray_port, port = (int(p) for p in chosen.split(",")) if chosen else (0, free_port())
     up = cli(
         "cluster", "up", "--nodes", "3", "--port", str(port), "--data-dir", str(data_dir),
         "--shards", str(SHARDS), "--workers", "1",
+        *(("--ray-port", str(ray_port)) if ray_port else ()),
     )  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]

@@ -12,9 +12,17 @@ from tokpay.cluster.state import STATE_VERSION, ClusterStateFile, write_state
 from tokpay.cluster.status import status_document
 
 NODE_FIELDS = {"node_id", "pid", "role", "alive", "primaries", "backups"}
-GROUP_FIELDS = {"group", "epoch", "primary", "backup", "backup_in_sync", "replication_lag"}
+GROUP_FIELDS = {"group", "epoch", "primary", "backup", "backup_in_sync", "replication_lag", "down"}
 MEMBER_FIELDS = {"name", "node", "alive", "sequence"}
-TOP_FIELDS = {"nodes", "groups", "services", "failovers", "backup_rebuilds", "gcs_address"}
+TOP_FIELDS = {
+    "nodes",
+    "groups",
+    "services",
+    "failovers",
+    "backup_rebuilds",
+    "gcs_address",
+    "processes",
+}
 
 
 def recorded_cluster(data_dir: Path) -> LocalCluster:
@@ -42,7 +50,13 @@ def test_status_document_keeps_its_fields(tmp_path: Path) -> None:
     member = SimpleNamespace(name="shard-0-a", node="n0", alive=True, sequence=7)
     backup = SimpleNamespace(name="shard-0-b", node="n1", alive=True, sequence=7)
     group = SimpleNamespace(
-        group="shard-0", epoch=2, primary=member, backup=backup, backup_ready=True, lag=0
+        group="shard-0",
+        epoch=2,
+        primary=member,
+        backup=backup,
+        backup_ready=True,
+        lag=0,
+        down=None,
     )
     controller = SimpleNamespace(
         nodes={"n0": True, "n1": True}, groups=[group], failovers=1, rebuilds=0
@@ -62,3 +76,5 @@ def test_status_document_keeps_its_fields(tmp_path: Path) -> None:
     assert only["primary"].keys() >= MEMBER_FIELDS and only["backup"].keys() >= MEMBER_FIELDS
     assert document["services"]["gateway"]["pid"] == 4321
     assert {"pid", "alive"} <= document["services"]["gateway"].keys()
+    # Every process of the cluster by name, with its pid (None: not running).
+    assert document["processes"] == {"redis": None, "n0": None, "n1": None, "gateway": None}

@@ -23,6 +23,7 @@ from tokpay.actors.failover import Reconfiguration
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.placement import Placement
 from tokpay.actors.protocol import HeartbeatAnswer, HeartbeatReport, Route
+from tokpay.actors.recovery import rebuild_from_disks, refuse_fresh
 from tokpay.actors.shard_map import (
     ControllerStatus,
     Group,
@@ -62,11 +63,18 @@ class Controller:
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_forever())
         return True
 
-    async def bootstrap(self) -> ControllerStatus:
-        """Create every group's primary and backup (first start only), then wait until ready."""
+    async def bootstrap(self, recover: bool = False) -> ControllerStatus:
+        """Create every group's primary and backup (first start only), then wait until ready.
+
+        With no shard map but replica data on the nodes (the cluster state was lost), a
+        new ledger is refused; ``recover`` rebuilds the map from the disks instead.
+        """
         await self.start()
         state = self._map.state
-        if not state.groups:
+        if not state.groups and recover:
+            await rebuild_from_disks(self._map, self._placement)
+        elif not state.groups:
+            await refuse_fresh(self._placement, state.nodes)
             nodes = state.nodes
             if len(nodes) < 2:
                 raise ValueError("replication needs at least 2 nodes")
@@ -118,7 +126,8 @@ class Controller:
                 if primary is not None and backup is not None and g.backup_ready
                 else None
             )
-            groups.append(GroupStatus(group, g.epoch, primary, backup, g.backup_ready, lag))
+            down = self._reconfigure.down.get(group)
+            groups.append(GroupStatus(group, g.epoch, primary, backup, g.backup_ready, lag, down))
         return ControllerStatus(
             shard_count=self._map.state.shard_count,
             nodes={n: n in self._placement.live_nodes for n in self._map.state.nodes},

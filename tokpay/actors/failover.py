@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from tokpay.actors.copies import CopyChoice, CopyView, choose_copy
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.placement import Placement
 from tokpay.actors.shard_map import Group, Member, ShardMap
@@ -30,6 +31,10 @@ from tokpay.actors.timing import (
 
 log = logging.getLogger("tokpay.controller")
 
+DOWN_RETRY_SECONDS = 3.0
+"""A group with no provably complete copy reads the nodes' disks again this often (a
+node holding one may have come back)."""
+
 
 class Reconfiguration:
     def __init__(self, shard_map: ShardMap, liveness: Liveness, placement: Placement) -> None:
@@ -38,6 +43,8 @@ class Reconfiguration:
         self._placement = placement
         self.failovers = 0
         self.rebuilds = 0
+        self.down: dict[str, str] = {}
+        """Groups that cannot serve now, and why (for ``cluster status``)."""
 
     async def _ask(self, member: Member, method: str, *args: Any) -> Any:
         """Call ``method`` on a replica, bounded in time."""
@@ -59,26 +66,74 @@ class Reconfiguration:
         )
         await self._map.save()
 
-    async def _candidate(self, g: Group) -> Member | None:
-        """Which copy to promote: one that holds every acknowledged record.
-
-        The backup, if in sync. While a new backup is being installed, it holds
-        everything acknowledged once its install finished (the primary acknowledges
-        nothing in between); before that, the previous backup (the standby) does.
-        """
-        dead = self._liveness.dead
-        if g.backup is not None and not dead(g.backup.name):
-            if g.backup_ready:
-                return g.backup
+    async def _live_copies(self, g: Group) -> list[CopyView]:
+        """The backup and the standby as they say they stand, if they answer."""
+        views = []
+        for member in (g.backup, g.standby):
+            if member is None or self._liveness.dead(member.name):
+                continue
             try:
-                status = await self._ask(g.backup, "replica_status")
-                if status.role == "backup" and status.installed:
-                    return g.backup
+                status = await self._ask(member, "replica_status")
             except Exception as error:
-                log.info("status of %s failed: %r", g.backup.name, error)
-        if g.standby is not None and not dead(g.standby.name):
-            return g.standby
-        return None
+                log.info("status of %s failed: %r", member.name, error)
+                continue
+            if status.proof is not None:
+                promotable = status.role == "backup" and status.installed
+                views.append(
+                    CopyView(member.directory, member.node, status.proof, status.sequence,
+                             live=promotable)
+                )  # fmt: skip
+        return views
+
+    async def choose(self, group: str, g: Group) -> CopyChoice:
+        """The copy to promote: by what the copies prove (tokpay.actors.copies), asking the
+        live backup and standby first, then reading every live node's disk."""
+        acked = g.attach_epoch if g.attach_epoch is not None else g.epoch
+        epoch_backup = g.backup.name if g.backup is not None and acked == g.epoch else None
+        live = await self._live_copies(g)
+        choice = choose_copy(group, live, acked_epoch=acked, epoch_backup=epoch_backup)
+        if choice.copy is not None:
+            return choice
+        placement = self._placement
+        # Reading a directory must not race its replica: the old primary (its lease is
+        # over, it is replaced either way) is ended first; after a restart none runs.
+        await placement.kill(g.primary)
+        await placement.refresh_nodes(force=True)
+        on_disk, silent = await placement.copies_on_disks(group, {c.proof.member for c in live})
+        unreachable = [
+            f"{m.name} on node {m.node}"
+            for m in (g.primary, g.backup, g.standby)
+            if m is not None and (m.node not in placement.live_nodes or m.node in silent)
+        ]
+        return choose_copy(
+            group, live + on_disk, acked_epoch=acked, epoch_backup=epoch_backup,
+            unreachable=unreachable,
+        )  # fmt: skip
+
+    async def _take_over(self, group: str, g: Group, copy: CopyView, epoch: int) -> Member:
+        """Make ``copy`` the primary at ``epoch``: promote it in place if it is a running
+        backup, else start a replica on its node that reopens its directory."""
+        if copy.live:
+            chosen = next(m for m in (g.backup, g.standby) if m and m.name == copy.proof.member)
+            self._save_primary(g, chosen, epoch)
+            await self._map.save()
+            if not await self._ask(chosen, "promote", epoch):
+                raise RuntimeError(f"{chosen.name} refused promotion to epoch {epoch}")
+            return chosen
+        # A fenced replica may still run on that directory: end it first.
+        await self._placement.kill(Member(name=copy.proof.member, node=copy.node))
+        chosen = self._map.new_member(group, copy.node)
+        chosen.root = copy.directory
+        self._save_primary(g, chosen, epoch)
+        await self._map.save()
+        handle = self._placement.spawn(group, chosen, epoch, "primary")
+        await asyncio.wait_for(handle.ready.remote(), REPLICA_CREATE_TIMEOUT_SECONDS)
+        return chosen
+
+    @staticmethod
+    def _save_primary(g: Group, chosen: Member, epoch: int) -> None:
+        g.epoch, g.primary, g.backup, g.backup_ready, g.address = epoch, chosen, None, False, None
+        g.backup_address, g.standby = None, None
 
     async def fail_over(self, group: str) -> None:
         g = self._map.groups[group]
@@ -88,27 +143,20 @@ class Reconfiguration:
         try:
             # The old primary may still be running: its lease must run out first.
             await asyncio.sleep(max(0.0, self._liveness.lease_over_at(group) - time.monotonic()))
-            chosen = await self._candidate(g)
-            if chosen is None:
-                log.critical("%s: primary and backup both lost; waiting for one to return", group)
-                await asyncio.sleep(NO_CANDIDATE_WAIT_SECONDS)
+            choice = await self.choose(group, g)
+            if choice.copy is None:
+                self.down[group] = choice.reason
+                log.critical("%s", choice.reason)
+                await asyncio.sleep(DOWN_RETRY_SECONDS)
                 return
-            others = [m for m in (g.backup, g.standby) if m is not None and m.name != chosen.name]
+            log.warning("%s", choice.reason)
+            others = [m for m in (g.backup, g.standby) if m is not None]
             epoch = g.epoch + 1
-            g.epoch, g.primary, g.backup, g.backup_ready, g.address = (
-                epoch,
-                chosen,
-                None,
-                False,
-                None,
-            )
-            g.backup_address, g.standby = None, None
-            await self._map.save()
+            chosen = await self._take_over(group, g, choice.copy, epoch)
             self._placement.mark_suspect(old)
-            if not await self._ask(chosen, "promote", epoch):
-                raise RuntimeError(f"{chosen.name} refused promotion to epoch {epoch}")
             g.address = await self._ask(chosen, "channel_address")
             await self._map.save()
+            self.down.pop(group, None)
             self.failovers += 1
             log.warning(
                 "%s: primary %s on %s lost; %s on %s promoted at epoch %d",
@@ -123,7 +171,8 @@ class Reconfiguration:
             revoking.discard(group)
         self._placement.retire(old)
         for member in others:
-            self._placement.retire(member)
+            if member.name != chosen.name:
+                self._placement.retire(member)
         await self.replace_backup(group)
 
     async def _finish_promotion(self, group: str, primary: Member) -> None:
@@ -167,7 +216,8 @@ class Reconfiguration:
         if node is None:
             g.backup, g.backup_ready, g.backup_address = None, False, None
             await self._map.save()
-            log.error("%s: no live node for a backup; writes wait", group)
+            self.down[group] = f"{group}: no live node for a backup; writes wait (start a node)"
+            log.error("%s", self.down[group])
             await asyncio.sleep(NO_CANDIDATE_WAIT_SECONDS)
             return
         epoch = g.epoch + 1
@@ -181,6 +231,9 @@ class Reconfiguration:
             address = await asyncio.wait_for(
                 handle.channel_address.remote(), CONTROLLER_CALL_TIMEOUT_SECONDS
             )
+            # From here the primary may acknowledge writes at this epoch: say so first.
+            g.attach_epoch = epoch
+            await self._map.save()
             attach = (await placement.handle(primary)).attach_backup.remote(epoch, address)
             await asyncio.wait_for(attach, REPLICA_CREATE_TIMEOUT_SECONDS)
         except Exception:
@@ -190,10 +243,13 @@ class Reconfiguration:
             await self._map.save()
             raise
         standby, g.standby = g.standby, None
+        self.down.pop(group, None)
         g.backup_ready = True
         g.backup_address = address
         await self._map.save()
         placement.retire(standby)
+        # Both copies are in sync at this epoch: no choice can take an older copy now.
+        placement.delete_old_copies(group, {primary.directory, member.directory}, epoch)
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._liveness.reports.pop(primary.name, None)
         self.rebuilds += 1

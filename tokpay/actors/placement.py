@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from tokpay.actors.coordinator import CoordinatorActor
+from tokpay.actors.copies import CopyView, copies_on_disk, delete_old_copies
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
 from tokpay.actors.protocol import ReplicaSpec
+from tokpay.actors.replica_host import NODE_DATA_DIR_ENV
 from tokpay.actors.shard import ShardActor
 from tokpay.actors.shard_map import Member, ShardMap
 from tokpay.actors.timing import (
+    CONTROLLER_CALL_TIMEOUT_SECONDS,
     NODES_REFRESH_SECONDS,
     REPLICA_CREATE_TIMEOUT_SECONDS,
     RETIRE_AFTER_SECONDS,
@@ -30,6 +35,18 @@ from tokpay.actors.timing import (
 )
 
 log = logging.getLogger("tokpay.controller")
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _copies_on_node(node: str, group: str | None, skip: list[str]) -> list[CopyView]:
+    """Runs on ``node``: the copies of ``group`` on its disk (tokpay.actors.copies)."""
+    return copies_on_disk(Path(os.environ[NODE_DATA_DIR_ENV]), node, group, set(skip))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _delete_copies_on_node(group: str, keep: list[str], epoch: int) -> list[str]:
+    """Runs on a node: delete its copies of ``group`` from before ``epoch``."""
+    return delete_old_copies(Path(os.environ[NODE_DATA_DIR_ENV]), group, set(keep), epoch)
 
 
 class Placement:
@@ -77,7 +94,7 @@ class Placement:
 
     def spawn(self, group: str, member: Member, epoch: int, role: str) -> Any:
         """Create replica ``member`` of ``group`` on its node; returns its actor handle."""
-        spec = ReplicaSpec(name=member.name, epoch=epoch, role=role)
+        spec = ReplicaSpec(name=member.name, epoch=epoch, role=role, group=group, root=member.root)
         options = {
             "name": member.name,
             "namespace": NAMESPACE,
@@ -98,6 +115,51 @@ class Placement:
         self._handles[member.name] = handle
         self._liveness.expect(member.name, REPLICA_CREATE_TIMEOUT_SECONDS)
         return handle
+
+    async def copies_on_disks(
+        self, group: str | None, skip: set[str]
+    ) -> tuple[list[CopyView], set[str]]:
+        """The copies of ``group`` (None: of every group) on every live node's disk but
+        those of the replicas in ``skip``; and the nodes that did not answer."""
+        nodes = sorted(self.live_nodes)
+        calls = [
+            _copies_on_node.options(resources={node_resource(n): 0.001}).remote(
+                n, group, sorted(skip)
+            )
+            for n in nodes
+        ]
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(call, CONTROLLER_CALL_TIMEOUT_SECONDS) for call in calls),
+            return_exceptions=True,
+        )
+        copies: list[CopyView] = []
+        silent: set[str] = set()
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("reading the copies of %s on %s failed: %r", group, node, answer)
+                silent.add(node)
+            else:
+                copies.extend(answer)
+        return copies, silent
+
+    def delete_old_copies(self, group: str, keep: set[str], epoch: int) -> None:
+        """On every live node, delete the copies of ``group`` left from before ``epoch``
+        (replaced and retired replicas' directories), in the background."""
+
+        async def delete() -> None:
+            for node in sorted(self.live_nodes):
+                call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
+                try:
+                    deleted = await asyncio.wait_for(
+                        call.remote(group, sorted(keep), epoch), CONTROLLER_CALL_TIMEOUT_SECONDS
+                    )
+                except Exception as error:
+                    log.info("deleting old copies of %s on %s failed: %r", group, node, error)
+                    continue
+                if deleted:
+                    log.info("%s: deleted old copies %s on %s", group, deleted, node)
+
+        asyncio.get_running_loop().create_task(delete())
 
     async def handle(self, member: Member) -> Any:
         """The replica's actor handle, looked up off the event loop when not cached."""

@@ -134,9 +134,14 @@ class ReplicaSpec(msgspec.Struct, frozen=True):
     name: str
     epoch: int
     role: str
+    group: str = ""
+    """Its replica group (``shard-3``, ``coordinator``): written into its proof file."""
+    root: str = ""
+    """The directory (under the node's ``replicas/``) it opens; empty: its own name. A
+    copy brought back from its disk after a restart keeps its directory under a new name."""
 
 
-class HeartbeatReport(ReplicaSpec, frozen=True):
+class HeartbeatReport(ReplicaSpec, frozen=True, kw_only=True):
     """A replica as it stands now (its role may have changed since its spec) and its log."""
 
     sequence: int
@@ -152,6 +157,28 @@ class HeartbeatAnswer(msgspec.Struct, frozen=True):
     client where the primaries are, so clients need no Ray call to find them."""
 
 
+class ReplicaProof(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replica keeps on its own disk (``replica.json``) to prove what it holds.
+
+    A write is acknowledged at epoch E only once the primary of E and the one backup of
+    E (in sync) both hold it, so the highest epoch at which a copy was primary or in-sync
+    backup (``in_sync_epoch``) says which acknowledged records it certainly holds.
+    """
+
+    group: str
+    member: str
+    """The replica (actor name) that wrote it last."""
+    epoch: int
+    role: str
+    """primary | backup-in-sync | backup-installing | retired."""
+    in_sync_epoch: int
+    """The highest epoch at which this copy was primary or in-sync backup (0: never)."""
+    primary_at_in_sync: bool
+    """Whether it was the primary of ``in_sync_epoch`` (not only its backup)."""
+    sequence: int
+    """Its log's last sequence when this was written: the log must reach at least this."""
+
+
 class ReplicaStatus(msgspec.Struct, frozen=True):
     role: str
     epoch: int
@@ -161,6 +188,8 @@ class ReplicaStatus(msgspec.Struct, frozen=True):
     pid: int
     installed: bool = False
     """A backup that has received its primary's snapshot (it follows the log)."""
+    proof: ReplicaProof | None = None
+    """What its directory's proof file says (None: the single-node default)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import ray
 
 from tokpay.actors.channel import NotPrimary
+from tokpay.actors.copies import ProofKeeper
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 from tokpay.actors.protocol import (
     ChannelAddress,
@@ -74,7 +75,7 @@ def replica_root(data_dir: str, local_name: str, spec: ReplicaSpec | None) -> Pa
     base = os.environ.get(NODE_DATA_DIR_ENV)
     if not base:
         raise RuntimeError(f"{NODE_DATA_DIR_ENV} is not set on this node (see cluster/)")
-    return Path(base) / "replicas" / spec.name
+    return Path(base) / "replicas" / (spec.root or spec.name)
 
 
 class ReplicaHost(Generic[S]):
@@ -120,6 +121,8 @@ class ReplicaHost(Generic[S]):
             # A primary is created only with the cluster: later primaries are promoted backups.
             primary = self.role is Role.PRIMARY
             self.service = open_service(self._options(spec.epoch, True, 0)) if primary else None
+        self._proof = ProofKeeper(root, spec.group, spec.name, fsync=fsync) if spec else None
+        self._prove_role()
         self._heartbeat: Heartbeat | None = None
 
     def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
@@ -215,6 +218,7 @@ class ReplicaHost(Generic[S]):
         self._early_log = WriteAheadLog.open(
             self.root / WAL_DIR, fsync=self.fsync, floor=self._floor
         )
+        self._prove_role()
         log.info("%s: keeping records after %d; the state copy follows", self.label, self._floor)
 
     def _keep_early(self, payload: bytes) -> bytes:
@@ -242,6 +246,7 @@ class ReplicaHost(Generic[S]):
         self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
         started = time.perf_counter()
         self.service = self._open(self._options(self.epoch, True, self._floor))
+        self._prove_role()
         log.info(
             "%s: backup installed from a copy at sequence %d, opened in %.3f s",
             self.label,
@@ -258,6 +263,7 @@ class ReplicaHost(Generic[S]):
         self.epoch = epoch
         self.service.log.detach(epoch)
         self.role = Role.PRIMARY
+        self._prove_role()
         log.warning("%s: promoted to primary at epoch %d", self.label, epoch)
         return True
 
@@ -269,6 +275,7 @@ class ReplicaHost(Generic[S]):
         self.epoch = epoch
         started = time.perf_counter()
         sequence = service.log.attach(epoch, address)
+        self._prove_role()
         export = service.export_state()
         threading.Thread(
             target=self._send_copy, args=(epoch, address, export), name="install", daemon=True
@@ -320,6 +327,23 @@ class ReplicaHost(Generic[S]):
             self.role = Role.FENCED
             if self.service is not None:
                 self.service.log.detach(self.epoch)
+            self._prove_role()
+
+    def _prove_role(self) -> None:
+        """Rewrite this copy's proof file for its role and epoch now, before acting on it
+        (tokpay.actors.copies: what the controller resumes from after a restart)."""
+        proof, service = self._proof, self.service
+        if proof is None:
+            return
+        sequence = service.last_sequence if service else 0
+        if self.role is Role.PRIMARY:
+            proof.primary(self.epoch, sequence)
+        elif self.role is Role.FENCED:
+            proof.retired()
+        elif service is None:
+            proof.installing(self.epoch)
+        else:
+            proof.in_sync(self.epoch, sequence)
 
     # -- reports ------------------------------------------------------------------------------------
 
@@ -352,6 +376,7 @@ class ReplicaHost(Generic[S]):
             broken=service.log.broken if service else None,
             pid=os.getpid(),
             installed=service is not None and self._early_log is None,
+            proof=self._proof.proof if self._proof else None,
         )
 
     def state_bytes(self) -> bytes:

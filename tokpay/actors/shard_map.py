@@ -21,6 +21,8 @@ log = logging.getLogger("tokpay.controller")
 
 KV_NAMESPACE = "tokpay"
 KV_STATE_KEY = b"controller/state"
+MEMBER_PREFIX = "tokpay-"
+GENERATION_MARK = "-g"
 
 
 class Member(msgspec.Struct):
@@ -28,6 +30,13 @@ class Member(msgspec.Struct):
 
     name: str
     node: str
+    root: str = ""
+    """Its directory under the node's ``replicas/`` (empty: its name); a copy resumed from
+    its disk after a restart keeps its old directory under a new name."""
+
+    @property
+    def directory(self) -> str:
+        return self.root or self.name
 
 
 class Group(msgspec.Struct):
@@ -40,6 +49,9 @@ class Group(msgspec.Struct):
     standby: Member | None = None
     """The previous backup while its replacement is being installed: until the new one
     is in sync it holds every acknowledged record, so it stays a promotion candidate."""
+    attach_epoch: int | None = None
+    """The last epoch at which the primary was told to attach a backup (saved before the
+    call): no write can have been acknowledged at a later epoch. None: not recorded."""
 
 
 class ClusterState(msgspec.Struct):
@@ -65,6 +77,8 @@ class GroupStatus(msgspec.Struct):
     backup: MemberStatus | None
     backup_ready: bool
     lag: int | None
+    down: str | None = None
+    """Why the group cannot serve, in words an operator can act on (None: it can)."""
 
 
 class ControllerStatus(msgspec.Struct):
@@ -117,7 +131,17 @@ class ShardMap:
 
     def new_member(self, group: str, node: str) -> Member:
         self.state.generation += 1
-        return Member(name=f"tokpay-{group}-g{self.state.generation}", node=node)
+        return Member(
+            name=f"{MEMBER_PREFIX}{group}{GENERATION_MARK}{self.state.generation}", node=node
+        )
+
+    def skip_generations_of(self, names: list[str]) -> None:
+        """Name new replicas after every one in ``names`` (a map rebuilt from the disks
+        must never reuse the name, hence the directory, of a copy that is still there)."""
+        for name in names:
+            _, mark, number = name.rpartition(GENERATION_MARK)
+            if mark and number.isdigit():
+                self.state.generation = max(self.state.generation, int(number))
 
     def routes(self) -> dict[str, Route]:
         return {

@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tokpay.cluster.deploy import deploy
+from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.gateway import start_cluster_gateway
 from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.restart import destroy_cluster, restart_cluster
 from tokpay.cluster.state import state_path
 from tokpay.cluster.status import cluster_status
 
@@ -53,9 +55,13 @@ def deploy_command(
     ],
     shards: Shards = 4,
     fsync: Fsync = True,
+    recover: Annotated[
+        bool, typer.Option(help="Redis's state was lost: rebuild the shard map from the disks.")
+    ] = False,
 ) -> None:
     """On real machines: create TokPay on nodes started with cluster/head.sh and
-    worker.sh.
+    worker.sh (refused where replica data exists but the shard map is gone: then
+    --recover rebuilds it from the replicas' proof files).
 
     Starts the controller (detached, on the head), which places every shard's
     and the coordinator's primary and backup on different nodes and waits
@@ -65,7 +71,7 @@ def deploy_command(
     """
     names = [n.strip() for n in nodes.split(",") if n.strip()]
     _refuse_too_few_nodes(len(names))
-    deploy(address, names, shards, fsync)
+    deploy(address, names, shards, fsync, recover=recover)
     console.print(f"TokPay deployed on {', '.join(names)}: {shards} shards, replication factor 2")
 
 
@@ -77,25 +83,38 @@ def up(
     shards: Shards = 4,
     workers: Annotated[int, typer.Option(help="Gateway processes.")] = 2,
     fsync: Fsync = True,
+    ray_port: Annotated[
+        int | None,
+        typer.Option(
+            help="GCS port; Redis takes the next one, Ray Client the one after. "
+            "Default: free ports."
+        ),
+    ] = None,
 ) -> None:
-    """Start Redis (GCS fault tolerance), the Ray nodes, TokPay and its gateway.
+    """Start Redis (GCS fault tolerance), the Ray nodes, TokPay and its gateway;
+    or, on a directory that holds a cluster, start it again from its disks.
 
     Every node is a separate process session with its own disk under
     DATA_DIR/nodes; the head keeps Ray's cluster state in Redis (fsync on
     every write), so killing and restarting the head loses nothing.
     Replication factor 2: a shard's primary and backup are always on different
     nodes.
-    """
+
+    Again on the same DATA_DIR (after `cluster down`, a power cut, a dead
+    node): the same nodes, shards and ports as saved (other options are
+    ignored); running parts are left alone, missing ones started, and every
+    group resumes from the copy its replicas prove complete.
+    """  # fmt: skip
     _refuse_too_few_nodes(nodes)
     data_dir = data_dir.resolve()
     if state_path(data_dir).exists():
-        console.print(
-            f"[red]{data_dir} already holds a cluster; `tokpay cluster down --data-dir "
-            f"{data_dir}` first (a new cluster needs a new directory).[/red]"
-        )
-        raise typer.Exit(2)
-    cluster = LocalCluster(data_dir, nodes=nodes)
-    cluster.settings.update({"port": port, "workers": workers, "shards": shards})
+        _up_again(data_dir)
+        return
+    ports = (ray_port, ray_port + 1, ray_port + 2) if ray_port else (None, None, None)
+    cluster = LocalCluster(
+        data_dir, nodes=nodes, gcs_port=ports[0], redis_port=ports[1], client_port=ports[2]
+    )
+    cluster.settings.update({"port": port, "workers": workers, "shards": shards, "fsync": fsync})
     started = time.monotonic()
     with console.status(f"Starting Redis and {nodes} Ray nodes ..."):
         cluster.up()
@@ -112,6 +131,22 @@ def up(
     console.print(f"Cluster up in {time.monotonic() - started:.1f} s")
     _print_status(cluster_status(cluster))
     console.print(f"Gateway: http://127.0.0.1:{port}  (docs at /docs)")
+
+
+def _up_again(data_dir: Path, *, recover: bool = False) -> None:
+    cluster = LocalCluster.load(data_dir)
+    with console.status("Starting the cluster again from its disks ...") as spinner:
+        try:
+            result = restart_cluster(cluster, lambda line: spinner.update(line), recover=recover)
+        except (ClusterError, TimeoutError) as error:
+            console.print(f"[red]{str(error).replace('DATA_DIR', str(data_dir))}[/red]")
+            console.print(f"`tokpay cluster status --data-dir {data_dir}` says what is down.")
+            raise typer.Exit(1) from None
+    console.print(
+        f"Cluster serving again {result.seconds_to_serving:.1f} s after `cluster up` "
+        f"(started: {', '.join(result.started) or 'nothing, all was running'})"
+    )
+    _print_status(cluster_status(cluster))
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -142,6 +177,9 @@ def _print_status(status: dict[str, Any]) -> None:
             "-" if g["replication_lag"] is None else str(g["replication_lag"]),
         )
     console.print(groups)
+    for g in status["groups"]:
+        if g.get("down"):
+            console.print(f"[red]{g['down']}[/red]")
     console.print(
         f"failovers: {status['failovers']}, backup rebuilds: {status['backup_rebuilds']}, "
         "services: " + ", ".join(f"{n} pid {s['pid']}" for n, s in status["services"].items())
@@ -164,9 +202,49 @@ def status(
 @cluster_app.command("down")
 def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Stop everything `cluster up` started (and nothing else). Data stays on
-    disk.
+    disk: `cluster up` on the same directory starts it again.
     """
-    cluster = LocalCluster.load(data_dir.resolve())
+    data_dir = data_dir.resolve()
+    cluster = LocalCluster.load(data_dir)
     with console.status("Stopping the gateway, the nodes and Redis ..."):
         cluster.down()
-    console.print("Cluster stopped.")
+    console.print(
+        f"Cluster stopped; its data is kept in {data_dir}.\n"
+        f"Start it again: tokpay cluster up --data-dir {data_dir}\n"
+        f"Remove it for good: tokpay cluster destroy --data-dir {data_dir} --yes"
+    )
+
+
+@cluster_app.command("recover")
+def recover(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """The cluster state (Redis) was lost: rebuild the shard map, epochs and placement
+    from the replicas' own disks, and start the cluster.
+
+    Every node must be running (or startable): each group resumes from the copy its
+    replicas' proof files show holds every acknowledged transfer. If any group cannot
+    be proven complete, nothing is changed and the groups are listed.
+    """
+    _up_again(data_dir.resolve(), recover=True)
+
+
+@cluster_app.command("destroy")
+def destroy(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete the ledger's data.")] = False,
+) -> None:
+    """Delete a stopped cluster's directory: every node's replicas (the ledger), Redis,
+    logs. Refuses while anything of it runs, and without --yes.
+    """
+    data_dir = data_dir.resolve()
+    if not yes:
+        console.print(
+            f"[red]This deletes every transfer of the ledger in {data_dir}. "
+            "Run again with --yes to do it.[/red]"
+        )
+        raise typer.Exit(2)
+    try:
+        destroy_cluster(data_dir)
+    except ClusterError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Removed {data_dir}.")

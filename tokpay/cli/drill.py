@@ -17,6 +17,7 @@ from tokpay.cli.cluster import DEFAULT_DATA_DIR, DataDir
 from tokpay.cluster.local import LocalCluster
 from tokpay.testing.drill import drill_cluster
 from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
+from tokpay.testing.powercut import RESTART_TARGETS
 from tokpay.testing.report import DrillReport, print_report, print_summary
 from tokpay.testing.workload import DrillLoad
 
@@ -26,7 +27,11 @@ LIVE_REFRESH_PER_SECOND = 4
 
 def drill(
     target: Annotated[
-        str, typer.Option(help=f"What to SIGKILL: {', '.join(TARGETS)} or random.")
+        str,
+        typer.Option(
+            help=f"What to SIGKILL: {', '.join(TARGETS)} or random; or, with `cluster up` "
+            f"after: {', '.join(RESTART_TARGETS)}."
+        ),
     ] = "primary",
     repeat: Annotated[
         int, typer.Option(help="Drills to run, each on a random target if --target random.")
@@ -50,9 +55,17 @@ def drill(
     went backwards (must be 0), how long until writes succeeded again, and
     reads/writes per second before, during and after. Exits non-zero on any
     violation.
+
+    Restart drills bring the cluster back with `cluster up` at once, while the
+    load keeps retrying: `all` SIGKILLs every process of the cluster in one
+    sweep (Redis and the gateway included: a power cut); `pair` both nodes of
+    one group (back after 5 s); `state` cuts the power and wipes Redis's data,
+    checks that `cluster up` refuses, then runs `cluster recover`. Their
+    report adds the time from `cluster up` to serving.
     """
-    if target not in (*TARGETS, "random"):
-        console.print(f"[red]--target must be one of {', '.join(TARGETS)}, random[/red]")
+    if target not in (*TARGETS, *RESTART_TARGETS, "random"):
+        choices = ", ".join((*TARGETS, *RESTART_TARGETS))
+        console.print(f"[red]--target must be one of {choices}, random[/red]")
         raise typer.Exit(2)
     data_dir = data_dir.resolve()
     cluster = LocalCluster.load(data_dir)

@@ -40,12 +40,20 @@ def join(address: str, auth_token_path: Path | None = None) -> ModuleType:
 
 
 def deploy(
-    address: str, nodes: list[str], shards: int, fsync: bool, auth_token_path: Path | None = None
+    address: str,
+    nodes: list[str],
+    shards: int,
+    fsync: bool,
+    auth_token_path: Path | None = None,
+    *,
+    recover: bool = False,
 ) -> Any:
     """Start (or find) the controller and wait until every group has a primary and a backup.
 
     ``nodes[0]`` is the head: the controller lives there (with the GCS it keeps its
-    state in, so it comes back with the head). Returns the controller's status.
+    state in, so it comes back with the head). Returns the controller's status. With
+    no shard map in the GCS, replica data on the nodes is refused, unless ``recover``:
+    then the map is rebuilt from the replicas' proofs (tokpay.actors.recovery).
     """
     ray = join(address, auth_token_path)
     from tokpay.actors.controller import Controller
@@ -58,7 +66,10 @@ def deploy(
         get_if_exists=True,
         resources={node_resource(nodes[0]): 1},
     ).remote(shards, nodes, fsync)
-    return ray.get(controller.bootstrap.remote(), timeout=READY_TIMEOUT_SECONDS)
+    # Only a recovery passes the flag: a controller deployed by an older TokPay (Ray
+    # restarts it with the code it was created with) still resumes a plain restart.
+    call = controller.bootstrap.remote(recover=True) if recover else controller.bootstrap.remote()
+    return ray.get(call, timeout=READY_TIMEOUT_SECONDS)
 
 
 def controller_status(address: str, auth_token_path: Path | None = None) -> Any:

@@ -72,6 +72,7 @@ class LocalCluster:
         nodes: int = 3,
         gcs_port: int | None = None,
         redis_port: int | None = None,
+        client_port: int | None = None,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be between 1 and {MAX_NODES}, not {nodes}")
@@ -81,6 +82,7 @@ class LocalCluster:
         """Free-form values kept with the cluster (the CLI stores its ports and sizes)."""
         self._requested_gcs_port = gcs_port
         self._requested_redis_port = redis_port
+        self._requested_client_port = client_port
         self._state: ClusterStateFile | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -103,6 +105,7 @@ class LocalCluster:
             nodes=len(state["nodes"]),
             gcs_port=state["gcs_port"],
             redis_port=state["redis"]["port"],
+            client_port=state["ray_client_port"],
         )
         cluster.settings = dict(state["settings"])
         cluster._state = state
@@ -185,7 +188,7 @@ class LocalCluster:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         gcs_port = self._requested_gcs_port or free_fixed_port()
         redis_port = self._requested_redis_port or free_fixed_port(exclude={gcs_port})
-        client_port = free_fixed_port(exclude={gcs_port, redis_port})
+        client_port = self._requested_client_port or free_fixed_port(exclude={gcs_port, redis_port})
         link = link_ray_temp_dir(self.data_dir)
         names = [node_name(index) for index in range(self.node_count)]
         self._state = ClusterStateFile(
@@ -211,6 +214,29 @@ class LocalCluster:
         except BaseException:
             self.down()
             raise
+
+    def restart(self) -> list[str]:
+        """Start again, from its disks, whatever of this recorded cluster is not running:
+        Redis, the head, the workers (same names, ports and data dirs). Running parts are
+        left alone. Returns what was started; services are the caller's business.
+        """
+        state = self._require_state()
+        link_ray_temp_dir(self.data_dir)  # down() removed the link
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        started = []
+        if not session_running(state["redis"]):
+            self._start_redis()
+            started.append("redis")
+        stopped = [n for n in self.node_names if not session_running(self._node(n))]
+        # The head first: the workers attach to its GCS.
+        for batch in (
+            [n for n in stopped if n == HEAD_NAME],
+            [n for n in stopped if n != HEAD_NAME],
+        ):
+            if batch:
+                self._start_nodes(batch)
+                started.extend(batch)
+        return started
 
     def down(self) -> None:
         """Stop the services, the workers, the head and Redis that this state started.
@@ -377,6 +403,10 @@ class LocalCluster:
         pid = self._launch(name, record, self.child_env(env), cwd=self.data_dir)
         self._save()
         return pid
+
+    @property
+    def service_records(self) -> dict[str, ProcessRecord]:
+        return self._require_state()["services"]
 
     def service_alive(self, name: str) -> bool:
         record = self._require_state()["services"].get(name)

@@ -1,8 +1,11 @@
 """``tokpay cluster status --json``: what scripts and operators read about a local cluster.
 
 The document's fields are a contract (tests/cluster/test_status_fields.py): ``nodes``
-with ``node_id``, ``pid``, ``role``, ``alive``, ``primaries``, ``backups``; ``groups``;
-``services`` with pids. Fields may be added, never renamed.
+with ``node_id``, ``pid``, ``role``, ``alive``, ``primaries``, ``backups``; ``groups``
+(with ``down``: why a group cannot serve, or null); ``services`` with pids;
+``processes``: every process session of the cluster (each node, Redis, each service)
+with its pid, null when it is not running, so a script can cut power to all of them.
+Fields may be added, never renamed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 from tokpay.cluster.deploy import controller_status
 from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.sessions import session_running
 
 
 def cluster_status(cluster: LocalCluster) -> dict[str, Any]:
@@ -44,6 +48,7 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
             "backup": _member(g.backup),
             "backup_in_sync": g.backup_ready,
             "replication_lag": g.lag,
+            "down": g.down,
         }
         for g in status.groups
     ]
@@ -58,7 +63,20 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
         "failovers": status.failovers,
         "backup_rebuilds": status.rebuilds,
         "gcs_address": cluster.ray_address,
+        "processes": processes(cluster),
     }
+
+
+def processes(cluster: LocalCluster) -> dict[str, int | None]:
+    """Every process session of the cluster by name (each node, ``redis``, each service)
+    with its leader's pid; None when it is not running."""
+    found: dict[str, int | None] = {}
+    found["redis"] = cluster.redis["pid"] if session_running(cluster.redis) else None
+    for name, node in cluster.nodes.items():
+        found[name] = node["pid"] if cluster.node_running(name) else None
+    for name, pid in cluster.services.items():
+        found[name] = pid if cluster.service_alive(name) else None
+    return found
 
 
 def _member(member: Any) -> dict[str, Any] | None:

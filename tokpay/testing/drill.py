@@ -22,6 +22,12 @@ from tokpay.testing.nemesis import (
     kill_and_recover,
     wait_cluster_healthy,
 )
+from tokpay.testing.powercut import (
+    RESTART_RESUME_WAIT_SECONDS,
+    RESTART_TARGETS,
+    choose_pair,
+    restart_kill,
+)
 from tokpay.testing.report import RESUME_WAIT_SECONDS, DrillReport
 from tokpay.testing.workload import DrillLoad
 
@@ -44,6 +50,7 @@ async def run_drill(
     after_seconds: float = 10.0,
     headers: dict[str, str] | None = None,
     progress: Progress | None = None,
+    resume_wait: float = RESUME_WAIT_SECONDS,
 ) -> DrillReport:
     """One drill: load, kill (``kill`` returns what it killed), keep loading, audit.
 
@@ -60,8 +67,8 @@ async def run_drill(
         await asyncio.sleep(PROGRESS_SECONDS)
     killed_at = time.monotonic()
     victim = await asyncio.to_thread(kill)
-    report = DrillReport(target=target, victim=victim)
-    await _load_until_resumed(load, killed_at, after_seconds, victim, show)
+    report = DrillReport(target=target, victim=victim, resume_limit_seconds=resume_wait)
+    await _load_until_resumed(load, killed_at, after_seconds, resume_wait, victim, show)
     load.stop()
     show("stopping the load", load)
     await asyncio.gather(*tasks)
@@ -93,15 +100,20 @@ async def run_drill(
 
 
 async def _load_until_resumed(
-    load: DrillLoad, killed_at: float, after_seconds: float, victim: str, show: Progress
+    load: DrillLoad,
+    killed_at: float,
+    after_seconds: float,
+    resume_wait: float,
+    victim: str,
+    show: Progress,
 ) -> None:
     """At least ``after_seconds``; longer while writes have not resumed everywhere (up to
-    RESUME_WAIT_SECONDS), then AFTER_RESUME_SECONDS more of steady load."""
+    ``resume_wait``), then AFTER_RESUME_SECONDS more of steady load."""
     while True:
         now = time.monotonic()
         elapsed = now - killed_at
         resumed = outage.resume_seconds(load.acks, killed_at)
-        if elapsed >= RESUME_WAIT_SECONDS:
+        if elapsed >= resume_wait:
             return
         settled = resumed is not None and not outage.stalled(load.acks, now, ROUTE_STALL_SECONDS)
         if settled and elapsed >= max(after_seconds, (resumed or 0.0) + AFTER_RESUME_SECONDS):
@@ -124,9 +136,17 @@ def drill_cluster(
     data_dir = cluster.data_dir
     url = f"http://127.0.0.1:{int(cluster.settings['port'])}"
     wait_cluster_healthy(data_dir)
-    kind, name = choose_victim(target, cluster_status_subprocess(data_dir))
-    kill, recover = kill_and_recover(cluster, kind, name)
-    return asyncio.run(
+    status = cluster_status_subprocess(data_dir)
+    timings: dict[str, float] = {}
+    resume_wait = RESUME_WAIT_SECONDS
+    if target in RESTART_TARGETS:
+        nodes = choose_pair(status)[1] if target == "pair" else []
+        kill, recover = restart_kill(cluster, target, nodes, timings), lambda: None
+        resume_wait = RESTART_RESUME_WAIT_SECONDS
+    else:
+        kind, name = choose_victim(target, status)
+        kill, recover = kill_and_recover(cluster, kind, name)
+    report = asyncio.run(
         run_drill(
             url,
             int(cluster.settings["shards"]),
@@ -136,5 +156,8 @@ def drill_cluster(
             before_seconds=before_seconds,
             after_seconds=after_seconds,
             progress=progress,
+            resume_wait=resume_wait,
         )
     )
+    report.restart_seconds = timings.get("restart")
+    return report

@@ -39,6 +39,12 @@ class DrillReport:
     errors: dict[str, int] = field(default_factory=dict)
     """Retried errors by kind (status code or exception name)."""
     violations: list[str] = field(default_factory=list)
+    resume_limit_seconds: float = RESUME_WAIT_SECONDS
+    """Writes must resume within this after the kill (longer when the drill restarts
+    the whole cluster)."""
+    restart_seconds: float | None = None
+    """From `cluster up` (or `cluster recover`) until the ledger served again, when the
+    drill restarted the cluster."""
 
     @property
     def ok(self) -> bool:
@@ -76,7 +82,7 @@ class DrillReport:
             self.violations.append("writes never succeeded again after the kill")
         elif (
             self.write_outage_seconds is not None
-            and self.write_outage_seconds >= RESUME_WAIT_SECONDS
+            and self.write_outage_seconds >= self.resume_limit_seconds
         ):
             self.violations.append(f"writes stopped for {self.write_outage_seconds:.0f} s")
         if self.acknowledged == 0:
@@ -110,6 +116,8 @@ def print_report(console: Console, report: DrillReport) -> None:
         "longest write outage after the kill (any shard)",
         "-" if outage is None else f"{outage:.2f} s",
     )
+    if report.restart_seconds is not None:
+        table.add_row("from `cluster up` to serving", f"{report.restart_seconds:.1f} s")
     for phase, rates in report.rates.items():
         table.add_row(f"{phase}: reads/s, writes/s", f"{rates.reads:.0f}, {rates.writes:.0f}")
     table.add_row(
