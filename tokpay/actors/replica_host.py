@@ -13,11 +13,13 @@ with a lease that never runs out, at ``SINGLE_NODE_EPOCH``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -35,11 +37,11 @@ from tokpay.actors.protocol import (
     ReplicaStatus,
     ShippedRecord,
     decode,
+    encode,
 )
 from tokpay.actors.replicated_service import (
     SINGLE_NODE_EPOCH,
     STOP_EXIT_CODE,
-    WAL_DIR,
     LogOptions,
     ReplicatedService,
     clear_for_install,
@@ -53,10 +55,16 @@ from tokpay.actors.replication import (
     send_state,
 )
 from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
-from tokpay.wal import SequenceGap, WriteAheadLog
+from tokpay.wal import LogRecord, SequenceGap, WriteAheadLog
 from tokpay.wal.distrust import distrust
 
 log = logging.getLogger("tokpay.replica")
+
+EARLY_WAL_DIR = "early-wal"
+"""Where a new backup logs its primary's records until its state copy is open."""
+
+CATCH_UP_UNDER_LOCK_RECORDS = 16
+"""A catch-up replays at most this many records under the lock (the rest off it)."""
 
 NODE_DATA_DIR_ENV = "TOKPAY_NODE_DATA_DIR"
 """Set on every node of a cluster: the node's own disk, as on a separate machine."""
@@ -109,7 +117,8 @@ class ReplicaHost(Generic[S]):
         # A backup between ``install_begin`` and the end of its state copy: its log keeps
         # the primary's records (they count as acknowledged) before its state arrives.
         self._early_log: WriteAheadLog | None = None
-        self._floor = 0
+        self._generation = 0
+        """Counts installs begun: a catch-up of an abandoned install stops."""
         self.service: S | None
         if spec is None:
             self.role, self.epoch = Role.PRIMARY, SINGLE_NODE_EPOCH
@@ -186,7 +195,12 @@ class ReplicaHost(Generic[S]):
             self._require_backup()
             done = self._receiver.receive(method, payload, self.epoch, self.root)
             if done is not None:
-                self._adopt(*done)
+                # Opening the copy and replaying what was kept meanwhile take time that grows
+                # with the copy: done off the lock, so records keep being acknowledged.
+                generation = self._generation
+                threading.Thread(
+                    target=self._catch_up, args=(*done, generation), name="catch-up", daemon=True
+                ).start()
             return b""
         if method == "routes":
             if self.role is Role.FENCED:
@@ -213,13 +227,13 @@ class ReplicaHost(Generic[S]):
             self.service = None
         if self._early_log is not None:
             self._early_log.close()
+        self._generation += 1
         clear_for_install(self.root)
-        self._floor = begin.sequence
         self._early_log = WriteAheadLog.open(
-            self.root / WAL_DIR, fsync=self.fsync, floor=self._floor
+            self.root / EARLY_WAL_DIR, fsync=self.fsync, floor=begin.sequence
         )
         self._prove_role()
-        log.info("%s: keeping records after %d; the state copy follows", self.label, self._floor)
+        log.info("%s: keeping records after %d; the state copy follows", self.label, begin.sequence)
 
     def _keep_early(self, payload: bytes) -> bytes:
         """A record that arrives before the state copy: logged, applied once the copy is in."""
@@ -237,22 +251,58 @@ class ReplicaHost(Generic[S]):
             os._exit(STOP_EXIT_CODE)
         return b""
 
-    def _adopt(self, copy: Path, sequence: int) -> None:
-        """The state copy is in: open the copy and apply the records logged since."""
-        if self._early_log is None:
-            raise NotPrimary(f"{self.label}: a state copy without install_begin")
-        self._early_log.close()
-        self._early_log = None
-        self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
+    def _catch_up(self, copy: Path, sequence: int, generation: int) -> None:
+        """The state copy is in: open it and replay the records kept meanwhile, off the lock,
+        in rounds; the last few records are replayed under the lock, then the copy serves.
+
+        Each round reads the kept log only up to where it ended when the round began (its
+        first record is read under the lock, which fixes that end), so appends go on.
+        """
         started = time.perf_counter()
-        self.service = self._open(self._options(self.epoch, True, self._floor))
-        self._prove_role()
+        service: S | None = None
+        try:
+            self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
+            service = self._open(self._options(self.epoch, True, sequence))
+            applied = sequence
+            while True:
+                with self.lock:
+                    early = self._early_log
+                    if early is None or generation != self._generation:
+                        raise NotPrimary("the install was abandoned")
+                    if early.last_sequence - applied <= CATCH_UP_UNDER_LOCK_RECORDS:
+                        self._replay(service, early.records(applied), generation)
+                        early.close()
+                        shutil.rmtree(self.root / EARLY_WAL_DIR, ignore_errors=True)
+                        self._early_log, self.service = None, service
+                        self._prove_role()
+                        break
+                    kept = early.records(applied)
+                    first = next(kept)
+                target = self._replay(service, itertools.chain([first], kept), generation)
+                applied = max(applied, target)
+        except Exception:
+            log.error("%s: installing the state copy failed", self.label, exc_info=True)
+            if service is not None:
+                service.close()
+            return
         log.info(
-            "%s: backup installed from a copy at sequence %d, opened in %.3f s",
+            "%s: backup installed from a copy at sequence %d, caught up in %.3f s",
             self.label,
             sequence,
             time.perf_counter() - started,
         )
+
+    def _replay(self, service: S, records: Iterator[LogRecord], generation: int) -> int:
+        """Follow kept records into ``service``; the last sequence replayed."""
+        last = 0
+        for record in records:
+            if generation != self._generation:
+                raise NotPrimary("the install was abandoned")
+            if record.sequence <= service.last_sequence:
+                continue  # already in the copy
+            service.follow(encode(ShippedRecord(record.epoch, record.sequence, record.payload)))
+            last = record.sequence
+        return last
 
     # -- reconfiguration (called by the controller) -------------------------------------------------
 

@@ -302,12 +302,24 @@ class Checkpointer:
     def wake(self) -> None:
         self._wake.set()
 
+    def _verify(self) -> None:
+        """Check the whole store once after open (O(store): never in the open itself)."""
+        started = time.perf_counter()
+        try:
+            verdict = self._store.verify()
+        except Exception as error:
+            verdict = repr(error)
+        if verdict != "ok":
+            self._service.stop_untrusted(f"store integrity check failed: {verdict}")
+        log.info("%s: store verified in %.2f s", self._label, time.perf_counter() - started)
+
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
         self._thread.join()
 
     def _run(self) -> None:
+        self._verify()
         while not self._stopped.is_set():
             self._wake.wait(CHECKPOINT_SECONDS)
             self._wake.clear()

@@ -129,18 +129,18 @@ class ShardStore:
             self._db = _connect(self.path)
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off this thread
             self._db.executescript(_SCHEMA)
-            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            self._meta_init(shard, shard_count)
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: {error}") from error
-        if check != "ok":
-            raise StoreError(f"{self.path}: integrity check failed: {check}")
-        self._meta_init(shard, shard_count)
         self.applied_sequence = self._meta("applied_sequence")
         self.transfers = self._meta("transfers")
         """How many transfers this shard holds (a count, kept in step with every write)."""
         self.durable_sequence = self.applied_sequence
         self._side: sqlite3.Connection | None = None
         self._side_lock = threading.Lock()
+        self._long_reads = 0
+        """Copies and checks running: a RESTART checkpoint would wait on them, holding
+        the writer back, so only PASSIVE runs meanwhile."""
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -291,7 +291,8 @@ class ShardStore:
             # the WAL can start over (under steady writes a PASSIVE alone never completes
             # and the WAL file would grow without end).
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not self._long_reads:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             _fsync_file(f"{self.path}-wal")
             _fsync_file(str(self.path))
         self.durable_sequence = max(self.durable_sequence, sequence)
@@ -303,11 +304,8 @@ class ShardStore:
         target.unlink(missing_ok=True)
         # A connection of its own: checkpoints go on meanwhile (they can make durable,
         # though not recycle, what the copy's read transaction still sees).
-        db = _connect(self.path)
-        try:
+        with self._long_read() as db:
             db.execute("VACUUM INTO ?", (str(target),))
-        finally:
-            db.close()
         copy = sqlite3.connect(target)
         try:
             row = copy.execute("SELECT value FROM meta WHERE key='applied_sequence'").fetchone()
@@ -315,6 +313,25 @@ class ShardStore:
             copy.close()
         _fsync_file(str(target))
         return int(row[0])
+
+    def verify(self) -> str:
+        """SQLite's ``quick_check`` of the whole file ("ok" or what is wrong), on a connection
+        of its own: O(store), so it runs after open on a background thread, never in it."""
+        with self._long_read() as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows[:5])
+
+    @contextlib.contextmanager
+    def _long_read(self) -> Iterator[sqlite3.Connection]:
+        with self._side_lock:
+            self._long_reads += 1
+        db = _connect(self.path)
+        try:
+            yield db
+        finally:
+            db.close()
+            with self._side_lock:
+                self._long_reads -= 1
 
     def close(self) -> None:
         with self._side_lock:
