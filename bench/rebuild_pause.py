@@ -151,7 +151,8 @@ class Writer:
     batch: int
     done: list[tuple[float, float]] = field(default_factory=list)
     """(completed at, latency) per batch, monotonic seconds."""
-    refused: int = 0
+    refused: list[float] = field(default_factory=list)
+    """When a batch was refused (``NotPrimary``: no lease, or replication broken)."""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> threading.Thread:
@@ -170,7 +171,7 @@ class Writer:
                 with self.host.lock:
                     self.host.leased().apply_orders(payload)
             except NotPrimary:
-                self.refused += 1
+                self.refused.append(time.monotonic())
                 time.sleep(0.01)
                 continue
             ended = time.monotonic()
@@ -181,8 +182,9 @@ def window(writer: Writer, start: float, end: float) -> dict[str, float]:
     """The writer's batches completed in [start, end): latency percentiles and the
     longest gap between completions (counting from ``start`` and up to ``end``)."""
     rows = [(at, took) for at, took in writer.done if start <= at < end]
+    refused = sum(1 for at in writer.refused if start <= at < end)
     if not rows:
-        return {"batches": 0, "longest_gap_ms": (end - start) * 1e3}
+        return {"batches": 0, "refused": refused, "longest_gap_ms": (end - start) * 1e3}
     latencies = sorted(took for _, took in rows)
     stamps = [start] + [at for at, _ in rows] + [end]
     gap = max(b - a for a, b in itertools.pairwise(stamps))
@@ -194,6 +196,7 @@ def window(writer: Writer, start: float, end: float) -> dict[str, float]:
     return {
         "seconds": end - start,
         "batches": len(rows),
+        "refused": refused,
         "orders_per_s": len(rows) * writer.batch / (end - start),
         "p50_ms": quantiles[49] * 1e3,
         "p99_ms": quantiles[98] * 1e3,
@@ -291,7 +294,7 @@ def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, object]:
         "first_attach": {k: v for k, v in first.items() if k not in ("started", "installed")},
         "rebuild": {k: v for k, v in second.items() if k not in ("started", "installed")},
         "writer_batch": args.writer_batch,
-        "writer_refused": writer.refused,
+        "writer_refused": len(writer.refused),
         "baseline": window(writer, t0, t0 + args.phase_seconds),
         "during": window(writer, second["started"], second["installed"]),
         "after": window(writer, second["installed"], t_end),
@@ -310,7 +313,7 @@ def print_table(result: dict[str, object]) -> None:
         f"installed after {rebuilt['installed_after_s']:.1f} s; copy {rebuilt['copy_bytes'] / 2**20:,.0f} MiB"
     )
     print(
-        f"{'phase':<10}{'batches':>9}{'orders/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'gap ms':>9}"
+        f"{'phase':<10}{'batches':>9}{'orders/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'gap ms':>9}{'refused':>9}"
     )
     for phase in ("baseline", "during", "after"):
         row = result[phase]
@@ -318,7 +321,7 @@ def print_table(result: dict[str, object]) -> None:
         print(
             f"{phase:<10}{row['batches']:>9}{row.get('orders_per_s', 0):>10,.0f}"
             f"{row.get('p50_ms', 0):>9.1f}{row.get('p99_ms', 0):>9.1f}"
-            f"{row.get('max_ms', 0):>9.1f}{row['longest_gap_ms']:>9.1f}"
+            f"{row.get('max_ms', 0):>9.1f}{row['longest_gap_ms']:>9.1f}{row['refused']:>9}"
         )
     print(
         f"backup equals primary: {result['backup_equals_primary']}; balance sums {result['balance_sums']}; "
