@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -21,19 +22,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tokpay.client import LedgerClient, connect
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Credit, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
 from tokpay.testing.localserver import LocalServer
-from tokpay.web import history, wallet
-from tokpay.web.store import User, WebStore
 
 CURRENCY = "USD"
 
 
 def build(address: str, shards: int, entries: int) -> str:
     """A wallet with ``entries`` history entries (half received, half paid); its id."""
+    from tokpay.client import connect  # imports Ray: after main() set its auth mode
+
     ledger = connect(address)
     wallet_id, friends = "dash-wallet", [f"dash-friend-{n}" for n in range(20)]
     everyone = [wallet_id, *friends]
@@ -88,6 +88,10 @@ async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, fl
 
 
 async def measure(shards: int, wallet_id: str, web_db: Path, repeat: int) -> dict[str, Any]:
+    from tokpay.client import LedgerClient
+    from tokpay.web import history, wallet
+    from tokpay.web.store import User, WebStore
+
     ledger = LedgerClient(shard_count=shards)
     store = WebStore(web_db)
     user = User(id="bench", email="bench@example.com", account_id=wallet_id)
@@ -119,6 +123,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200, help="timed calls of each kind (200)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    # The server's Ray uses token authentication; a driver given an explicit address
+    # presents the token only if told so before Ray is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     work = Path(tempfile.mkdtemp(prefix="dashboard-history-"))
     server = LocalServer(work / "data", shards=args.shards)
     try:

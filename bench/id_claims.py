@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from tokpay.client import connect
 from tokpay.ledger.model import AccountSpec, Credit, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import home_of
@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4_000, help="orders per batch (4,000)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+
+    # The server's Ray uses token authentication; a driver given an explicit address
+    # presents the token only if told so before Ray is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from tokpay.client import connect  # imports Ray: only now
 
     work = Path(tempfile.mkdtemp(prefix="id-claims-"))
     server = LocalServer(work / "data", shards=args.shards)
