@@ -67,7 +67,8 @@ class Reconfiguration:
         await self._map.save()
 
     async def _live_copies(self, g: Group) -> list[CopyView]:
-        """The backup and the standby as they say they stand, if they answer."""
+        """The backup and the standby that answer as installed backups (promotable in
+        place), with what their proofs say."""
         views = []
         for member in (g.backup, g.standby):
             if member is None or self._liveness.dead(member.name):
@@ -77,12 +78,12 @@ class Reconfiguration:
             except Exception as error:
                 log.info("status of %s failed: %r", member.name, error)
                 continue
-            if status.proof is not None:
-                promotable = status.role == "backup" and status.installed
+            if status.proof is not None and status.role == "backup" and status.installed:
                 views.append(
-                    CopyView(member.directory, member.node, status.proof, status.sequence,
-                             live=promotable)
-                )  # fmt: skip
+                    CopyView(
+                        member.directory, member.node, status.proof, status.sequence, live=True
+                    )
+                )
         return views
 
     async def choose(self, group: str, g: Group) -> CopyChoice:
@@ -96,10 +97,15 @@ class Reconfiguration:
             return choice
         placement = self._placement
         # Reading a directory must not race its replica: the old primary (its lease is
-        # over, it is replaced either way) is ended first; after a restart none runs.
-        await placement.kill(g.primary)
+        # over, it is replaced either way) and the members that did not answer are
+        # ended first (after a restart none runs); the scan skips what still has a
+        # directory open.
+        answered = {c.proof.member for c in live}
+        for member in (g.primary, g.backup, g.standby):
+            if member is not None and member.name not in answered:
+                await placement.kill(member)
         await placement.refresh_nodes(force=True)
-        on_disk, silent = await placement.copies_on_disks(group, {c.proof.member for c in live})
+        on_disk, silent = await placement.copies_on_disks(group, answered)
         unreachable = [
             f"{m.name} on node {m.node}"
             for m in (g.primary, g.backup, g.standby)
