@@ -255,7 +255,12 @@ class Reconfiguration:
         await self._map.save()
         placement.retire(standby)
         # Both copies are in sync at this epoch: no choice can take an older copy now.
-        placement.delete_old_copies(group, {primary.directory, member.directory}, epoch)
+        placement.delete_old_copies(
+            group,
+            {primary.directory, member.directory},
+            epoch,
+            still=lambda: g.epoch == epoch and g.backup_ready,
+        )
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._liveness.reports.pop(primary.name, None)
         self.rebuilds += 1
