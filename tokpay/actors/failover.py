@@ -90,9 +90,8 @@ class Reconfiguration:
         """The copy to promote: by what the copies prove (tokpay.actors.copies), asking the
         live backup and standby first, then reading every live node's disk."""
         acked = g.attach_epoch if g.attach_epoch is not None else g.epoch
-        epoch_backup = g.backup.name if g.backup is not None and acked == g.epoch else None
         live = await self._live_copies(g)
-        choice = choose_copy(group, live, acked_epoch=acked, epoch_backup=epoch_backup)
+        choice = choose_copy(group, live, acked_epoch=acked)
         if choice.copy is not None:
             return choice
         placement = self._placement
@@ -112,8 +111,7 @@ class Reconfiguration:
             if m is not None and (m.node not in placement.live_nodes or m.node in silent)
         ]
         return choose_copy(
-            group, live + on_disk, acked_epoch=acked, epoch_backup=epoch_backup,
-            unreachable=unreachable,
+            group, live + on_disk, acked_epoch=acked, unreachable=unreachable,
         )  # fmt: skip
 
     async def _take_over(self, group: str, g: Group, copy: CopyView, epoch: int) -> Member:
