@@ -224,21 +224,20 @@ def rejection(copy: CopyView) -> str | None:
     return None
 
 
-def acknowledged_bound(
-    copies: list[CopyView], acked_epoch: int | None, epoch_backup: str | None
-) -> int:
+def acknowledged_bound(copies: list[CopyView], acked_epoch: int | None) -> int:
     """The highest epoch at which writes may have been acknowledged.
 
     At least every epoch a copy proves it was in sync at (damaged copies too: their
     records were acknowledged). With the shard map, ``acked_epoch``: the last epoch at
     which a primary was told to attach a backup (none is acknowledged at a later one),
-    unless that backup (``epoch_backup``) is seen never to have got in sync at it.
+    unless a copy shows that epoch's backup never got in sync at it: each epoch has one
+    backup (every rebuild bumps the epoch) and a primary is in sync at its epoch, so a
+    copy at ``acked_epoch`` that is not in sync there is that backup.
     """
     bound = max((c.proof.in_sync_epoch for c in copies), default=0)
     if acked_epoch is None:
         return bound
-    backup = next((c for c in copies if c.proof.member == epoch_backup), None)
-    if backup is not None and backup.proof.in_sync_epoch < acked_epoch:
+    if any(c.proof.epoch == acked_epoch and c.proof.in_sync_epoch < acked_epoch for c in copies):
         acked_epoch -= 1
     return max(bound, acked_epoch)
 
@@ -248,17 +247,16 @@ def choose_copy(
     copies: list[CopyView],
     *,
     acked_epoch: int | None,
-    epoch_backup: str | None = None,
     unreachable: list[str] | None = None,
 ) -> CopyChoice:
     """The copy of ``group`` that holds every acknowledged record, or why there is none.
 
-    ``copies`` are the ones that could be read; ``acked_epoch`` and ``epoch_backup`` come
-    from the shard map (see ``acknowledged_bound``; None when the map is lost);
+    ``copies`` are the ones that could be read; ``acked_epoch`` comes from the shard map
+    (see ``acknowledged_bound``; None when the map is lost);
     ``unreachable`` names the copies the map lists on nodes that are down. Among complete copies: the highest epoch in sync, then
     the primary of that epoch, then the longer log.
     """
-    bound = acknowledged_bound(copies, acked_epoch, epoch_backup)
+    bound = acknowledged_bound(copies, acked_epoch)
     usable = [c for c in copies if rejection(c) is None]
     rejected = [r for c in copies if (r := rejection(c)) is not None]
     waiting = (

@@ -67,7 +67,8 @@ class Reconfiguration:
         await self._map.save()
 
     async def _live_copies(self, g: Group) -> list[CopyView]:
-        """The backup and the standby as they say they stand, if they answer."""
+        """The backup and the standby that answer as installed backups (promotable in
+        place), with what their proofs say."""
         views = []
         for member in (g.backup, g.standby):
             if member is None or self._liveness.dead(member.name):
@@ -77,37 +78,40 @@ class Reconfiguration:
             except Exception as error:
                 log.info("status of %s failed: %r", member.name, error)
                 continue
-            if status.proof is not None:
-                promotable = status.role == "backup" and status.installed
+            if status.proof is not None and status.role == "backup" and status.installed:
                 views.append(
-                    CopyView(member.directory, member.node, status.proof, status.sequence,
-                             live=promotable)
-                )  # fmt: skip
+                    CopyView(
+                        member.directory, member.node, status.proof, status.sequence, live=True
+                    )
+                )
         return views
 
     async def choose(self, group: str, g: Group) -> CopyChoice:
         """The copy to promote: by what the copies prove (tokpay.actors.copies), asking the
         live backup and standby first, then reading every live node's disk."""
         acked = g.attach_epoch if g.attach_epoch is not None else g.epoch
-        epoch_backup = g.backup.name if g.backup is not None and acked == g.epoch else None
         live = await self._live_copies(g)
-        choice = choose_copy(group, live, acked_epoch=acked, epoch_backup=epoch_backup)
+        choice = choose_copy(group, live, acked_epoch=acked)
         if choice.copy is not None:
             return choice
         placement = self._placement
         # Reading a directory must not race its replica: the old primary (its lease is
-        # over, it is replaced either way) is ended first; after a restart none runs.
-        await placement.kill(g.primary)
+        # over, it is replaced either way) and the members that did not answer are
+        # ended first (after a restart none runs); the scan skips what still has a
+        # directory open.
+        answered = {c.proof.member for c in live}
+        for member in (g.primary, g.backup, g.standby):
+            if member is not None and member.name not in answered:
+                await placement.kill(member)
         await placement.refresh_nodes(force=True)
-        on_disk, silent = await placement.copies_on_disks(group, {c.proof.member for c in live})
+        on_disk, silent = await placement.copies_on_disks(group, answered)
         unreachable = [
             f"{m.name} on node {m.node}"
             for m in (g.primary, g.backup, g.standby)
             if m is not None and (m.node not in placement.live_nodes or m.node in silent)
         ]
         return choose_copy(
-            group, live + on_disk, acked_epoch=acked, epoch_backup=epoch_backup,
-            unreachable=unreachable,
+            group, live + on_disk, acked_epoch=acked, unreachable=unreachable,
         )  # fmt: skip
 
     async def _take_over(self, group: str, g: Group, copy: CopyView, epoch: int) -> Member:
@@ -249,7 +253,12 @@ class Reconfiguration:
         await self._map.save()
         placement.retire(standby)
         # Both copies are in sync at this epoch: no choice can take an older copy now.
-        placement.delete_old_copies(group, {primary.directory, member.directory}, epoch)
+        placement.delete_old_copies(
+            group,
+            {primary.directory, member.directory},
+            epoch,
+            still=lambda: g.epoch == epoch and g.backup_ready,
+        )
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._liveness.reports.pop(primary.name, None)
         self.rebuilds += 1

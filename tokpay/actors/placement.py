@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from tokpay.actors.timing import (
 )
 
 log = logging.getLogger("tokpay.controller")
+
+OLD_COPIES_GRACE_SECONDS = 30.0
+"""How long a group stays unchanged before the copies it left behind are deleted."""
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -142,11 +146,18 @@ class Placement:
                 copies.extend(answer)
         return copies, silent
 
-    def delete_old_copies(self, group: str, keep: set[str], epoch: int) -> None:
+    def delete_old_copies(
+        self, group: str, keep: set[str], epoch: int, still: Callable[[], bool]
+    ) -> None:
         """On every live node, delete the copies of ``group`` left from before ``epoch``
-        (replaced and retired replicas' directories), in the background."""
+        (replaced and retired replicas' directories), in the background, once the group
+        has stayed as it is (``still()``) for ``OLD_COPIES_GRACE_SECONDS``: a cluster
+        that keeps reconfiguring spends nothing on it."""
 
         async def delete() -> None:
+            await asyncio.sleep(OLD_COPIES_GRACE_SECONDS)
+            if not still():
+                return
             for node in sorted(self.live_nodes):
                 call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
                 try:

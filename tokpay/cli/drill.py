@@ -68,9 +68,10 @@ def drill(
         console.print(f"[red]--target must be one of {choices}, random[/red]")
         raise typer.Exit(2)
     data_dir = data_dir.resolve()
-    cluster = LocalCluster.load(data_dir)
     reports = []
     for run in range(1, repeat + 1):
+        # Read again each time: a restart drill's `cluster up` records new sessions.
+        cluster = LocalCluster.load(data_dir)
         chosen = random.choice(TARGETS) if target == "random" else target
         console.rule(f"Drill {run}/{repeat}: kill the {chosen}")
         report = _drill_with_progress(cluster, chosen, before, after)

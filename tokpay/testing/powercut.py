@@ -94,7 +94,8 @@ def restart_kill(
     ``timings["restart"]`` the seconds from `cluster up` (or `recover`) to serving."""
 
     def kill() -> str:
-        killed = cut_power(cluster, nodes or None)
+        # What runs now: an earlier restart (a child process) recorded new sessions.
+        killed = cut_power(LocalCluster.load(cluster.data_dir), nodes or None)
         if target == "pair":
             time.sleep(PAIR_DOWN_SECONDS)
         if target == "state":
