@@ -29,6 +29,7 @@ from tokpay.actors.recovery import RecoveryRefused, groups_from_copies
 from tokpay.actors.replica_host import ReplicaHost
 from tokpay.actors.shard import ShardService
 from tokpay.wal import WriteAheadLog
+from tokpay.wal.distrust import distrust
 
 GROUP = "shard-0"
 
@@ -258,3 +259,13 @@ def test_a_failed_rebuild_left_in_the_map_does_not_keep_the_group_down(n1: Disk,
     n2.copy("failed-rebuild", records=0).installing(3)
     assert chosen(n1.read() + n2.read(), acked_epoch=3) == "primary"
     assert chosen(n1.read(), acked_epoch=3) is None
+
+
+def test_a_copy_whose_fsync_failed_is_never_chosen(n1: Disk, n2: Disk) -> None:
+    """Even the best proof loses to a lesser complete copy once its write or fsync failed."""
+    n1.copy("failed-primary", records=9).primary(5, sequence=9)
+    n2.copy("backup", records=9).in_sync(5, sequence=9)
+    distrust(n1.base / "replicas" / "failed-primary", "log write failed: EIO")
+    assert chosen(n1.read() + n2.read(), acked_epoch=5) == "backup"
+    only = choose_copy(GROUP, n1.read(), acked_epoch=5)
+    assert only.copy is None and "untrusted" in only.reason and "EIO" in only.reason

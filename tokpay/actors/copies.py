@@ -23,6 +23,7 @@ import msgspec
 
 from tokpay.actors.protocol import ReplicaProof
 from tokpay.wal import WalError, WriteAheadLog
+from tokpay.wal.distrust import UntrustedCopy, check_trusted
 
 PROOF_FILE = "replica.json"
 WAL_DIR = "wal"
@@ -124,6 +125,8 @@ class CopyView(msgspec.Struct, frozen=True):
     in_use: bool = False
     """Read from a disk while some process still has it open: not read, not chosen yet
     (its proof still counts: what it was in sync at was acknowledged)."""
+    untrusted: str = ""
+    """Why a write or fsync of this copy failed (``tokpay.wal.distrust``): never chosen."""
 
 
 def log_end(root: Path) -> int | None:
@@ -138,6 +141,15 @@ def log_end(root: Path) -> int | None:
             return wal.last_sequence
     except (WalError, OSError):
         return None
+
+
+def untrusted_reason(root: Path) -> str:
+    """Why ``root``'s copy saw a failed write or fsync ("" if it did not)."""
+    try:
+        check_trusted(root)
+    except UntrustedCopy as error:
+        return str(error)
+    return ""
 
 
 def directories_in_use(replicas: Path) -> set[str]:
@@ -177,7 +189,9 @@ def copies_on_disk(base: Path, node: str, group: str | None, skip: set[str]) -> 
         if root.name in in_use:
             found.append(CopyView(root.name, node, proof, None, in_use=True))
         else:
-            found.append(CopyView(root.name, node, proof, log_end(root)))
+            found.append(
+                CopyView(root.name, node, proof, log_end(root), untrusted=untrusted_reason(root))
+            )
     return found
 
 
@@ -212,6 +226,8 @@ def rejection(copy: CopyView) -> str | None:
     proof = copy.proof
     if copy.in_use:
         return f"{copy.directory} on {copy.node} is still open in a running process"
+    if copy.untrusted:
+        return f"{copy.directory} on {copy.node} is untrusted: {copy.untrusted}"
     if proof.in_sync_epoch == 0:
         return f"{copy.directory} on {copy.node} was never in sync ({proof.role})"
     if copy.log_end is None:
