@@ -67,8 +67,10 @@ SHIP_TIMEOUT_SECONDS = 2.0
 INSTALL_TIMEOUT_SECONDS = 60.0
 """One chunk of a snapshot install; it may take far longer than one record."""
 
-SNAPSHOT_EVERY_RECORDS = 20_000
-"""Log records between checkpoints (shards and the coordinator): bounds replay and disk."""
+SNAPSHOT_EVERY_RECORDS = 1_000
+"""Log records between checkpoints (shards and the coordinator): bounds replay and disk.
+The coordinator's snapshot holds only undelivered decisions, so it is cheap to take often;
+at 20,000 its log held ~13 bytes per transfer that was never cut (the 10M soak)."""
 
 CHECKPOINT_SECONDS = 2.0
 """How often a shard makes its store durable, so the log before it can go: bounds the
