@@ -30,6 +30,7 @@ from tokpay.actors.replication import ReplicatedLog, ReplicationFailed
 from tokpay.actors.timing import SNAPSHOT_EVERY_RECORDS
 from tokpay.ledger.errors import InvariantViolation, check
 from tokpay.wal import SequenceGap, WriteAheadLog, read_latest_snapshot, write_snapshot
+from tokpay.wal._files import fsync_file
 from tokpay.wal.distrust import check_trusted, distrust
 
 log = logging.getLogger("tokpay.replica")
@@ -136,7 +137,7 @@ class ReplicatedService(ABC):
 
         def write(path: Path) -> int:
             path.write_bytes(payload)
-            _fsync_path(path)
+            fsync_file(path)
             return sequence
 
         return write
@@ -266,14 +267,6 @@ class ReplicatedService(ABC):
     def close(self) -> None:
         self.log.detach(self.log.epoch)
         self._wal.close()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def clear_for_install(root: Path) -> None:

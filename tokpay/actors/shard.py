@@ -51,6 +51,7 @@ from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Decision, Prepare, TransferOrder
 from tokpay.ledger.shard_ledger import ShardLedger
 from tokpay.store.shard_store import STORE_FILE, ShardStore
+from tokpay.wal._files import fsync_directory
 
 log = logging.getLogger("tokpay.shard")
 
@@ -126,11 +127,7 @@ class ShardService(ReplicatedService):
     def adopt_state(cls, root: Path, copy: Path, sequence: int, *, fsync: bool) -> None:
         os.replace(copy, root / STORE_FILE)
         if fsync:
-            fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_directory(root)
 
     def snapshot_payload(self) -> bytes:
         """The whole state, encoded (replicas compare it): accounts, holds and a digest of

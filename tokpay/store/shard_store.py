@@ -31,6 +31,7 @@ from msgspec.structs import astuple
 
 from tokpay.ledger.changes import Changes, Mark
 from tokpay.ledger.model import Account, Credit, Prepared, Transfer, TransferOrder
+from tokpay.wal._files import fsync_file
 
 log = logging.getLogger("tokpay.store")
 
@@ -293,8 +294,8 @@ class ShardStore:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if not self._long_reads:
                 db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            _fsync_file(f"{self.path}-wal")
-            _fsync_file(str(self.path))
+            fsync_file(f"{self.path}-wal", missing_ok=True)
+            fsync_file(self.path)
         self.durable_sequence = max(self.durable_sequence, sequence)
         return sequence
 
@@ -311,7 +312,7 @@ class ShardStore:
             row = copy.execute("SELECT value FROM meta WHERE key='applied_sequence'").fetchone()
         finally:
             copy.close()
-        _fsync_file(str(target))
+        fsync_file(target)
         return int(row[0])
 
     def verify(self) -> str:
@@ -339,14 +340,3 @@ class ShardStore:
                 self._side.close()
                 self._side = None
         self._db.close()
-
-
-def _fsync_file(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

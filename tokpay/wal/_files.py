@@ -19,6 +19,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path | str, *, missing_ok: bool = False) -> None:
+    """Flush ``path``'s data to disk (any descriptor's fsync flushes the whole file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def list_numbered(directory: Path, name: re.Pattern[str]) -> list[tuple[int, Path]]:
     """Files in ``directory`` whose name matches ``name`` (its group 1 is a number), in order."""
     found: list[tuple[int, Path]] = []

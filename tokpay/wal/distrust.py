@@ -29,6 +29,8 @@ import os
 import time
 from pathlib import Path
 
+from tokpay.wal._files import fsync_directory
+
 UNTRUSTED_FILE = "UNTRUSTED.json"
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -56,11 +58,7 @@ def distrust(root: Path, reason: str) -> None:
             json.dump(record, out)
             out.flush()
             os.fsync(out.fileno())
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(root)
 
 
 def check_trusted(root: Path) -> None:
