@@ -120,13 +120,17 @@ class ReplicatedService(ABC):
         try:
             self.write_snapshot()
         except Exception:
-            self.checkpoint_failures += 1
-            log.error(
-                "%s: checkpoint failed (%d so far); the log keeps growing until one succeeds",
-                self.label,
-                self.checkpoint_failures,
-                exc_info=True,
-            )
+            self.checkpoint_failed()
+
+    def checkpoint_failed(self) -> None:
+        """Count and log a failed checkpoint (call from the ``except`` that caught it)."""
+        self.checkpoint_failures += 1
+        log.error(
+            "%s: checkpoint failed (%d so far); the log keeps growing until one succeeds",
+            self.label,
+            self.checkpoint_failures,
+            exc_info=True,
+        )
 
     def export_state(self) -> Callable[[Path], int]:
         """Called under the owner's lock when a backup is attached: returns a function, run

@@ -273,7 +273,7 @@ class ShardService(ReplicatedService):
         stats.log_sequence = self.last_sequence
         stats.durable_sequence = self.store.durable_sequence
         stats.store_bytes = self.store.size_bytes()
-        stats.checkpoint_failures = self._checkpointer.failures
+        stats.checkpoint_failures = self.checkpoint_failures
         return encode(stats)
 
     def close(self) -> None:
@@ -290,7 +290,6 @@ class Checkpointer:
         self._service = service
         self._store = service.store
         self._label = service.label
-        self.failures = 0
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
@@ -328,13 +327,7 @@ class Checkpointer:
                 # A failed fsync: later ones may succeed over pages the kernel dropped.
                 self._service.stop_untrusted(f"store checkpoint fsync failed: {error!r}")
             except Exception:
-                self.failures += 1
-                log.error(
-                    "%s: checkpoint failed (%d so far); the log keeps growing until one succeeds",
-                    self._label,
-                    self.failures,
-                    exc_info=True,
-                )
+                self._service.checkpoint_failed()
 
 
 def _bounded(items: list[Any]) -> list[Any]:

@@ -50,59 +50,64 @@ def observe_request(route: str, status: int, seconds: float) -> None:
     latency.observe(seconds)
 
 
+SHARD_METRICS: list[tuple[str, type[GaugeMetricFamily | CounterMetricFamily], str, str]] = [
+    ("tokpay_shard_accounts", GaugeMetricFamily, "accounts", "Accounts per shard"),
+    ("tokpay_shard_log_sequence", GaugeMetricFamily, "log_sequence", "Last log sequence per shard"),
+    (
+        "tokpay_shard_prepared",
+        GaugeMetricFamily,
+        "prepared",
+        "Prepared (in-doubt) transactions per shard",
+    ),
+    ("tokpay_shard_batches", CounterMetricFamily, "batches", "Batches logged per shard"),
+    (
+        "tokpay_shard_durable_sequence",
+        GaugeMetricFamily,
+        "durable_sequence",
+        "Log sequence the shard's store holds durably (the log before it is deleted)",
+    ),
+    (
+        "tokpay_shard_store_bytes",
+        GaugeMetricFamily,
+        "store_bytes",
+        "Bytes of the shard's store files",
+    ),
+    ("tokpay_shard_transfers", GaugeMetricFamily, "transfers", "Transfers the shard's store holds"),
+    (
+        "tokpay_shard_checkpoint_failures",
+        CounterMetricFamily,
+        "checkpoint_failures",
+        "Failed store checkpoints",
+    ),
+]
+"""(metric, kind, ``ShardStats`` field, help): one sample per shard each."""
+
+
 class _ShardCollector:
     def __init__(self, stats: list[ShardStats], coordinator: dict[str, int]) -> None:
         self._stats = stats
         self._coordinator = coordinator
 
     def collect(self) -> Iterator[Any]:
-        accounts = GaugeMetricFamily(
-            "tokpay_shard_accounts", "Accounts per shard", labels=["shard"]
-        )
-        log_sequence = GaugeMetricFamily(
-            "tokpay_shard_log_sequence", "Last log sequence per shard", labels=["shard"]
-        )
-        in_doubt = GaugeMetricFamily(
-            "tokpay_shard_prepared", "Prepared (in-doubt) transactions per shard", labels=["shard"]
-        )
-        batches = CounterMetricFamily(
-            "tokpay_shard_batches", "Batches logged per shard", labels=["shard"]
-        )
+        families = [
+            (kind(name, help_text, labels=["shard"]), field)
+            for name, kind, field, help_text in SHARD_METRICS
+        ]
         fsync = HistogramMetricFamily(
             "tokpay_shard_fsync_seconds", "Log append + fsync time per batch", labels=["shard"]
         )
-        durable = GaugeMetricFamily(
-            "tokpay_shard_durable_sequence",
-            "Log sequence the shard's store holds durably (the log before it is deleted)",
-            labels=["shard"],
-        )
-        store_bytes = GaugeMetricFamily(
-            "tokpay_shard_store_bytes", "Bytes of the shard's store files", labels=["shard"]
-        )
-        transfers = GaugeMetricFamily(
-            "tokpay_shard_transfers", "Transfers the shard's store holds", labels=["shard"]
-        )
-        failures = CounterMetricFamily(
-            "tokpay_shard_checkpoint_failures", "Failed store checkpoints", labels=["shard"]
-        )
         for s in self._stats:
             label = [str(s.shard)]
-            durable.add_metric(label, s.durable_sequence)
-            store_bytes.add_metric(label, s.store_bytes)
-            transfers.add_metric(label, s.transfers)
-            failures.add_metric(label, s.checkpoint_failures)
-            accounts.add_metric(label, s.accounts)
-            log_sequence.add_metric(label, s.log_sequence)
-            in_doubt.add_metric(label, s.prepared)
-            batches.add_metric(label, s.batches)
+            for family, field in families:
+                family.add_metric(label, getattr(s, field))
             cumulative = 0
             buckets = []
             for bound, count in zip(FSYNC_BUCKETS, s.fsync_buckets, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             fsync.add_metric(label, buckets, s.fsync_seconds)
-        yield from (accounts, log_sequence, in_doubt, batches, fsync)
-        yield from (durable, store_bytes, transfers, failures)
+        yield from (family for family, _ in families)
+        yield fsync
         for name, value in self._coordinator.items():
             yield GaugeMetricFamily(
                 f"tokpay_coordinator_{name}", f"Coordinator {name}", value=value

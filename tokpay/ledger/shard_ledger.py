@@ -262,7 +262,7 @@ class ShardLedger:
                     home_of(order.id, self.shard_count) == self.shard,
                     f"{order.id!r} not homed here",
                 )
-                if self._existing(order, now, claim=True) is None and not self._claimed(order):
+                if self._binding(order) is None:
                     mark = Mark(order.id, order_digest(order))
                     self._mark(mark)
                     claimed.append(mark)
@@ -419,13 +419,31 @@ class ShardLedger:
                 "the caller's shard map is stale",
             )
 
-    def _existing(self, order: TransferOrder, now: int, *, claim: bool = False) -> Transfer | None:
+    def _existing(self, order: TransferOrder, now: int) -> Transfer | None:
         """The committed transfer this order replays, or None to go ahead.
 
         Raises on another body under the same id (here or, through a claim, on another
         shard), on the same body mid-commit, and with the remembered refusal of the same
         body within ``REFUSAL_MEMORY_SECONDS``.
         """
+        binding = self._binding(order)
+        if isinstance(binding, Prepared):
+            # The same transfer is mid-commit (e.g. a decision still being delivered):
+            # the client should retry, not conclude that its id was taken.
+            raise LedgerError(
+                ErrorCode.UNAVAILABLE, f"transfer {order.id!r} is being committed; retry shortly"
+            )
+        if isinstance(binding, Mark):
+            if binding.code is not None and now - binding.at < REFUSAL_MEMORY_SECONDS * 1_000_000:
+                raise LedgerError(
+                    ErrorCode(binding.code), f"{binding.detail} (refused before; same answer)"
+                )
+            return None
+        return binding
+
+    def _binding(self, order: TransferOrder) -> Transfer | Prepared | Mark | None:
+        """What binds ``order.id`` here (its committed transfer, its hold or its mark), or
+        None; raises ``transfer_id_conflict`` if that is another body."""
         existing = self.transfer(order.id)
         if existing is not None:
             if existing.order != order:
@@ -437,48 +455,27 @@ class ShardLedger:
             return existing
         txid = self._prepared_transfer_ids.get(order.id)
         if txid is not None:
-            if self.prepared[txid].transfer.order != order:
+            held = self.prepared[txid]
+            if held.transfer.order != order:
                 raise LedgerError(
                     ErrorCode.TRANSFER_ID_CONFLICT,
                     f"transfer {order.id!r} is in progress with a different body",
                 )
-            if claim:
-                return None
-            # The same transfer is mid-commit (e.g. a decision still being delivered):
-            # the client should retry, not conclude that its id was taken.
-            raise LedgerError(
-                ErrorCode.UNAVAILABLE, f"transfer {order.id!r} is being committed; retry shortly"
-            )
+            return held
         mark = self._find_mark(order.id)
-        if mark is None:
-            return None
-        if mark.digest[:16] != order_digest(order)[:16]:
+        if mark is not None and mark.digest[:16] != order_digest(order)[:16]:
             raise LedgerError(
                 ErrorCode.TRANSFER_ID_CONFLICT,
                 f"transfer {order.id!r} exists with a different body"
                 f"{digest_difference(mark.digest, order)}",
             )
-        if (
-            mark.code is not None
-            and not claim
-            and now - mark.at < REFUSAL_MEMORY_SECONDS * 1_000_000
-        ):
-            raise LedgerError(ErrorCode(mark.code), f"{mark.detail} (refused before; same answer)")
-        return None
+        return mark
 
     def _find_mark(self, transfer_id: str) -> Mark | None:
         mark = self._pending_marks.get(transfer_id)
         if mark is None and self.disk is not None:
             mark = self.disk.mark(transfer_id)
         return mark
-
-    def _claimed(self, order: TransferOrder) -> bool:
-        """Whether this shard already binds the order's id (to this body)."""
-        return (
-            self._find_mark(order.id) is not None
-            or order.id in self._prepared_transfer_ids
-            or self.transfer(order.id) is not None
-        )
 
     def _mark(self, mark: Mark) -> None:
         self._pending_marks[mark.id] = mark
