@@ -10,22 +10,19 @@ length. (Template rendering costs the same for any wallet and is left out.)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import bench_server
+
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Credit, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
-from tokpay.testing.localserver import LocalServer
 
 CURRENCY = "USD"
 
@@ -117,29 +114,16 @@ async def measure(shards: int, wallet_id: str, web_db: Path, repeat: int) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_server.arguments(__doc__ or "")
     parser.add_argument("--entries", type=int, default=100_000, help="history entries (100,000)")
-    parser.add_argument("--shards", type=int, default=4, help="shards of the server (4)")
     parser.add_argument("--repeat", type=int, default=200, help="timed calls of each kind (200)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    # The server's Ray uses token authentication; a driver given an explicit address
-    # presents the token only if told so before Ray is imported.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    work = Path(tempfile.mkdtemp(prefix="dashboard-history-"))
-    server = LocalServer(work / "data", shards=args.shards)
-    try:
-        server.start()
-        wallet_id = build(
-            (work / "data" / "run" / "ray-address").read_text(), args.shards, args.entries
-        )
+    with bench_server.ledger_server("dashboard-history-", args.shards) as (work, address):
+        wallet_id = build(address, args.shards, args.entries)
         figures = asyncio.run(measure(args.shards, wallet_id, work / "web" / "web.db", args.repeat))
         print(json.dumps(figures, indent=2))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

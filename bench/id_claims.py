@@ -12,20 +12,16 @@ both, so the machine's noise falls on both alike.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
+
+import bench_server
 
 from tokpay.ledger.model import AccountSpec, Credit, TransferOrder, funding_account_id
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import home_of
-from tokpay.testing.localserver import LocalServer
 
 CURRENCY = "USD"
 
@@ -39,24 +35,15 @@ def ids_homed(shard: int, shards: int, away: bool, counter: itertools.count[int]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=4, help="shards of the server (4)")
+    parser = bench_server.arguments(__doc__ or "")
     parser.add_argument("--accounts", type=int, default=2_000, help="accounts opened (2,000)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of home+away batches (10)")
     parser.add_argument("--batch", type=int, default=4_000, help="orders per batch (4,000)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    with bench_server.ledger_server("id-claims-", args.shards) as (_, address):
+        from tokpay.client import connect  # imports Ray: only now
 
-    # The server's Ray uses token authentication; a driver given an explicit address
-    # presents the token only if told so before Ray is imported.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from tokpay.client import connect  # imports Ray: only now
-
-    work = Path(tempfile.mkdtemp(prefix="id-claims-"))
-    server = LocalServer(work / "data", shards=args.shards)
-    try:
-        server.start()
-        ledger = connect((work / "data" / "run" / "ray-address").read_text())
+        ledger = connect(address)
         accounts = [f"ic-{n}" for n in range(args.accounts)]
         ledger.create_accounts(
             [AccountSpec(id=a, currency=CURRENCY, owner="bench") for a in accounts]
@@ -118,9 +105,6 @@ def main() -> None:
         )
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
