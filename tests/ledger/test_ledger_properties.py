@@ -339,7 +339,7 @@ class Runner:
         refusals: list[TransferOutcome | None] = [None] * len(orders)
         for home, indexes in by_home.items():
             batch = [orders[i] for i in indexes]
-            outcomes, claimed = self.ledgers[home].claim(batch, self.tick())
+            outcomes, claimed = self.ledgers[home].claim(batch)
             self._log(home, "claimed", claimed, bool(claimed))
             expected: list[Mark] = []
             for index, order, outcome in zip(indexes, batch, outcomes, strict=True):

@@ -60,7 +60,7 @@ class Shards:
         assert len(shards) == 1
         home = claim_home(order, shards, self.count)
         if home is not None:
-            (claimed,), _ = self.ledgers[home].claim([order], now)
+            (claimed,), _ = self.ledgers[home].claim([order])
             if claimed.error is not None:
                 self.flush()
                 return claimed

@@ -207,7 +207,7 @@ class ShardService(ReplicatedService):
 
     def claim_ids(self, payload: bytes) -> bytes:
         def apply(orders: list[TransferOrder]) -> tuple[Any, ShardRecord | None]:
-            outcomes, claimed = self.ledger.claim(orders, now_micros())
+            outcomes, claimed = self.ledger.claim(orders)
             return outcomes, IdsClaimed(claimed) if claimed else None
 
         return encode(self._write(payload, list[TransferOrder], apply))

@@ -243,9 +243,7 @@ class ShardLedger:
         for mark in marks:
             self._mark(mark)
 
-    def claim(
-        self, orders: list[TransferOrder], now: int
-    ) -> tuple[list[TransferOutcome], list[Mark]]:
+    def claim(self, orders: list[TransferOrder]) -> tuple[list[TransferOutcome], list[Mark]]:
         """Bind each order's id to its body here, at the id's home shard (``home_of``).
 
         An order whose accounts are elsewhere is claimed at its id's home before it is
