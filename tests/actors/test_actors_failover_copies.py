@@ -15,6 +15,7 @@ import pytest
 
 from tests.actors.test_actors_replication import attach_backup
 from tokpay.actors.copies import (
+    EARLY_WAL_DIR,
     PROOF_FILE,
     CopyView,
     ProofKeeper,
@@ -182,6 +183,38 @@ def test_backup_fenced_after_silence_is_chosen_when_the_primary_dies(n1: Disk, n
     assert chosen(copies, acked_epoch=4) == "fenced"
     # Had the new backup got in sync, the fenced copy would lack epoch 4's writes.
     assert chosen(n1.read(), acked_epoch=4) is None
+
+
+def test_an_installing_backup_that_kept_records_keeps_a_lesser_copy_from_being_chosen(
+    n1: Disk, n2: Disk
+) -> None:
+    """The primary acknowledges through a new backup from its attach on: the backup logs
+    each record in its early log before its state copy lands, and says ``installing``
+    until then. Once it kept a record, writes were acknowledged at its epoch, so the
+    standby or fenced copy in sync one epoch earlier lacks them: the group waits for the
+    primary's node rather than lose them."""
+    fenced = n1.copy("fenced", records=10)
+    fenced.in_sync(3, sequence=10)
+    fenced.retired()
+    n2.copy("installing", records=0).installing(4)
+    with WriteAheadLog.open(
+        n2.base / "replicas" / "installing" / EARLY_WAL_DIR, fsync=False, floor=10
+    ) as early:
+        early.append(4, b"acknowledged at epoch 4")
+    (installing,) = n2.read()
+    assert not installing.kept_nothing
+    choice = choose_copy(GROUP, n1.read() + n2.read(), acked_epoch=4)
+    assert choice.copy is None
+    assert "acknowledged at epoch 4" in choice.reason
+    # The same backup before its first record proves nothing was acknowledged at 4.
+    empty = n2.copy("installing-empty", records=0)
+    empty.installing(4)
+    WriteAheadLog.open(
+        n2.base / "replicas" / "installing-empty" / EARLY_WAL_DIR, fsync=False, floor=10
+    ).close()
+    bare = [c for c in n2.read() if c.directory == "installing-empty"]
+    assert bare[0].kept_nothing
+    assert chosen(n1.read() + bare, acked_epoch=4) == "fenced"
 
 
 def test_a_real_backup_proves_its_install_promotion_and_fence(tmp_path: Path) -> None:

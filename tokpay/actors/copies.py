@@ -27,6 +27,8 @@ from tokpay.wal.distrust import UntrustedCopy, check_trusted
 
 PROOF_FILE = "replica.json"
 WAL_DIR = "wal"
+EARLY_WAL_DIR = "early-wal"
+"""Where an installing backup keeps the records it acknowledges before its state copy lands."""
 
 
 class ProofRole(StrEnum):
@@ -127,6 +129,9 @@ class CopyView(msgspec.Struct, frozen=True):
     (its proof still counts: what it was in sync at was acknowledged)."""
     untrusted: str = ""
     """Why a write or fsync of this copy failed (``tokpay.wal.distrust``): never chosen."""
+    kept_nothing: bool = False
+    """An installing backup that holds no record yet: nothing was acknowledged through it.
+    False when unknown (its directory in use, or read live)."""
 
 
 def log_end(root: Path) -> int | None:
@@ -141,6 +146,24 @@ def log_end(root: Path) -> int | None:
             return wal.last_sequence
     except (WalError, OSError):
         return None
+
+
+def kept_nothing(root: Path) -> bool:
+    """Whether an installing backup's directory holds no record at all: neither in a log
+    nor among the records kept before its state copy (``EARLY_WAL_DIR``). A primary
+    acknowledges through a new backup from its attach on, each record once the backup
+    logged it, so a backup that kept nothing had nothing acknowledged through it."""
+    return not (_holds_records(root / WAL_DIR) or _holds_records(root / EARLY_WAL_DIR))
+
+
+def _holds_records(directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    try:
+        with WriteAheadLog.open(directory, fsync=False) as wal:
+            return next(iter(wal.records(0)), None) is not None
+    except (WalError, OSError):
+        return True  # damaged: it may have held records
 
 
 def untrusted_reason(root: Path) -> str:
@@ -189,8 +212,16 @@ def copies_on_disk(base: Path, node: str, group: str | None, skip: set[str]) -> 
         if root.name in in_use:
             found.append(CopyView(root.name, node, proof, None, in_use=True))
         else:
+            installing = proof.role == ProofRole.INSTALLING
             found.append(
-                CopyView(root.name, node, proof, log_end(root), untrusted=untrusted_reason(root))
+                CopyView(
+                    root.name,
+                    node,
+                    proof,
+                    log_end(root),
+                    untrusted=untrusted_reason(root),
+                    kept_nothing=installing and kept_nothing(root),
+                )
             )
     return found
 
@@ -246,14 +277,20 @@ def acknowledged_bound(copies: list[CopyView], acked_epoch: int | None) -> int:
     At least every epoch a copy proves it was in sync at (damaged copies too: their
     records were acknowledged). With the shard map, ``acked_epoch``: the last epoch at
     which a primary was told to attach a backup (none is acknowledged at a later one),
-    unless a copy shows that epoch's backup never got in sync at it: each epoch has one
+    unless that epoch's backup shows it holds no record at all: each epoch has one
     backup (every rebuild bumps the epoch) and a primary is in sync at its epoch, so a
-    copy at ``acked_epoch`` that is not in sync there is that backup.
+    copy at ``acked_epoch`` that is not in sync there is that backup. Not being in sync
+    is not enough: the primary acknowledges through an installing backup from the
+    attach on (the backup keeps those records until its state copy lands), so only a
+    backup that kept nothing proves that nothing was acknowledged at that epoch.
     """
     bound = max((c.proof.in_sync_epoch for c in copies), default=0)
     if acked_epoch is None:
         return bound
-    if any(c.proof.epoch == acked_epoch and c.proof.in_sync_epoch < acked_epoch for c in copies):
+    if any(
+        c.proof.epoch == acked_epoch and c.proof.in_sync_epoch < acked_epoch and c.kept_nothing
+        for c in copies
+    ):
         acked_epoch -= 1
     return max(bound, acked_epoch)
 

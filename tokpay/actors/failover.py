@@ -68,7 +68,8 @@ class Reconfiguration:
 
     async def _live_copies(self, g: Group) -> list[CopyView]:
         """The backup and the standby that answer as installed backups (promotable in
-        place), with what their proofs say."""
+        place), with what their proofs say; and a backup still installing that kept no
+        record (never chosen, but it proves nothing was acknowledged at its epoch)."""
         views = []
         for member in (g.backup, g.standby):
             if member is None or self._liveness.dead(member.name):
@@ -78,10 +79,17 @@ class Reconfiguration:
             except Exception as error:
                 log.info("status of %s failed: %r", member.name, error)
                 continue
-            if status.proof is not None and status.role == "backup" and status.installed:
+            if status.proof is None or status.role != "backup":
+                continue
+            if status.installed or status.kept_nothing:
                 views.append(
                     CopyView(
-                        member.directory, member.node, status.proof, status.sequence, live=True
+                        member.directory,
+                        member.node,
+                        status.proof,
+                        status.sequence,
+                        live=True,
+                        kept_nothing=status.kept_nothing,
                     )
                 )
         return views

@@ -190,6 +190,9 @@ class ReplicaStatus(msgspec.Struct, frozen=True):
     """A backup that has received its primary's snapshot (it follows the log)."""
     proof: ReplicaProof | None = None
     """What its directory's proof file says (None: the single-node default)."""
+    kept_nothing: bool = False
+    """A backup still installing that has kept no record yet (none was acknowledged
+    through it; tokpay.actors.copies.acknowledged_bound)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import ray
 
 from tokpay.actors.channel import NotPrimary
-from tokpay.actors.copies import ProofKeeper
+from tokpay.actors.copies import EARLY_WAL_DIR, ProofKeeper
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 from tokpay.actors.protocol import (
     ChannelAddress,
@@ -59,9 +59,6 @@ from tokpay.wal import LogRecord, SequenceGap, WriteAheadLog
 from tokpay.wal.distrust import distrust
 
 log = logging.getLogger("tokpay.replica")
-
-EARLY_WAL_DIR = "early-wal"
-"""Where a new backup logs its primary's records until its state copy is open."""
 
 CATCH_UP_UNDER_LOCK_RECORDS = 16
 """A catch-up replays at most this many records under the lock (the rest off it)."""
@@ -118,6 +115,7 @@ class ReplicaHost(Generic[S]):
         # the primary's records (they count as acknowledged) before its state arrives.
         self._early_log: WriteAheadLog | None = None
         self._generation = 0
+        self._early_floor = 0
         """Counts installs begun: a catch-up of an abandoned install stops."""
         self.service: S | None
         if spec is None:
@@ -232,6 +230,7 @@ class ReplicaHost(Generic[S]):
         self._early_log = WriteAheadLog.open(
             self.root / EARLY_WAL_DIR, fsync=self.fsync, floor=begin.sequence
         )
+        self._early_floor = begin.sequence
         self._prove_role()
         log.info("%s: keeping records after %d; the state copy follows", self.label, begin.sequence)
 
@@ -427,7 +426,16 @@ class ReplicaHost(Generic[S]):
             pid=os.getpid(),
             installed=service is not None and self._early_log is None,
             proof=self._proof.proof if self._proof else None,
+            kept_nothing=self._kept_nothing(),
         )
+
+    def _kept_nothing(self) -> bool:
+        """Installing, and no record kept since the install began (or no install yet)."""
+        with self.lock:
+            if self.service is not None:
+                return False
+            early = self._early_log
+            return early is None or early.last_sequence <= self._early_floor
 
     def state_bytes(self) -> bytes:
         """The full in-memory state, encoded: equal bytes mean equal replicas."""
