@@ -14,6 +14,8 @@ record is durable. A ledger without a store keeps it all in ``pending`` (tests).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from tokpay.ledger.changes import Changes, HistoryRow, Mark, digest_difference, order_digest
@@ -65,6 +67,10 @@ class Disk(Protocol):
 
     def mark(self, transfer_id: str) -> Mark | None: ...
 
+    def bindings(self, transfer_ids: list[str]) -> tuple[dict[str, Transfer], dict[str, Mark]]:
+        """The stored transfers and marks of these ids (absent ids are left out)."""
+        ...
+
     def history(
         self, account_id: str, limit: int, below: int
     ) -> list[tuple[Transfer, int, int, int]]: ...
@@ -86,6 +92,11 @@ class ShardLedger:
         # Indexes over ``pending`` for the rules: transfers and marks not yet on disk.
         self._pending_transfers: dict[str, Transfer] = {}
         self._pending_marks: dict[str, Mark] = {}
+        # What the store held for the ids of the batch being judged, read in one query per
+        # table (``_looked_up``); None outside a batch. Pending changes are checked first.
+        self._batch_ids: frozenset[str] | None = None
+        self._batch_transfers: dict[str, Transfer] = {}
+        self._batch_marks: dict[str, Mark] = {}
 
     # -- reads (committed state only) ------------------------------------------------
 
@@ -109,9 +120,27 @@ class ShardLedger:
 
     def transfer(self, transfer_id: str) -> Transfer | None:
         transfer = self._pending_transfers.get(transfer_id)
-        if transfer is None and self.disk is not None:
-            transfer = self.disk.transfer(transfer_id)
-        return transfer
+        if transfer is not None or self.disk is None:
+            return transfer
+        if self._batch_ids is not None and transfer_id in self._batch_ids:
+            return self._batch_transfers.get(transfer_id)
+        return self.disk.transfer(transfer_id)
+
+    @contextmanager
+    def _looked_up(self, orders: Iterable[TransferOrder]) -> Iterator[None]:
+        """Read what the store binds to the orders' ids in one query per table (not two
+        point reads per order), for the rules judging this batch."""
+        if self.disk is None:
+            yield
+            return
+        ids = [order.id for order in orders]
+        self._batch_transfers, self._batch_marks = self.disk.bindings(ids)
+        self._batch_ids = frozenset(ids)
+        try:
+            yield
+        finally:
+            self._batch_ids = None
+            self._batch_transfers, self._batch_marks = {}, {}
 
     def history_page(
         self, account_id: str, limit: int = DEFAULT_PAGE_SIZE, cursor: int | None = None
@@ -209,27 +238,28 @@ class ShardLedger:
         outcomes: list[TransferOutcome] = []
         committed: list[Transfer] = []
         refused: list[Mark] = []
-        for order in orders:
-            try:
-                validate_order(order, self.shard_count)
-                existing = self._existing(order, now)
-                if existing is not None:
-                    outcomes.append(TransferOutcome(transfer=existing, replayed=True))
-                    continue
-                for account_id in order.accounts():
-                    self._require_here(account_id)
+        with self._looked_up(orders):
+            for order in orders:
                 try:
-                    self._check_credits(order, order.credits)
-                    self._check_debit(order)
+                    validate_order(order, self.shard_count)
+                    existing = self._existing(order, now)
+                    if existing is not None:
+                        outcomes.append(TransferOutcome(transfer=existing, replayed=True))
+                        continue
+                    for account_id in order.accounts():
+                        self._require_here(account_id)
+                    try:
+                        self._check_credits(order, order.credits)
+                        self._check_debit(order)
+                    except LedgerError as error:
+                        refused.extend(self._remember_refusal(order, error, now))
+                        raise
+                    transfer = Transfer(order=order, created_at=now)
+                    self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
+                    committed.append(transfer)
+                    outcomes.append(TransferOutcome(transfer=transfer))
                 except LedgerError as error:
-                    refused.extend(self._remember_refusal(order, error, now))
-                    raise
-                transfer = Transfer(order=order, created_at=now)
-                self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
-                committed.append(transfer)
-                outcomes.append(TransferOutcome(transfer=transfer))
-            except LedgerError as error:
-                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, committed, refused
 
     def replay_transfers(self, transfers: list[Transfer]) -> None:
@@ -253,20 +283,21 @@ class ShardLedger:
         """
         outcomes: list[TransferOutcome] = []
         claimed: list[Mark] = []
-        for order in orders:
-            try:
-                validate_order(order, self.shard_count)
-                check(
-                    home_of(order.id, self.shard_count) == self.shard,
-                    f"{order.id!r} not homed here",
-                )
-                if self._binding(order) is None:
-                    mark = Mark(order.id, order_digest(order))
-                    self._mark(mark)
-                    claimed.append(mark)
-                outcomes.append(TransferOutcome())
-            except LedgerError as error:
-                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+        with self._looked_up(orders):
+            for order in orders:
+                try:
+                    validate_order(order, self.shard_count)
+                    check(
+                        home_of(order.id, self.shard_count) == self.shard,
+                        f"{order.id!r} not homed here",
+                    )
+                    if self._binding(order) is None:
+                        mark = Mark(order.id, order_digest(order))
+                        self._mark(mark)
+                        claimed.append(mark)
+                    outcomes.append(TransferOutcome())
+                except LedgerError as error:
+                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, claimed
 
     # -- two-phase commit participant ----------------------------------------------------
@@ -281,54 +312,59 @@ class ShardLedger:
         votes: list[Vote] = []
         prepared: list[Prepared] = []
         refused: list[Mark] = []
-        for request in prepares:
-            if request.txid in self.prepared:
-                votes.append(Vote(txid=request.txid, ok=True))
-                continue
-            order = request.transfer.order
-            try:
-                validate_order(order, self.shard_count)
-                debit_here = shard_of(order.debit, self.shard_count) == self.shard
-                credits_here = tuple(
-                    c for c in order.credits if shard_of(c.account, self.shard_count) == self.shard
-                )
-                check(debit_here or bool(credits_here), f"{request.txid} has no leg on this shard")
-                # Every participant checks the id, not just the debit shard: a commit stores the
-                # transfer under its id here, and this shard may know another body with that id.
-                existing = self._existing(order, now)
-                if existing is not None:
-                    votes.append(Vote(txid=request.txid, ok=False, existing=existing))
+        with self._looked_up(request.transfer.order for request in prepares):
+            for request in prepares:
+                if request.txid in self.prepared:
+                    votes.append(Vote(txid=request.txid, ok=True))
                     continue
-                if len(self.prepared) >= MAX_PREPARED_PER_SHARD:
-                    raise LedgerError(
-                        ErrorCode.OVERLOADED,
-                        f"shard {self.shard} holds MAX_PREPARED_PER_SHARD="
-                        f"{MAX_PREPARED_PER_SHARD} undecided transfers; retry shortly",
-                    )
-                # Credits first, as in apply_orders: _check_debit creates a top-up's funding
-                # account, which must not happen for a vote that logs no record.
+                order = request.transfer.order
                 try:
-                    self._check_credits(order, credits_here)
-                    if debit_here:
-                        self._check_debit(order)
+                    validate_order(order, self.shard_count)
+                    debit_here = shard_of(order.debit, self.shard_count) == self.shard
+                    credits_here = tuple(
+                        c
+                        for c in order.credits
+                        if shard_of(c.account, self.shard_count) == self.shard
+                    )
+                    check(
+                        debit_here or bool(credits_here), f"{request.txid} has no leg on this shard"
+                    )
+                    # Every participant checks the id, not just the debit shard: a commit stores the
+                    # transfer under its id here, and this shard may know another body with that id.
+                    existing = self._existing(order, now)
+                    if existing is not None:
+                        votes.append(Vote(txid=request.txid, ok=False, existing=existing))
+                        continue
+                    if len(self.prepared) >= MAX_PREPARED_PER_SHARD:
+                        raise LedgerError(
+                            ErrorCode.OVERLOADED,
+                            f"shard {self.shard} holds MAX_PREPARED_PER_SHARD="
+                            f"{MAX_PREPARED_PER_SHARD} undecided transfers; retry shortly",
+                        )
+                    # Credits first, as in apply_orders: _check_debit creates a top-up's funding
+                    # account, which must not happen for a vote that logs no record.
+                    try:
+                        self._check_credits(order, credits_here)
+                        if debit_here:
+                            self._check_debit(order)
+                    except LedgerError as error:
+                        refused.extend(self._remember_refusal(order, error, now))
+                        raise
                 except LedgerError as error:
-                    refused.extend(self._remember_refusal(order, error, now))
-                    raise
-            except LedgerError as error:
-                votes.append(
-                    Vote(txid=request.txid, ok=False, error=error.code, detail=error.detail)
+                    votes.append(
+                        Vote(txid=request.txid, ok=False, error=error.code, detail=error.detail)
+                    )
+                    continue
+                record = Prepared(
+                    txid=request.txid,
+                    transfer=request.transfer,
+                    debit_here=debit_here,
+                    credits_here=credits_here,
+                    coordinator_epoch=request.coordinator_epoch,
                 )
-                continue
-            record = Prepared(
-                txid=request.txid,
-                transfer=request.transfer,
-                debit_here=debit_here,
-                credits_here=credits_here,
-                coordinator_epoch=request.coordinator_epoch,
-            )
-            self._hold(record)
-            prepared.append(record)
-            votes.append(Vote(txid=request.txid, ok=True))
+                self._hold(record)
+                prepared.append(record)
+                votes.append(Vote(txid=request.txid, ok=True))
         return votes, prepared, refused
 
     def replay_prepared(self, records: list[Prepared]) -> None:
@@ -471,9 +507,11 @@ class ShardLedger:
 
     def _find_mark(self, transfer_id: str) -> Mark | None:
         mark = self._pending_marks.get(transfer_id)
-        if mark is None and self.disk is not None:
-            mark = self.disk.mark(transfer_id)
-        return mark
+        if mark is not None or self.disk is None:
+            return mark
+        if self._batch_ids is not None and transfer_id in self._batch_ids:
+            return self._batch_marks.get(transfer_id)
+        return self.disk.mark(transfer_id)
 
     def _mark(self, mark: Mark) -> None:
         self._pending_marks[mark.id] = mark

@@ -40,6 +40,8 @@ CACHE_KIB = 16 * 1024
 """SQLite's page cache per connection (KiB): the store's only in-memory cache."""
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
+LOOKUP_CHUNK = 500
+"""Ids per ``IN (...)`` query of ``bindings`` (SQLite allows 32,766 parameters)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -232,7 +234,27 @@ class ShardStore:
         row = self._db.execute(
             "SELECT id, digest, code, detail, at FROM marks WHERE id=?", (transfer_id,)
         ).fetchone()
-        return None if row is None else Mark(row[0], row[1], row[2], row[3] or "", row[4] or 0)
+        return None if row is None else _mark_of(row)
+
+    def bindings(self, transfer_ids: list[str]) -> tuple[dict[str, Transfer], dict[str, Mark]]:
+        """The stored transfers and marks of ``transfer_ids``, one query per table per
+        ``LOOKUP_CHUNK`` ids (a batch's ids judged together)."""
+        transfers: dict[str, Transfer] = {}
+        marks: dict[str, Mark] = {}
+        db = self._db
+        unique = list(dict.fromkeys(transfer_ids))
+        for start in range(0, len(unique), LOOKUP_CHUNK):
+            chunk = unique[start : start + LOOKUP_CHUNK]
+            places = ",".join("?" * len(chunk))
+            for transfer_id, body in db.execute(
+                f"SELECT id, body FROM transfers WHERE id IN ({places})", chunk
+            ):
+                transfers[transfer_id] = decode_transfer(transfer_id, body)
+            for row in db.execute(
+                f"SELECT id, digest, code, detail, at FROM marks WHERE id IN ({places})", chunk
+            ):
+                marks[row[0]] = _mark_of(row)
+        return transfers, marks
 
     def history(
         self, account_id: str, limit: int, below: int
@@ -340,3 +362,7 @@ class ShardStore:
                 self._side.close()
                 self._side = None
         self._db.close()
+
+
+def _mark_of(row: tuple[str, bytes, str | None, str | None, int | None]) -> Mark:
+    return Mark(row[0], row[1], row[2], row[3] or "", row[4] or 0)
