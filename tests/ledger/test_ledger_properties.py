@@ -46,7 +46,7 @@ from tokpay.ledger.model import (
     funding_account_id,
 )
 from tokpay.ledger.routing import shard_of
-from tokpay.ledger.shard_ledger import REMEMBERED_REFUSALS, ShardLedger
+from tokpay.ledger.shard_ledger import REMEMBERED_REFUSALS, ShardLedger, home_of
 from tokpay.store.shard_store import ShardStore
 
 T0 = 1_700_000_000_000_000
@@ -212,14 +212,20 @@ class Reference:
             credits_here=tuple(c for c in order.credits if self.shard(c.account) == shard),
         )
 
-    def prepare(self, record: Prepared, shard: int) -> None:
+    def prepare(self, record: Prepared, shard: int) -> bool:
+        """Hold the funds; True if the hold claims the id (this shard is its home and
+        knew nothing of it), as a claim would."""
         order = record.transfer.order
+        claims = home_of(order.id, self.shard_count) == shard and order.id not in self.marks[shard]
+        if claims:
+            self.marks[shard][order.id] = (order, None)
         if record.debit_here:
             self.accounts[order.debit].held_debit += order.total
         for credit in record.credits_here:
             self.accounts[credit.account].held_credit += credit.amount
         self.prepared[shard][record.txid] = record
         self.in_progress[shard][order.id] = record.txid
+        return claims
 
     def decide(self, txid: str, commit: bool, shard: int) -> bool:
         record = self.prepared[shard].pop(txid, None)
@@ -434,7 +440,8 @@ class Runner:
                 record = self.ref.record_for(tx.txid, tx.transfer, shard)
                 assert vote == Vote(txid=tx.txid, ok=True)
                 assert prepared == [record]
-                self.ref.prepare(record, shard)
+                claims = self.ref.prepare(record, shard)
+                assert refused == ([Mark(order.id, order_digest(order))] if claims else [])
             elif expected.existing is not None:
                 assert vote == Vote(txid=tx.txid, ok=False, existing=expected.existing)
                 assert prepared == []

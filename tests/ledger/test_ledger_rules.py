@@ -23,7 +23,7 @@ from tokpay.ledger.model import (
     TransferOutcome,
     funding_account_id,
 )
-from tokpay.ledger.shard_ledger import ShardLedger, effect_on
+from tokpay.ledger.shard_ledger import ShardLedger, effect_on, home_of
 
 T0 = 1_700_000_000_000_000
 FUNDING_USD = funding_account_id("USD", 0)
@@ -485,9 +485,13 @@ def test_abort_releases_holds_and_leaves_no_trace(ledger: ShardLedger) -> None:
     # The store writes the hold and then deletes it.
     assert [r.txid for r in ledger.pending.prepared] == ledger.pending.released == ["tx-1"]
     assert ledger.transfer("p1") is None
-    # The id is free again once aborted.
+    # This shard is the id's home, so the hold claimed the id (the client sent no claim)
+    # and it stays bound to its body: another body is a conflict, the same one goes ahead.
+    assert home_of("p1", ledger.shard_count) == ledger.shard
     outcomes, _, _ = ledger.apply_orders([pay("alice", [("bob", 1_000)], id="p1")], T0)
-    assert outcomes[0].error is None
+    assert outcomes[0].error == ErrorCode.TRANSFER_ID_CONFLICT
+    outcomes, _, _ = ledger.apply_orders([pay("alice", [("bob", 700)], id="p1")], T0)
+    assert outcomes[0].error is None and outcomes[0].transfer is not None
 
 
 def test_duplicate_prepare_and_decide_are_harmless(ledger: ShardLedger) -> None:

@@ -37,6 +37,7 @@ class TransfersCommitted(msgspec.Struct, tag="transfers"):
 class TxPrepared(msgspec.Struct, tag="prepared"):
     records: list[Prepared]
     refused: list[Mark] = []
+    """Refusals to remember, and claims of ids whose home is this shard."""
 
 
 class IdsClaimed(msgspec.Struct, tag="claimed"):

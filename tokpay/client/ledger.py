@@ -258,11 +258,12 @@ class LedgerClient:
 def claim_home(order: TransferOrder, shards: set[int], shard_count: int) -> int | None:
     """The shard to claim ``order``'s id at before sending it on, or None.
 
-    An id is bound to one body at its home shard (``home_of``). A single-shard order
-    whose shard is the id's home is checked there anyway; any other order claims first.
+    An id is bound to one body at its home shard (``home_of``). An order that touches
+    the id's home is bound there anyway (checked by the single-shard apply, or claimed
+    by the home's prepare); any other order claims first.
     """
     home = home_of(order.id, shard_count)
-    return None if shards == {home} else home
+    return None if home in shards else home
 
 
 def group_by_shard(

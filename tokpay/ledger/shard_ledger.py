@@ -307,7 +307,8 @@ class ShardLedger:
     ) -> tuple[list[Vote], list[Prepared], list[Mark]]:
         """Vote on each transaction, holding this shard's funds for every yes.
 
-        Returns the votes, the holds taken and the refusals to remember.
+        Returns the votes, the holds taken and the marks to log: refusals to remember,
+        and the id's claim when this shard is its home.
         """
         votes: list[Vote] = []
         prepared: list[Prepared] = []
@@ -365,6 +366,14 @@ class ShardLedger:
                 self._hold(record)
                 prepared.append(record)
                 votes.append(Vote(txid=request.txid, ok=True))
+                if home_of(order.id, self.shard_count) == self.shard and (
+                    self._find_mark(order.id) is None
+                ):
+                    # The id's home is a participant, so the client sent no claim: the
+                    # hold binds the id here as a claim would, and stays if it aborts.
+                    claim = Mark(order.id, order_digest(order))
+                    self._mark(claim)
+                    refused.append(claim)
         return votes, prepared, refused
 
     def replay_prepared(self, records: list[Prepared]) -> None:
