@@ -9,32 +9,21 @@ from typing import Any
 
 import pytest
 
-from tokpay.testing.history import (
-    HistoryFull,
-    HistoryWriter,
-    Leg,
-    Outcome,
-    ReadOp,
-    Record,
-    Resolution,
-    Stamp,
-    TransferOp,
-    read_history,
-)
+from tokpay.testing import history
 from tokpay.testing.history_check import HistoryCheck, check_history
 
 SECOND = 10**9
 
 
-def _at(seconds: float) -> Stamp:
-    return Stamp(int(seconds * SECOND), 1_700_000_000 * SECOND + int(seconds * SECOND))
+def _at(seconds: float) -> history.Stamp:
+    return history.Stamp(int(seconds * SECOND), 1_700_000_000 * SECOND + int(seconds * SECOND))
 
 
 class Built:
     """A history and the ledger's account histories, built side by side."""
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.records: list[history.Record] = []
         self.ledger: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.balances: dict[str, int] = defaultdict(int)
 
@@ -43,23 +32,23 @@ class Built:
         transfer_id: str,
         legs: dict[str, int],
         span: tuple[float, float],
-        outcome: Outcome = "ok",
+        outcome: history.Outcome = "ok",
         payer: str = "p",
-    ) -> TransferOp:
-        op = TransferOp(
+    ) -> history.TransferOp:
+        op = history.TransferOp(
             client="w0",
             invoked=_at(span[0]),
             completed=_at(span[1]),
             id=transfer_id,
             payer=payer,
-            legs=tuple(Leg(a, n) for a, n in legs.items()),
+            legs=tuple(history.Leg(a, n) for a, n in legs.items()),
             outcome=outcome,
             code="" if outcome == "ok" else "503",
         )
         self.records.append(op)
         return op
 
-    def commit(self, op: TransferOp) -> None:
+    def commit(self, op: history.TransferOp) -> None:
         """The ledger applies ``op``: one entry in the payer's and each leg's history."""
         body = op.body()
         effects = {op.payer: -sum(leg.amount for leg in op.legs)}
@@ -71,7 +60,7 @@ class Built:
 
     def read(self, account: str, value: int | None, span: tuple[float, float]) -> None:
         self.records.append(
-            ReadOp(client="r0", invoked=_at(span[0]), completed=_at(span[1]), account=account,
+            history.ReadOp(client="r0", invoked=_at(span[0]), completed=_at(span[1]), account=account,
                    value=value)
         )  # fmt: skip
 
@@ -131,7 +120,9 @@ def test_an_acknowledged_transfer_missing_fails() -> None:
 def test_a_transfer_held_with_other_legs_fails() -> None:
     built = Built()
     sent = built.transfer("t1", {"a": 10}, (1, 2))
-    built.commit(TransferOp(**{**_fields(sent), "legs": (Leg("a", 11),), "client": "x"}))
+    built.commit(
+        history.TransferOp(**{**_fields(sent), "legs": (history.Leg("a", 11),), "client": "x"})
+    )
     check = built.check()
     assert check.lost == 1 and _rules(check) == ["altered"]
 
@@ -156,7 +147,7 @@ def test_a_resolution_the_ledger_contradicts_fails() -> None:
     built = Built()
     unknown = built.transfer("t1", {"a": 10}, (1, 2), outcome="unknown")
     built.commit(unknown)
-    built.records.append(Resolution("t1", committed=False, at=_at(9)))
+    built.records.append(history.Resolution("t1", committed=False, at=_at(9)))
     check = built.check()
     assert check.unresolved == 1 and _rules(check) == ["resolution wrong"]
 
@@ -199,7 +190,7 @@ def test_a_value_several_prefixes_give_takes_one_that_fits() -> None:
     built.read("a", 20, (8, 9))  # after a read that saw t4: back before it
     check = built.check()
     assert check.nonlinearizable_reads == 1 and "went back" in check.examples[0].detail
-    built.records[-1] = ReadOp("r0", _at(8), _at(9), account="a", value=40)
+    built.records[-1] = history.ReadOp("r0", _at(8), _at(9), account="a", value=40)
     assert built.check().ok
 
 
@@ -208,9 +199,9 @@ def test_unknown_outcomes_resolved_by_a_retry_or_the_ledger_pass() -> None:
     built.transfer("t1", {"a": 10}, (1, 2), outcome="unknown")
     built.commit(built.transfer("t1", {"a": 10}, (3, 4)))
     built.commit(built.transfer("t2", {"a": 5}, (5, 6), outcome="unknown"))
-    built.records.append(Resolution("t2", committed=True, at=_at(9)))
+    built.records.append(history.Resolution("t2", committed=True, at=_at(9)))
     built.transfer("t3", {"a": 5}, (5, 6), outcome="unknown")
-    built.records.append(Resolution("t3", committed=False, at=_at(9)))
+    built.records.append(history.Resolution("t3", committed=False, at=_at(9)))
     built.read("a", 10, (4.5, 4.6))
     check = built.check()
     assert check.ok, check.examples
@@ -221,21 +212,21 @@ def test_the_file_round_trips_and_its_cap_stops_it(tmp_path: Path) -> None:
     built = _two_credits()
     built.read("a", 15, (5, 6))
     built.read("a", None, (5, 6))
-    built.records.append(Resolution("t9", committed=False, at=_at(9)))
+    built.records.append(history.Resolution("t9", committed=False, at=_at(9)))
     path = tmp_path / "history.jsonl"
-    writer = HistoryWriter(path)
+    writer = history.HistoryWriter(path)
     for record in built.records:
         writer.append(record)
     writer.close()
-    assert list(read_history(path)) == built.records
+    assert list(history.read_history(path)) == built.records
     assert path.read_text().count("\n") == len(built.records) == writer.records
-    capped = HistoryWriter(tmp_path / "capped.jsonl", cap_bytes=500)
-    with pytest.raises(HistoryFull, match="cap of 500 bytes"):
+    capped = history.HistoryWriter(tmp_path / "capped.jsonl", cap_bytes=500)
+    with pytest.raises(history.HistoryFull, match="cap of 500 bytes"):
         for record in built.records * 10:
             capped.append(record)
     capped.close()
     assert 0 < (tmp_path / "capped.jsonl").stat().st_size <= 500
 
 
-def _fields(op: TransferOp) -> dict[str, Any]:
+def _fields(op: history.TransferOp) -> dict[str, Any]:
     return {name: getattr(op, name) for name in op.__struct_fields__}
