@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from tokpay.testing.history import ReadOp, Record, Resolution, TransferOp
 
 EXAMPLES_KEPT = 50
 """Violations kept with their operations; the counts cover all of them."""
+
+_first = operator.itemgetter(0)
 
 
 @dataclass
@@ -134,7 +137,8 @@ def check_history(records: Iterable[Record], histories: Histories) -> HistoryChe
             resolutions[record.id] = record
             continue
         check.operations += 1
-        origin = record.invoked.mono_ns if origin is None else min(origin, record.invoked.mono_ns)
+        if origin is None or record.invoked.mono_ns < origin:
+            origin = record.invoked.mono_ns
         if isinstance(record, ReadOp):
             if record.value is not None:
                 reads[record.account].append(record)
@@ -231,24 +235,21 @@ class _AccountOrder:
         position = {entry["id"]: k for k, entry in enumerate(entries, 1)}
         held = [(t, position[t.first.id]) for t in touching if t.first.id in position]
         # Acknowledged by a time: the longest prefix any of them needs, and which needs it.
-        acks = sorted(
-            ((t.acked.completed.mono_ns, k, t.acked) for t, k in held if t.acked),
-            key=lambda ack: ack[0],
-        )
+        acks = [(t.acked.completed.mono_ns, k, t.acked) for t, k in held if t.acked]
+        acks.sort(key=_first)
         self.ack_times = [at for at, _, _ in acks]
         self.ack_needs: list[tuple[int, TransferOp | None]] = []
         need: tuple[int, TransferOp | None] = (0, None)
         for _, k, op in acks:
-            need = max(need, (k, op), key=lambda pair: pair[0])
+            if k > need[0]:
+                need = (k, op)
             self.ack_needs.append(need)
         # Invoked after a time: the shortest prefix that holds any of them, and which.
-        invokes = sorted(
-            ((t.first.invoked.mono_ns, k, t.first) for t, k in held), key=lambda ack: ack[0]
-        )
+        invokes = sorted(((t.first.invoked.mono_ns, k, t.first) for t, k in held), key=_first)
         self.invoke_times = [at for at, _, _ in invokes]
         self.future: list[tuple[int, TransferOp | None]] = [(len(self.after), None)]
         for _, k, op in reversed(invokes):
-            self.future.append(min(self.future[-1], (k, op), key=lambda pair: pair[0]))
+            self.future.append((k, op) if k < self.future[-1][0] else self.future[-1])
         self.future.reverse()
 
     def acknowledged_before(self, ns: int) -> tuple[int, TransferOp | None]:
