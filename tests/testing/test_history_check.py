@@ -1,16 +1,22 @@
 """The history checker on hand-built histories: ones that must fail (each rule broken
-once) and ones that must pass (what concurrency allows); and the history file itself."""
+once) and ones that must pass (what concurrency allows); the history file itself; and a
+drill's verdict, report and file on a violation."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from tokpay.testing import history
+from tokpay.testing.audit import AuditFindings
+from tokpay.testing.drill import HistoryOptions
 from tokpay.testing.history_check import HistoryCheck, check_history
+from tokpay.testing.report import DrillReport, print_report
 
 SECOND = 10**9
 
@@ -230,3 +236,25 @@ def test_the_file_round_trips_and_its_cap_stops_it(tmp_path: Path) -> None:
 
 def _fields(op: history.TransferOp) -> dict[str, Any]:
     return {name: getattr(op, name) for name in op.__struct_fields__}
+
+
+def test_a_drill_fails_on_a_history_violation_and_keeps_its_file(tmp_path: Path) -> None:
+    built = _two_credits()
+    built.read("a", 10, (5, 6))
+    report = DrillReport(target="primary", victim="n1", acknowledged=2, write_resume_seconds=1.0)
+    report.audit = AuditFindings([], 0, [], {}, [], 0)
+    report.history = built.check()
+    report.judge()
+    assert report.violations == ["history: 1 stale reads (older than an acknowledged write)"]
+    options = HistoryOptions(tmp_path / "histories")
+    kept, deleted = options.file(), options.file()
+    report.history_path = options.keep_or_delete(kept, report.ok)
+    assert report.history_path == str(kept) and kept.exists()
+    assert options.keep_or_delete(deleted, passed=True) is None and not deleted.exists()
+    console = Console(record=True, width=200)
+    print_report(console, report)
+    shown = console.export_text()
+    assert "stale reads (must be 0)" in shown and "read a = 10 by r0" in shown
+    assert f"history kept: {kept}" in shown
+    as_json = json.loads(json.dumps(report.as_dict()))
+    assert as_json["history"]["stale_reads"] == 1 and as_json["ok"] is False
