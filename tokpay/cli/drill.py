@@ -15,7 +15,8 @@ from rich.live import Live
 
 from tokpay.cli.cluster import DEFAULT_DATA_DIR, DataDir
 from tokpay.cluster.local import LocalCluster
-from tokpay.testing.drill import drill_cluster
+from tokpay.testing.drill import HistoryOptions, drill_cluster
+from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryFull
 from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
 from tokpay.testing.powercut import RESTART_TARGETS
 from tokpay.testing.report import DrillReport, print_report, print_summary
@@ -42,6 +43,22 @@ def drill(
     report_json: Annotated[
         Path | None, typer.Option(help="Also write every drill's report here (JSON).")
     ] = None,
+    history_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where each drill writes its clients' history (JSON lines); "
+            "default: DATA_DIR/drill-history."
+        ),
+    ] = None,
+    keep_history: Annotated[
+        bool, typer.Option(help="Keep the history of a drill that passed too.")
+    ] = False,
+    history_cap_mb: Annotated[
+        int,
+        typer.Option(
+            min=1, help="A history file larger than this fails the drill (never grows unseen)."
+        ),
+    ] = HISTORY_CAP_BYTES // 2**20,
 ) -> None:
     """Failover drill on a running `tokpay cluster up`: load, SIGKILL a target,
     audit.
@@ -56,6 +73,16 @@ def drill(
     reads/writes per second before, during and after. Exits non-zero on any
     violation.
 
+    Every operation the clients invoke (each transfer attempt, each balance
+    read, with its times and what came back) goes to a history file, and a
+    checker reads it against each account's order in the ledger: every
+    acknowledged transfer held once, every unknown outcome resolved (by a
+    retry or by looking the id up), no stale read (one that misses a transfer
+    acknowledged before it began) and no non-linearizable read (a value no
+    prefix of the account's history gives, or one going back before an
+    earlier read). The history of a failed drill is kept and its path
+    printed; a passing drill's is deleted unless --keep-history.
+
     Restart drills bring the cluster back with `cluster up` at once, while the
     load keeps retrying: `all` SIGKILLs every process of the cluster in one
     sweep (Redis and the gateway included: a power cut); `pair` both nodes of
@@ -68,13 +95,22 @@ def drill(
         console.print(f"[red]--target must be one of {choices}, random[/red]")
         raise typer.Exit(2)
     data_dir = data_dir.resolve()
+    history = HistoryOptions(
+        (history_dir or data_dir / "drill-history").resolve(),
+        history_cap_mb * 2**20,
+        keep_history,
+    )
     reports = []
     for run in range(1, repeat + 1):
         # Read again each time: a restart drill's `cluster up` records new sessions.
         cluster = LocalCluster.load(data_dir)
         chosen = random.choice(TARGETS) if target == "random" else target
         console.rule(f"Drill {run}/{repeat}: kill the {chosen}")
-        report = _drill_with_progress(cluster, chosen, before, after)
+        try:
+            report = _drill_with_progress(cluster, chosen, before, after, history)
+        except HistoryFull as full:
+            console.print(f"[red]Drill stopped: {full} (raise --history-cap-mb)[/red]")
+            raise typer.Exit(1) from full
         reports.append(report)
         print_report(console, report)
     print_summary(console, reports)
@@ -86,7 +122,7 @@ def drill(
 
 
 def _drill_with_progress(
-    cluster: LocalCluster, target: str, before: float, after: float
+    cluster: LocalCluster, target: str, before: float, after: float, history: HistoryOptions
 ) -> DrillReport:
     started = time.monotonic()
     with Live(console=console, refresh_per_second=LIVE_REFRESH_PER_SECOND) as live:
@@ -100,5 +136,10 @@ def _drill_with_progress(
             )
 
         return drill_cluster(
-            cluster, target, before_seconds=before, after_seconds=after, progress=show
+            cluster,
+            target,
+            before_seconds=before,
+            after_seconds=after,
+            progress=show,
+            history=history,
         )

@@ -4,15 +4,15 @@ against what the clients were told.
 One audit for the drills (``tokpay drill``, tests/cluster) and the crash test
 (tests/drills): every acknowledged transfer is held, once, as it was sent; every
 balance equals a replay of the transfers the ledger holds, and none is negative; the
-sum of all balances is zero. Reads going backwards are counted by the workload as it
-reads (tokpay.testing.workload), since only it sees the order of its reads.
+sum of all balances is zero. What the clients read is judged by the history checker
+(tokpay.testing.history_check), which reuses the first rule and the histories read here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,10 @@ import httpx
 RETRY_SECONDS = 60.0
 """How long an audit read is retried while the ledger answers 5xx (a failover settling)."""
 HISTORY_PAGE = 200
+
+Histories = Mapping[str, Sequence[Mapping[str, Any]]]
+"""Per account, its history entries oldest first, as ``GET /v1/accounts/{id}/transfers``
+gives them (id, from, to, effect, balance_after, ...)."""
 
 
 @dataclass
@@ -42,22 +46,18 @@ class AuditFindings:
 
 
 async def audit_ledger(
-    http: httpx.AsyncClient, accounts: list[str], acknowledged: Mapping[str, Mapping[str, Any]]
+    http: httpx.AsyncClient,
+    accounts: list[str],
+    acknowledged: Mapping[str, Mapping[str, Any]],
+    histories: Histories | None = None,
 ) -> AuditFindings:
     """Audit ``accounts`` (every account the run touched) against ``acknowledged``
-    (transfer id -> the body the ledger acknowledged)."""
-    committed: dict[str, dict[str, Any]] = {}
-    listed_twice = 0
-    for account in accounts:
-        ids = [item["id"] for item in await _history(http, account, committed)]
-        listed_twice += len(ids) - len(set(ids))
-    lost = [i for i in acknowledged if i not in committed]
-    altered = [
-        i
-        for i, body in acknowledged.items()
-        if i in committed
-        and (committed[i]["from"], committed[i]["to"]) != (body["from"], body["to"])
-    ]
+    (transfer id -> the body the ledger acknowledged). ``histories``: the accounts'
+    histories if already read (``read_histories``), else they are read here."""
+    if histories is None:
+        histories = await read_histories(http, accounts)
+    lost, listed_twice, altered = held_transfers(histories, acknowledged)
+    committed = {item["id"]: item for items in histories.values() for item in items}
     replayed = dict.fromkeys(accounts, 0)
     for item in committed.values():
         if item["kind"] == "payment":
@@ -79,21 +79,44 @@ async def audit_ledger(
     )
 
 
-async def _history(
-    http: httpx.AsyncClient, account: str, committed: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Every entry of the account's history (all pages); each is also put in ``committed``."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": HISTORY_PAGE} | ({"cursor": cursor} if cursor else {})
-        page = await _read(http, f"/v1/accounts/{account}/transfers", params=params)
-        items.extend(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    committed.update((item["id"], item) for item in items)
-    return items
+def held_transfers(
+    histories: Histories, acknowledged: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[str], int, list[str]]:
+    """Whether the ledger holds each acknowledged transfer, once, as sent: the ids lost,
+    the entries beyond the first of a transfer in one account's history, the ids altered.
+    Also the history checker's first rule (tokpay.testing.history_check)."""
+    committed: dict[str, Mapping[str, Any]] = {}
+    listed_twice = 0
+    for items in histories.values():
+        ids = [item["id"] for item in items]
+        listed_twice += len(ids) - len(set(ids))
+        committed.update((item["id"], item) for item in items)
+    lost = [i for i in acknowledged if i not in committed]
+    altered = [
+        i
+        for i, body in acknowledged.items()
+        if i in committed
+        and (committed[i]["from"], committed[i]["to"]) != (body["from"], body["to"])
+    ]
+    return lost, listed_twice, altered
+
+
+async def read_histories(http: httpx.AsyncClient, accounts: list[str]) -> dict[str, list[Any]]:
+    """Every entry of each account's history (all pages), oldest first."""
+    histories: dict[str, list[Any]] = {}
+    for account in accounts:
+        items: list[Any] = []
+        cursor = None
+        while True:
+            params = {"limit": HISTORY_PAGE} | ({"cursor": cursor} if cursor else {})
+            page = await _read(http, f"/v1/accounts/{account}/transfers", params=params)
+            items.extend(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        # The API lists newest first; the checker walks an account's order from its start.
+        histories[account] = items[::-1]
+    return histories
 
 
 async def _read(

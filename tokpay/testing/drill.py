@@ -3,19 +3,27 @@
 A drill opens fresh accounts and runs transfers and balance reads through the HTTP
 gateway (tokpay.testing.workload), kills a target with SIGKILL (tokpay.testing.nemesis),
 keeps the load going, restarts what a supervisor would, and then audits the ledger
-with its own answers (tokpay.testing.audit) and reports how long writes stopped
-(tokpay.testing.outage) in a DrillReport (tokpay.testing.report).
+with its own answers (tokpay.testing.audit), checks what the clients saw against the
+ledger's order (tokpay.testing.history_check) and reports how long writes stopped
+(tokpay.testing.outage) in a DrillReport (tokpay.testing.report). The clients' history
+file is deleted after a drill that passed (unless kept), left for one that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from tokpay.cluster.local import LocalCluster
 from tokpay.testing import outage
-from tokpay.testing.audit import audit_ledger
+from tokpay.testing.audit import audit_ledger, read_histories
+from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryWriter, read_history
+from tokpay.testing.history_check import check_history
 from tokpay.testing.nemesis import (
     choose_victim,
     cluster_status_subprocess,
@@ -39,6 +47,34 @@ PROGRESS_SECONDS = 0.25
 Progress = Callable[[str, DrillLoad], None]
 
 
+@dataclass(frozen=True)
+class HistoryOptions:
+    """Where a drill writes its clients' history, its cap, and whether a passing drill
+    keeps it (a failing one always does)."""
+
+    directory: Path | None = None
+    """None: the system's temporary directory."""
+    cap_bytes: int = HISTORY_CAP_BYTES
+    keep: bool = False
+
+    def file(self) -> Path:
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        descriptor, name = tempfile.mkstemp(
+            prefix=f"drill-{stamp}-", suffix=".jsonl", dir=self.directory
+        )
+        os.close(descriptor)
+        return Path(name)
+
+    def keep_or_delete(self, path: Path, passed: bool) -> str | None:
+        """The path if the history stays, None once deleted."""
+        if passed and not self.keep:
+            path.unlink()
+            return None
+        return str(path)
+
+
 async def run_drill(
     base_url: str,
     shard_count: int,
@@ -51,18 +87,22 @@ async def run_drill(
     headers: dict[str, str] | None = None,
     progress: Progress | None = None,
     resume_wait: float = RESUME_WAIT_SECONDS,
+    history: HistoryOptions | None = None,
 ) -> DrillReport:
-    """One drill: load, kill (``kill`` returns what it killed), keep loading, audit.
+    """One drill: load, kill (``kill`` returns what it killed), keep loading, audit,
+    check the clients' history.
 
     ``recover`` runs after the load ends (restart what a supervisor would).
     """
-    load = DrillLoad(base_url, shard_count, headers or {})
+    history = history or HistoryOptions()
+    writer = HistoryWriter(history.file(), history.cap_bytes)
+    load = DrillLoad(base_url, shard_count, headers or {}, writer)
     show: Progress = progress or (lambda phase, _: None)
     show("opening accounts", load)
     await load.open_accounts()
     tasks = load.start()
     started = time.monotonic()
-    while time.monotonic() - started < before_seconds:
+    while time.monotonic() - started < before_seconds and not load.history_full:
         show("load before the kill", load)
         await asyncio.sleep(PROGRESS_SECONDS)
     killed_at = time.monotonic()
@@ -75,11 +115,7 @@ async def run_drill(
     ended = time.monotonic()
     show("restarting what was killed", load)
     await asyncio.to_thread(recover)
-    show("settling unanswered transfers", load)
-    report.unsettled = await load.settle()
-    show("auditing", load)
-    async with load.client() as http:
-        report.audit = await audit_ledger(http, load.accounts, load.acked)
+    await _settle_and_check(load, writer, report, show)
     report.acknowledged = len(load.acked)
     report.backwards_reads = load.backwards
     report.errors = dict(load.errors)
@@ -96,7 +132,27 @@ async def run_drill(
         },
     )
     report.judge()
+    report.history_path = history.keep_or_delete(writer.path, report.ok)
     return report
+
+
+async def _settle_and_check(
+    load: DrillLoad, writer: HistoryWriter, report: DrillReport, show: Progress
+) -> None:
+    """Settle what is unanswered (retry, then look up), audit the ledger, check the
+    history against the accounts' histories the audit read."""
+    show("settling unanswered transfers", load)
+    unsettled = await load.settle()
+    report.unsettled = len(unsettled)
+    await load.resolve(unsettled)
+    writer.close()
+    if load.history_full is not None:
+        raise load.history_full
+    show("auditing and checking the history", load)
+    async with load.client() as http:
+        histories = await read_histories(http, load.accounts)
+        report.audit = await audit_ledger(http, load.accounts, load.acked, histories)
+    report.history = check_history(read_history(writer.path), histories)
 
 
 async def _load_until_resumed(
@@ -109,7 +165,7 @@ async def _load_until_resumed(
 ) -> None:
     """At least ``after_seconds``; longer while writes have not resumed everywhere (up to
     ``resume_wait``), then AFTER_RESUME_SECONDS more of steady load."""
-    while True:
+    while load.history_full is None:
         now = time.monotonic()
         elapsed = now - killed_at
         resumed = outage.resume_seconds(load.acks, killed_at)
@@ -130,6 +186,7 @@ def drill_cluster(
     before_seconds: float,
     after_seconds: float,
     progress: Progress | None = None,
+    history: HistoryOptions | None = None,
 ) -> DrillReport:
     """One drill on a running local cluster: wait until it is healthy, choose a victim
     for ``target``, and run the drill against its gateway."""
@@ -157,6 +214,7 @@ def drill_cluster(
             after_seconds=after_seconds,
             progress=progress,
             resume_wait=resume_wait,
+            history=history,
         )
     )
     report.restart_seconds = timings.get("restart")

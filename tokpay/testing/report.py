@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from tokpay.testing.audit import AuditFindings
+from tokpay.testing.history_check import HistoryCheck
 from tokpay.testing.outage import Rates
 
 RESUME_WAIT_SECONDS = 60.0
 """How long the load waits for writes to resume before the drill counts it a failure."""
+SHOWN_VIOLATIONS = 10
+"""History violations printed with their operations (the report's JSON has more)."""
 
 
 @dataclass
@@ -45,6 +48,10 @@ class DrillReport:
     restart_seconds: float | None = None
     """From `cluster up` (or `cluster recover`) until the ledger served again, when the
     drill restarted the cluster."""
+    history: HistoryCheck | None = None
+    """The history checker's findings over what the clients saw (None until it ran)."""
+    history_path: str | None = None
+    """The clients' history file, when kept (a failed drill, or asked to)."""
 
     @property
     def ok(self) -> bool:
@@ -87,6 +94,10 @@ class DrillReport:
             self.violations.append(f"writes stopped for {self.write_outage_seconds:.0f} s")
         if self.acknowledged == 0:
             self.violations.append("no transfer was acknowledged")
+        if self.history is None:
+            self.violations.append("the clients' history was not checked")
+        else:
+            self.violations.extend(self.history.summary())
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data: its fields, the audit's tallies, its verdict."""
@@ -123,11 +134,31 @@ def print_report(console: Console, report: DrillReport) -> None:
     table.add_row(
         "retried errors", ", ".join(f"{k}: {v}" for k, v in report.errors.items()) or "none"
     )
+    if report.history is not None:
+        _history_rows(table, report.history)
     table.add_row(
         "verdict",
         "[green]PASS[/green]" if report.ok else f"[red]FAIL: {'; '.join(report.violations)}[/red]",
     )
     console.print(table)
+    if report.history is not None:
+        for violation in report.history.examples[:SHOWN_VIOLATIONS]:
+            console.print(f"[red]{violation.rule}[/red]: {violation.detail}")
+            for op in violation.ops:
+                console.print(f"    {op}")
+    if report.history_path is not None:
+        console.print(f"history kept: {report.history_path}")
+
+
+def _history_rows(table: Table, check: HistoryCheck) -> None:
+    table.add_row("history: operations, reads checked", f"{check.operations}, {check.reads}")
+    table.add_row("history: acknowledged, refused", f"{check.acknowledged}, {check.refused}")
+    table.add_row(
+        "history: unknown outcomes, resolved (must match)",
+        f"{check.unknown}, {check.unknown_resolved}",
+    )
+    table.add_row("history: stale reads (must be 0)", str(check.stale_reads))
+    table.add_row("history: non-linearizable reads (must be 0)", str(check.nonlinearizable_reads))
 
 
 def print_summary(console: Console, reports: list[DrillReport]) -> None:
@@ -135,13 +166,15 @@ def print_summary(console: Console, reports: list[DrillReport]) -> None:
     if len(reports) < 2:
         return
     table = Table(title=f"{len(reports)} drills")
-    columns = ("#", "target", "acked", "lost", "doubled", "sum", "backwards", "resume s")
-    for column in (*columns, "outage s", "ok"):
+    columns = ("#", "target", "acked", "lost", "doubled", "sum", "backwards", "stale", "nonlin")
+    for column in (*columns, "resume s", "outage s", "ok"):
         table.add_column(column)
     for index, r in enumerate(reports, 1):
         table.add_row(
             str(index), r.target, str(r.acknowledged), str(r.lost), str(r.doubled),
             str(r.sum_of_balances), str(r.backwards_reads),
+            "-" if r.history is None else str(r.history.stale_reads),
+            "-" if r.history is None else str(r.history.nonlinearizable_reads),
             _seconds(r.write_resume_seconds), _seconds(r.write_outage_seconds),
             "PASS" if r.ok else "FAIL",
         )  # fmt: skip

@@ -3,8 +3,10 @@ audit and the outage maths need.
 
 Fresh accounts per drill (payers funded once, sinks that only receive). Transfers
 whose answer was lost are retried with the same id until they settle: the ledger's
-idempotency makes that safe, and it is what real clients do. A read of a sink that
-shows less than a read completed before it started went backwards.
+idempotency makes that safe, and it is what real clients do; those still unanswered
+after that are looked up by id. A read of a sink that shows less than a read completed
+before it started went backwards. Every attempt, read and look-up goes to the drill's
+history (tokpay.testing.history) as it happens.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from typing import Any
 import httpx
 
 from tokpay.ledger.routing import shard_of
+from tokpay.testing.history import (
+    HistoryFull,
+    HistoryWriter,
+    Leg,
+    Outcome,
+    ReadOp,
+    Record,
+    Resolution,
+    Stamp,
+    TransferOp,
+    now,
+)
 from tokpay.testing.outage import Acknowledgement
 
 PAYERS = 24
@@ -33,7 +47,9 @@ SETTLE_SECONDS = 60.0
 class DrillLoad:
     """Writers and readers against one gateway, with the bookkeeping the audit needs."""
 
-    def __init__(self, base_url: str, shard_count: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, base_url: str, shard_count: int, headers: dict[str, str], history: HistoryWriter
+    ) -> None:
         self.base_url = base_url
         self.shard_count = shard_count
         self.headers = headers
@@ -53,6 +69,9 @@ class DrillLoad:
         # The highest balance a completed read saw, per sink: a later read may not be lower.
         self._floor: dict[str, int] = dict.fromkeys(self.sinks, 0)
         self._stop = asyncio.Event()
+        self.history = history
+        self.history_full: HistoryFull | None = None
+        """Set when the history reached its cap: the load stops and the drill fails."""
 
     @property
     def accounts(self) -> list[str]:
@@ -98,21 +117,44 @@ class DrillLoad:
         }
         return f"shard-{shards.pop()}" if len(shards) == 1 else "2pc"
 
-    async def _submit(self, http: httpx.AsyncClient, body: dict[str, Any]) -> bool:
+    def _record(self, record: Record) -> None:
+        if self.history_full is not None:
+            return  # the drill already failed on it; what follows is not judged
+        try:
+            self.history.append(record)
+        except HistoryFull as full:
+            self.history_full = full
+            self.stop()
+
+    def _record_transfer(
+        self, client: str, body: dict[str, Any], invoked: Stamp, outcome: Outcome, code: str = ""
+    ) -> None:
+        legs = tuple(Leg(leg["account"], leg["amount"]) for leg in body["to"])
+        self._record(
+            TransferOp(client, invoked, now(), body["id"], body["from"], legs, outcome, code)
+        )
+
+    async def _submit(self, http: httpx.AsyncClient, body: dict[str, Any], client: str) -> bool:
         """One attempt; True once the ledger gave a definitive answer."""
+        invoked = now()
         try:
             response = await http.post("/v1/transfers", json=body)
         except httpx.HTTPError as error:
+            self._record_transfer(client, body, invoked, "unknown", type(error).__name__)
             self._count(type(error).__name__)
             return False
+        status = str(response.status_code)
         if response.status_code in (200, 201):
+            self._record_transfer(client, body, invoked, "ok")
             self.acked[body["id"]] = body
             return True
         if response.status_code >= 500 or response.status_code == 429:
-            self._count(str(response.status_code))
+            self._record_transfer(client, body, invoked, "unknown", status)
+            self._count(status)
             return False
         # A refusal (4xx) is final; 409 for our own retry would be a violation.
-        self.refused[str(response.status_code)] = self.refused.get(str(response.status_code), 0) + 1
+        self._record_transfer(client, body, invoked, "refused", f"{status} {_problem(response)}")
+        self.refused[status] = self.refused.get(status, 0) + 1
         return True
 
     def _count(self, kind: str) -> None:
@@ -137,7 +179,7 @@ class DrillLoad:
                 self.sent[transfer_id] = body
                 submitted = time.monotonic()
                 # The same id until a definitive answer: what a real client does.
-                while not await self._submit(http, body):
+                while not await self._submit(http, body, f"w{worker}"):
                     if self._stop.is_set():
                         break
                     await asyncio.sleep(0.05)
@@ -148,24 +190,35 @@ class DrillLoad:
 
     async def reader(self, worker: int) -> None:
         rng = random.Random(1000 + worker)
+        client = f"r{worker}"
         async with self.client() as http:
             while not self._stop.is_set():
-                account = rng.choice(self.sinks)
-                floor = self._floor[account]
+                # Payers too: their balances go down and up, so the history checker
+                # sees reads that several prefixes of their history explain.
+                account = rng.choice(self.accounts)
+                floor = self._floor.get(account)
+                invoked = now()
                 try:
                     response = await http.get(f"/v1/accounts/{account}/balance")
                 except httpx.HTTPError as error:
+                    self._record(
+                        ReadOp(client, invoked, now(), account, None, type(error).__name__)
+                    )
                     self._count(type(error).__name__)
                     await asyncio.sleep(0.05)
                     continue
                 if response.status_code != 200:
-                    self._count(f"read {response.status_code}")
+                    code = str(response.status_code)
+                    self._record(ReadOp(client, invoked, now(), account, None, code))
+                    self._count(f"read {code}")
                     await asyncio.sleep(0.05)
                     continue
                 value = int(response.json()["balance"])
-                if value < floor:
-                    self.backwards += 1
-                self._floor[account] = max(self._floor[account], value)
+                self._record(ReadOp(client, invoked, now(), account, value))
+                if floor is not None:
+                    if value < floor:
+                        self.backwards += 1
+                    self._floor[account] = max(self._floor[account], value)
                 self.reads.append(time.monotonic())
 
     def start(self) -> list[asyncio.Task[None]]:
@@ -176,14 +229,41 @@ class DrillLoad:
     def stop(self) -> None:
         self._stop.set()
 
-    async def settle(self) -> int:
+    async def settle(self) -> list[str]:
         """Retry every transfer still without an answer; returns those that never settled."""
         pending = [b for i, b in self.sent.items() if i not in self.acked]
         deadline = time.monotonic() + SETTLE_SECONDS
         async with self.client() as http:
             while pending and time.monotonic() < deadline:
-                results = await asyncio.gather(*(self._submit(http, b) for b in pending))
+                results = await asyncio.gather(
+                    *(self._submit(http, b, f"settle-{n}") for n, b in enumerate(pending))
+                )
                 pending = [b for b, done in zip(pending, results, strict=True) if not done]
                 if pending:
                     await asyncio.sleep(0.5)
-        return len(pending)
+        return [body["id"] for body in pending]
+
+    async def resolve(self, transfer_ids: list[str]) -> None:
+        """Ask the ledger whether each of ``transfer_ids`` (never answered) committed, and
+        put its answer in the history; one it will not answer stays unresolved."""
+        async with self.client() as http:
+            for transfer_id in transfer_ids:
+                deadline = time.monotonic() + SETTLE_SECONDS
+                while time.monotonic() < deadline:
+                    try:
+                        response = await http.get(f"/v1/transfers/{transfer_id}")
+                    except httpx.TransportError:
+                        response = None
+                    if response is not None and response.status_code in (200, 404):
+                        committed = response.status_code == 200
+                        self._record(Resolution(transfer_id, committed, now()))
+                        break
+                    await asyncio.sleep(0.5)
+
+
+def _problem(response: httpx.Response) -> str:
+    """The stable code of a refusal's problem body (tokpay.api.problems), if it has one."""
+    try:
+        return str(response.json().get("code", ""))
+    except ValueError:
+        return ""
