@@ -160,13 +160,15 @@ class Load:
 
 
 def victim_pid_single(data_dir: Path, victim: int) -> int:
-    from tokpay.actors.naming import NAMESPACE, shard_actor_name
-    from tokpay.cluster.deploy import join
+    # The server's Ray uses token authentication, which a driver given an explicit address
+    # presents only if told before Ray is imported (nothing here imported it yet).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
 
-    ray = join((data_dir / "run" / "ray-address").read_text())
-    pid: int = ray.get(
-        ray.get_actor(shard_actor_name(victim), namespace=NAMESPACE).replica_status.remote()
-    ).pid
+    from tokpay.client import connect
+
+    ledger = connect((data_dir / "run" / "ray-address").read_text())
+    pid: int = ray.get(ledger.handles.shards[victim].replica_status.remote()).pid
     return pid
 
 
@@ -206,6 +208,8 @@ async def progress(load: Load, began: float, stopped: float, resumed: float) -> 
 
 async def run(load: Load, args: argparse.Namespace, pid_of_victim: Any) -> dict[str, Any]:
     await load.open_accounts()
+    # Looked up before the load: joining Ray blocks this loop for a moment.
+    pid = pid_of_victim()
     began = time.monotonic()
     stopped, resumed = began + args.before, began + args.before + args.stop
     counts = {
@@ -220,7 +224,6 @@ async def run(load: Load, args: argparse.Namespace, pid_of_victim: Any) -> dict[
     ]
     tasks.append(asyncio.create_task(progress(load, began, stopped, resumed)))
     await asyncio.sleep(args.before)
-    pid = pid_of_victim()
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     print(f"victim shard {load.victim}: process {pid} stopped", flush=True)

@@ -136,7 +136,6 @@ class CoordinatorService(ReplicatedService):
 
     @property
     def unreachable_shards(self) -> int:
-        """Shards that missed a deadline and have not answered a probe since."""
         return len(self._shards.unreachable)
 
     def can_act(self) -> bool:
@@ -155,21 +154,12 @@ class CoordinatorService(ReplicatedService):
         # All shards at once, each bounded in time: one unreachable shard must not keep
         # the others' holds frozen. A shard already marked unreachable is its probe's.
         reachable = [s for s in range(self._shard_count) if s not in self._shards.unreachable]
-        aborted = sum(await asyncio.gather(*(self._sweep_shard(s) for s in reachable)))
+        aborted = sum(await asyncio.gather(*(self._shards.settle(s) for s in reachable)))
         if redelivered or aborted:
             log.info(
                 "in-doubt resolution: %d commits re-delivered, %d aborted", redelivered, aborted
             )
         return {"redelivered": redelivered, "aborted": aborted}
-
-    async def _sweep_shard(self, shard: int) -> int:
-        try:
-            return await asyncio.wait_for(self._settle_shard(shard), SHARD_CALL_TIMEOUT_SECONDS)
-        except TimeoutError:
-            self._shards.unreachable.mark(shard)
-        except Exception as error:
-            log.warning("in-doubt resolution on shard %d failed: %r", shard, error)
-        return 0
 
     async def _settle_shard(self, shard: int) -> int:
         """Decide every transaction ``shard`` holds in doubt and no batch is running:

@@ -35,8 +35,9 @@ log = logging.getLogger("tokpay.coordinator")
 ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
 """(shard, method, payload) -> result: how the coordinator reaches a participant."""
 
-ShardProbe = Callable[[int], Awaitable[object]]
-"""Raises unless the shard answered (the coordinator settles its in-doubt holds in it)."""
+ShardProbe = Callable[[int], Awaitable[int]]
+"""Settles one shard's in-doubt holds, returning how many it aborted; raises unless the
+shard answered. The in-doubt sweep, and the probe of a shard marked unreachable."""
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Unreachable:
     """
 
     def __init__(self, probe: ShardProbe) -> None:
-        self._probe = probe
+        self.probe = probe
         self._probes: dict[int, asyncio.Task[None]] = {}
 
     def __contains__(self, shard: object) -> bool:
@@ -84,7 +85,7 @@ class Unreachable:
                 try:
                     # A stopped process answers the waiting probe as soon as it runs
                     # again, so a long deadline does not delay noticing its return.
-                    await asyncio.wait_for(self._probe(shard), SHARD_CALL_TIMEOUT_SECONDS)
+                    await asyncio.wait_for(self.probe(shard), SHARD_CALL_TIMEOUT_SECONDS)
                     log.info("shard %d answers again", shard)
                     return
                 except Exception as error:
@@ -118,6 +119,16 @@ class Participants:
         return await deliver(
             self.call, decisions, participants, deadline=deadline, unreachable=self.unreachable
         )
+
+    async def settle(self, shard: int) -> int:
+        """One sweep of ``shard``'s in-doubt holds, bounded in time; how many it aborted."""
+        try:
+            return await asyncio.wait_for(self.unreachable.probe(shard), SHARD_CALL_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self.unreachable.mark(shard)
+        except Exception as error:
+            log.warning("in-doubt resolution on shard %d failed: %r", shard, error)
+        return 0
 
     def abort_soon(self, aborts: list[PendingTx], epoch: int) -> None:
         """Release the holds of aborted transactions in the background.
