@@ -4,7 +4,10 @@ Presumed abort: participants durably log PREPARED (funds held) before voting yes
 the coordinator durably logs only commit decisions, then tells every participant
 and answers the client once all of them applied it. A transaction the coordinator
 has no commit record of is aborted by recovery. PREPARE and COMMIT travel batched:
-one call per participant shard per incoming batch.
+one call per participant shard per incoming batch. Every wait on a shard while a client
+waits is bounded (``PREPARE_DEADLINE_SECONDS``), aborts are sent without waiting for
+them, and a shard that missed its deadline is left to a background probe, so one
+unreachable shard stalls only the transactions that touch it.
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ from tokpay.actors.protocol import (
 from tokpay.actors.replica_host import ReplicaHost, replica_root
 from tokpay.actors.replicated_service import LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed, Role
-from tokpay.actors.timing import SHARD_CALL_TIMEOUT_SECONDS, SWEEP_INTERVAL_SECONDS
+from tokpay.actors.timing import (
+    PREPARE_DEADLINE_SECONDS,
+    SHARD_CALL_TIMEOUT_SECONDS,
+    SWEEP_INTERVAL_SECONDS,
+)
 from tokpay.actors.two_phase import (
+    Participants,
     PendingTx,
     ShardCall,
-    deliver,
     follow_outcome,
-    prepare_on,
     refusal,
     unavailable,
 )
@@ -68,6 +74,7 @@ class CoordinatorService(ReplicatedService):
     ) -> None:
         self._shard_count = shard_count
         self._call_shard = call_shard
+        self._shards = Participants(call_shard, self._settle_shard)
         self._inflight_txids: set[str] = set()
         self._inflight_orders: dict[str, tuple[TransferOrder, asyncio.Future[TransferOutcome]]] = {}
         self._recovered = False
@@ -127,6 +134,10 @@ class CoordinatorService(ReplicatedService):
                 await self.resolve_in_doubt()
                 self._recovered = True
 
+    @property
+    def unreachable_shards(self) -> int:
+        return len(self._shards.unreachable)
+
     def can_act(self) -> bool:
         """Whether decisions may go out: every logged commit is on both replicas."""
         try:
@@ -139,33 +150,32 @@ class CoordinatorService(ReplicatedService):
         """Re-deliver logged commits and abort every in-doubt transaction without one."""
         if not self.can_act():
             return {"redelivered": 0, "aborted": 0}
-        redelivered = await self._redeliver_pending()
-        aborted = 0
-        for shard in range(self._shard_count):
-            # Each shard on its own, bounded in time: one unreachable shard must not
-            # keep the others' holds frozen. The next sweep retries it.
-            try:
-                txids: list[str] = await asyncio.wait_for(
-                    self._call_shard(shard, "in_doubt", b""), SHARD_CALL_TIMEOUT_SECONDS
-                )
-                decisions = [
-                    Decision(t, t in self.pending_commits, self.log.epoch)
-                    for t in txids
-                    if t not in self._inflight_txids
-                ]
-                for start in range(0, len(decisions), MAX_BATCH):
-                    chunk = encode(decisions[start : start + MAX_BATCH])
-                    await asyncio.wait_for(
-                        self._call_shard(shard, "decide", chunk), SHARD_CALL_TIMEOUT_SECONDS
-                    )
-                aborted += sum(1 for d in decisions if not d.commit)
-            except Exception as error:
-                log.warning("in-doubt resolution on shard %d failed: %r", shard, error)
+        redelivered = await self._redeliver_pending(SHARD_CALL_TIMEOUT_SECONDS)
+        # All shards at once, each bounded in time: one unreachable shard must not keep
+        # the others' holds frozen. A shard already marked unreachable is its probe's.
+        reachable = [s for s in range(self._shard_count) if s not in self._shards.unreachable]
+        aborted = sum(await asyncio.gather(*(self._shards.settle(s) for s in reachable)))
         if redelivered or aborted:
             log.info(
                 "in-doubt resolution: %d commits re-delivered, %d aborted", redelivered, aborted
             )
         return {"redelivered": redelivered, "aborted": aborted}
+
+    async def _settle_shard(self, shard: int) -> int:
+        """Decide every transaction ``shard`` holds in doubt and no batch is running:
+        commit the logged ones, abort the rest. Returns how many were aborted; raises if
+        the shard does not answer (so it also serves as the probe of an unreachable shard)."""
+        txids: list[str] = await self._call_shard(shard, "in_doubt", b"")
+        if not self.can_act():
+            return 0
+        decisions = [
+            Decision(t, t in self.pending_commits, self.log.epoch)
+            for t in txids
+            if t not in self._inflight_txids
+        ]
+        for start in range(0, len(decisions), MAX_BATCH):
+            await self._call_shard(shard, "decide", encode(decisions[start : start + MAX_BATCH]))
+        return sum(1 for d in decisions if not d.commit)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -228,10 +238,7 @@ class CoordinatorService(ReplicatedService):
         for tx in txs:
             for shard in tx.shards:
                 by_shard.setdefault(shard, []).append(tx)
-        epoch = self.log.epoch
-        await asyncio.gather(
-            *(prepare_on(self._call_shard, s, group, epoch) for s, group in by_shard.items())
-        )
+        await self._shards.prepare(by_shard, self.log.epoch)
 
         commits: list[PendingTx] = []
         aborts: list[PendingTx] = []
@@ -261,11 +268,12 @@ class CoordinatorService(ReplicatedService):
                         outcomes[tx.index] = unavailable("the coordinator lost its backup; retry")
                 return
         epoch = self.log.epoch
-        decisions = [Decision(tx.txid, True, epoch) for tx in commits] + [
-            Decision(tx.txid, False, epoch) for tx in aborts
-        ]
-        participants = {tx.txid: tx.shards for tx in txs}
-        undelivered = await deliver(self._call_shard, decisions, participants)
+        self._shards.abort_soon(aborts, epoch)
+        undelivered = await self._shards.deliver(
+            [Decision(tx.txid, True, epoch) for tx in commits],
+            {tx.txid: tx.shards for tx in commits},
+            PREPARE_DEADLINE_SECONDS,
+        )
         done = [tx.txid for tx in commits if tx.txid not in undelivered]
         for tx in commits:
             if tx.txid in undelivered:
@@ -304,7 +312,7 @@ class CoordinatorService(ReplicatedService):
             return
         # A retry of a transfer that is mid-commit: push the logged decisions out now
         # rather than at the next sweep, so the client's following retry settles.
-        await self._redeliver_pending()
+        await self._redeliver_pending(PREPARE_DEADLINE_SECONDS)
         if not replays:
             return
         if any(t not in self._inflight_txids for t in self.pending_commits):
@@ -313,14 +321,16 @@ class CoordinatorService(ReplicatedService):
                     "the transfer committed and is still being applied; retry with the same id"
                 )
 
-    async def _redeliver_pending(self) -> int:
+    async def _redeliver_pending(self, deadline: float) -> int:
+        """Send the logged commits no running batch owns; returns how many reached every
+        participant (``deadline`` bounds the wait for each shard)."""
         if not self.can_act():
             return 0
         pending = {t: s for t, s in self.pending_commits.items() if t not in self._inflight_txids}
         if not pending:
             return 0
-        undelivered = await deliver(
-            self._call_shard, [Decision(t, True, self.log.epoch) for t in pending], pending
+        undelivered = await self._shards.deliver(
+            [Decision(t, True, self.log.epoch) for t in pending], pending, deadline
         )
         # Delivered everywhere: forget it, or every sweep and restart re-sends it forever.
         done = [t for t in pending if t not in undelivered]
@@ -455,4 +465,5 @@ class CoordinatorActor:
             "committed": service.committed,
             "aborted": service.aborted,
             "pending_commits": len(service.pending_commits),
+            "unreachable_shards": service.unreachable_shards,
         }

@@ -88,6 +88,14 @@ SWEEP_INTERVAL_SECONDS = 2.0
 SHARD_CALL_TIMEOUT_SECONDS = 10.0
 """One in-doubt query or decision batch to one shard during the sweep."""
 
+PREPARE_DEADLINE_SECONDS = 1.5
+"""How long a client's batch waits for one participant shard's votes, and then for it to
+apply a commit. A shard that misses it votes no (``unavailable``) for that batch's
+transactions and gets nothing more from client batches until it answers a probe."""
+
+PROBE_PAUSE_SECONDS = 0.2
+"""Pause between two probes of a shard that missed its deadline."""
+
 # -- clients (gateway, coordinator) -----------------------------------------------------------
 
 CHANNEL_RETRY_BUDGET_SECONDS = 15.0
@@ -146,6 +154,14 @@ _require(
 _require(
     SHARD_CALL_TIMEOUT_SECONDS <= CHANNEL_RETRY_BUDGET_SECONDS,
     "a sweep call to one shard gives up no later than a client would",
+)
+_require(
+    PREPARE_DEADLINE_SECONDS >= LEASE_SECONDS,
+    "a shard is judged unreachable no sooner than its primary stops serving without its lease",
+)
+_require(
+    2 * PREPARE_DEADLINE_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    "a gateway's call to the coordinator outlasts a prepare and a commit that both run out",
 )
 _require(ROUTES_FRESH_SECONDS < ROUTES_REFRESH_SECONDS, "shared lookups are fresher than refreshes")
 _require(SNAPSHOT_EVERY_RECORDS > 0, "snapshots are taken")

@@ -1,8 +1,11 @@
 """The coordinator's side of two-phase commit, as plain functions over one batch.
 
 ``prepare_on`` asks one participant shard to hold funds for a group of transactions
-(PREPARE) and records its votes; ``deliver`` sends commit and abort decisions to every
-participant, retrying, and says which transactions are not yet applied everywhere.
+(PREPARE) and records its votes; ``deliver`` sends commit and abort decisions to
+participants, retrying, and says which transactions are not yet applied everywhere.
+Both are bounded in time per shard: a shard that misses its deadline is marked in
+``Unreachable`` and gets no more calls from client batches until a probe reaches it,
+so one stopped shard holds up only the transactions that touch it.
 The outcome helpers turn votes into what the client is told. ``CoordinatorService``
 decides what is logged and when; this module only talks to shards.
 """
@@ -16,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokpay.actors.protocol import decode, encode
-from tokpay.actors.timing import DECIDE_ATTEMPTS, DECIDE_BACKOFF_SECONDS
+from tokpay.actors.timing import (
+    DECIDE_ATTEMPTS,
+    DECIDE_BACKOFF_SECONDS,
+    PREPARE_DEADLINE_SECONDS,
+    PROBE_PAUSE_SECONDS,
+    SHARD_CALL_TIMEOUT_SECONDS,
+)
 from tokpay.ledger.errors import ErrorCode
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
@@ -25,6 +34,10 @@ log = logging.getLogger("tokpay.coordinator")
 
 ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
 """(shard, method, payload) -> result: how the coordinator reaches a participant."""
+
+ShardProbe = Callable[[int], Awaitable[int]]
+"""Settles one shard's in-doubt holds, returning how many it aborted; raises unless the
+shard answered. The in-doubt sweep, and the probe of a shard marked unreachable."""
 
 
 @dataclass
@@ -37,48 +50,184 @@ class PendingTx:
     shards: list[int]
     votes: dict[int, Vote] = field(default_factory=dict)
 
+    def voted_yes(self) -> list[int]:
+        """The shards holding funds for it: the only ones an abort has to reach."""
+        return [s for s in self.shards if (v := self.votes.get(s)) is not None and v.ok]
 
-async def prepare_on(call_shard: ShardCall, shard: int, group: list[PendingTx], epoch: int) -> None:
-    """PREPARE a group of transactions on one shard; records each vote on its transaction."""
+
+class Unreachable:
+    """Shards that missed a deadline, each probed in the background until it answers.
+
+    While a shard is marked, client batches send it nothing: its transactions vote no at
+    once instead of each batch waiting out the deadline again, which would hold up every
+    transaction sharing a batch with one of them.
+    """
+
+    def __init__(self, probe: ShardProbe) -> None:
+        self.probe = probe
+        self._probes: dict[int, asyncio.Task[None]] = {}
+
+    def __contains__(self, shard: object) -> bool:
+        return shard in self._probes
+
+    def __len__(self) -> int:
+        return len(self._probes)
+
+    def mark(self, shard: int) -> None:
+        if shard not in self._probes:
+            log.warning("shard %d missed its deadline; unreachable until it answers", shard)
+            loop = asyncio.get_running_loop()
+            self._probes[shard] = loop.create_task(self._until_back(shard))
+
+    async def _until_back(self, shard: int) -> None:
+        try:
+            while True:
+                try:
+                    # A stopped process answers the waiting probe as soon as it runs
+                    # again, so a long deadline does not delay noticing its return.
+                    await asyncio.wait_for(self.probe(shard), SHARD_CALL_TIMEOUT_SECONDS)
+                    log.info("shard %d answers again", shard)
+                    return
+                except Exception as error:
+                    log.info("shard %d still unreachable: %r", shard, error)
+                await asyncio.sleep(PROBE_PAUSE_SECONDS)
+        finally:
+            del self._probes[shard]
+
+
+class Participants:
+    """The coordinator's way to its participant shards: calls bounded in time, the shards
+    that missed a deadline, and aborts sent without anyone waiting for them."""
+
+    def __init__(self, call_shard: ShardCall, probe: ShardProbe) -> None:
+        self.call = call_shard
+        self.unreachable = Unreachable(probe)
+        # Abort deliveries outlive the batch that started them; kept so none is collected.
+        self._background: set[asyncio.Task[set[str]]] = set()
+
+    async def prepare(self, by_shard: dict[int, list[PendingTx]], epoch: int) -> None:
+        await asyncio.gather(
+            *(
+                prepare_on(self.call, shard, group, epoch, self.unreachable)
+                for shard, group in by_shard.items()
+            )
+        )
+
+    async def deliver(
+        self, decisions: list[Decision], participants: dict[str, list[int]], deadline: float
+    ) -> set[str]:
+        return await deliver(
+            self.call, decisions, participants, deadline=deadline, unreachable=self.unreachable
+        )
+
+    async def settle(self, shard: int) -> int:
+        """One sweep of ``shard``'s in-doubt holds, bounded in time; how many it aborted."""
+        try:
+            return await asyncio.wait_for(self.unreachable.probe(shard), SHARD_CALL_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self.unreachable.mark(shard)
+        except Exception as error:
+            log.warning("in-doubt resolution on shard %d failed: %r", shard, error)
+        return 0
+
+    def abort_soon(self, aborts: list[PendingTx], epoch: int) -> None:
+        """Release the holds of aborted transactions in the background.
+
+        Presumed abort: nothing is logged and nothing needs to arrive. A hold whose abort
+        is lost is found by the in-doubt sweep, or by the probe once its shard answers.
+        """
+        holding = {tx.txid: voted for tx in aborts if (voted := tx.voted_yes())}
+        if not holding:
+            return
+        decisions = [Decision(txid, False, epoch) for txid in holding]
+        task = asyncio.get_running_loop().create_task(
+            self.deliver(decisions, holding, PREPARE_DEADLINE_SECONDS)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def prepare_on(
+    call_shard: ShardCall, shard: int, group: list[PendingTx], epoch: int, unreachable: Unreachable
+) -> None:
+    """PREPARE a group of transactions on one shard; records each vote on its transaction.
+
+    A shard that is marked unreachable, or does not vote within ``PREPARE_DEADLINE_SECONDS``,
+    votes no (``unavailable``) for every transaction of the group.
+    """
     for start in range(0, len(group), MAX_BATCH):
         chunk = group[start : start + MAX_BATCH]
+        if shard in unreachable:
+            _vote_unavailable(shard, chunk, "shard not answering; retry later")
+            continue
         payload = encode(
             [Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=epoch) for tx in chunk]
         )
         try:
-            votes = decode(await call_shard(shard, "prepare", payload), list[Vote])
+            raw = await asyncio.wait_for(
+                call_shard(shard, "prepare", payload), PREPARE_DEADLINE_SECONDS
+            )
+        except TimeoutError:
+            unreachable.mark(shard)
+            _vote_unavailable(shard, chunk, "shard did not vote in time; retry later")
+            continue
         except Exception as error:
             log.warning("prepare on shard %d failed: %s", shard, error)
-            votes = [
-                Vote(
-                    txid=tx.txid,
-                    ok=False,
-                    error=ErrorCode.UNAVAILABLE,
-                    detail="shard unavailable",
-                )
-                for tx in chunk
-            ]
-        for tx, vote in zip(chunk, votes, strict=True):
+            _vote_unavailable(shard, chunk, "shard unavailable")
+            continue
+        for tx, vote in zip(chunk, decode(raw, list[Vote]), strict=True):
             # A vote counts only for the transaction it names.
             if vote.txid == tx.txid:
                 tx.votes[shard] = vote
 
 
+def _vote_unavailable(shard: int, chunk: list[PendingTx], detail: str) -> None:
+    for tx in chunk:
+        tx.votes[shard] = Vote(txid=tx.txid, ok=False, error=ErrorCode.UNAVAILABLE, detail=detail)
+
+
 async def deliver(
-    call_shard: ShardCall, decisions: list[Decision], participants: dict[str, list[int]]
+    call_shard: ShardCall,
+    decisions: list[Decision],
+    participants: dict[str, list[int]],
+    *,
+    deadline: float,
+    unreachable: Unreachable,
 ) -> set[str]:
-    """Send decisions to every participant, retrying; returns txids not fully delivered."""
+    """Send decisions to their participants, retrying for at most ``deadline`` per shard;
+    returns the txids not delivered everywhere. A marked shard is not called; one that
+    runs out of time is marked."""
     by_shard: dict[int, list[Decision]] = {}
     for decision in decisions:
         for shard in participants[decision.txid]:
             by_shard.setdefault(shard, []).append(decision)
     failed = await asyncio.gather(
-        *(_deliver_to(call_shard, shard, group) for shard, group in by_shard.items())
+        *(
+            _deliver_to(call_shard, shard, group, deadline, unreachable)
+            for shard, group in by_shard.items()
+        )
     )
     return {txid for shard_failures in failed for txid in shard_failures}
 
 
-async def _deliver_to(call_shard: ShardCall, shard: int, decisions: list[Decision]) -> set[str]:
+async def _deliver_to(
+    call_shard: ShardCall,
+    shard: int,
+    decisions: list[Decision],
+    deadline: float,
+    unreachable: Unreachable,
+) -> set[str]:
+    if shard in unreachable:
+        return {d.txid for d in decisions}
+    try:
+        return await asyncio.wait_for(_send_decisions(call_shard, shard, decisions), deadline)
+    except TimeoutError:
+        unreachable.mark(shard)
+        # Which chunks landed is unknown: all of them are sent again (deciding twice is a no-op).
+        return {d.txid for d in decisions}
+
+
+async def _send_decisions(call_shard: ShardCall, shard: int, decisions: list[Decision]) -> set[str]:
     for start in range(0, len(decisions), MAX_BATCH):
         chunk = decisions[start : start + MAX_BATCH]
         for attempt in range(DECIDE_ATTEMPTS):

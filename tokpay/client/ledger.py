@@ -32,6 +32,7 @@ from tokpay.ledger.limits import (
     MAX_BATCH,
     MAX_CONCURRENT_LOOKUPS,
     MAX_INFLIGHT_BATCHES,
+    MAX_INFLIGHT_CROSS_BATCHES,
     MAX_LOOKUP_IDS,
     MAX_PENDING_PER_SHARD,
 )
@@ -86,10 +87,14 @@ class LedgerClient:
         self._misc_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._claim_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._coordinator_channel = self._channel(COORDINATOR_GROUP)
+        # One connection per cross-shard batch in flight: a channel answers one call at a time.
+        self._cross_channels = [
+            self._channel(COORDINATOR_GROUP) for _ in range(MAX_INFLIGHT_CROSS_BATCHES)
+        ]
         self._reads = [self._batcher(self._read_batch(s)) for s in range(shard_count)]
         self._orders = [self._batcher(self._order_batch(s)) for s in range(shard_count)]
         self._claims = [self._batcher(self._claim_batch(s)) for s in range(shard_count)]
-        self._cross = self._batcher(self._cross_batch)
+        self._cross = self._batcher(self._cross_batch, MAX_INFLIGHT_CROSS_BATCHES)
         self._lookups = 0
         self.batch_observer: Any = None
 
@@ -97,12 +102,12 @@ class LedgerClient:
     def for_cluster(cls, shard_count: int) -> LedgerClient:
         return cls(directory=ControllerDirectory(), shard_count=shard_count)
 
-    def _batcher(self, send: Any) -> Batcher[Any, Any]:
+    def _batcher(self, send: Any, max_inflight: int = MAX_INFLIGHT_BATCHES) -> Batcher[Any, Any]:
         return Batcher(
             send,
             max_batch=MAX_BATCH,
             max_pending=MAX_PENDING_PER_SHARD,
-            max_inflight=MAX_INFLIGHT_BATCHES,
+            max_inflight=max_inflight,
             on_batch=self._observe,
         )
 
@@ -146,7 +151,12 @@ class LedgerClient:
         return send
 
     async def _cross_batch(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
-        raw = await self._coordinator_channel.call("submit", encode(orders))
+        # The batcher runs at most MAX_INFLIGHT_CROSS_BATCHES sends: a channel is always free.
+        channel = self._cross_channels.pop()
+        try:
+            raw = await channel.call("submit", encode(orders))
+        finally:
+            self._cross_channels.append(channel)
         return decode(raw, list[TransferOutcome])
 
     # -- reads ---------------------------------------------------------------------------

@@ -44,6 +44,11 @@ MAX_PENDING_PER_SHARD: Final = 20_000
 MAX_INFLIGHT_BATCHES: Final = 1
 """Batches one gateway process keeps in flight to one shard."""
 
+MAX_INFLIGHT_CROSS_BATCHES: Final = 4
+"""Cross-shard batches one gateway process keeps in flight to the coordinator, each on its
+own connection: a batch waiting for a stalled shard (up to two prepare deadlines) does not
+hold up the next ones."""
+
 MAX_BODY_BYTES: Final = 64 * 1024
 """Bytes in one HTTP request body."""
 
