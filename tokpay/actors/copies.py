@@ -285,6 +285,17 @@ def acknowledged_bound(copies: list[CopyView], acked_epoch: int | None) -> int:
     backup that kept nothing proves that nothing was acknowledged at that epoch.
     """
     bound = max((c.proof.in_sync_epoch for c in copies), default=0)
+    # A backup that holds records it was sent at an epoch it never got in sync at (still
+    # installing, or fenced while installing) shows that its primary acknowledged writes
+    # at that epoch: no copy in sync only before it holds them all.
+    bound = max(
+        [bound]
+        + [
+            c.proof.epoch
+            for c in copies
+            if c.proof.in_sync_epoch < c.proof.epoch and not c.kept_nothing
+        ]
+    )
     if acked_epoch is None:
         return bound
     if any(
