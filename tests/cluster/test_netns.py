@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,18 @@ def replicas(cluster: LocalCluster, group: str) -> dict[str, Any]:
     return parsed
 
 
+def keep_evidence(cluster: LocalCluster, report: dict[str, Any]) -> Path:
+    """The cluster's logs, the drill's report and the ledger's sum of balances read again
+    15 s later (a transient or a lasting break), kept for the lead after teardown."""
+    kept = Path(f"/tmp/netns-failed-{secrets.token_hex(3)}")
+    shutil.copytree(cluster.logs_dir, kept / "logs")
+    time.sleep(15)
+    with httpx.Client(base_url=f"http://127.0.0.1:{GATEWAY_PORT}", timeout=30) as http:
+        report["summary_15s_later"] = http.get("/v1/ledger/summary").json()
+    (kept / "report.json").write_text(json.dumps(report, indent=2))
+    return kept
+
+
 @pytest.mark.timeout(300)
 def test_netns_cluster_binds_node_addresses_and_survives_a_partition(
     cluster: LocalCluster,
@@ -120,7 +133,9 @@ def test_netns_cluster_binds_node_addresses_and_survives_a_partition(
         after_seconds=DRILL_AFTER_SECONDS,
     )
     print(f"partition drill: {report.as_dict()}")
-    assert report.violations == []
+    if report.violations:
+        kept = keep_evidence(cluster, report.as_dict())
+        assert report.violations == [], f"{report.violations}; logs and report in {kept}"
     assert report.acknowledged > 50
     assert report.lost == 0 and report.doubled == 0 and report.backwards_reads == 0
     assert report.sum_of_balances == 0
