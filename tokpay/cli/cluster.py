@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokpay.cluster import netns
 from tokpay.cluster.deploy import deploy
 from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.gateway import start_cluster_gateway
@@ -90,6 +91,15 @@ def up(
             "Default: free ports."
         ),
     ] = None,
+    netns_on: Annotated[
+        bool,
+        typer.Option(
+            "--netns",
+            help="Each node in a network namespace of its own (tpn-n<i>, address "
+            "10.77.0.<11+i> on the bridge tpn-br0 at 10.77.0.1), as on separate machines; "
+            "needs root and `ip netns`. Saved: `cluster up` again keeps it.",
+        ),
+    ] = False,
 ) -> None:
     """Start Redis (GCS fault tolerance), the Ray nodes, TokPay and its gateway;
     or, on a directory that holds a cluster, start it again from its disks.
@@ -104,6 +114,13 @@ def up(
     node): the same nodes, shards and ports as saved (other options are
     ignored); running parts are left alone, missing ones started, and every
     group resumes from the copy its replicas prove complete.
+
+    With --netns every node gets its own network namespace and address; Redis
+    and the GCS bind the head's, each node's replicas its own. The gateway and
+    the CLI stay in the root namespace and reach the nodes over the bridge
+    through a Ray node of their own (`drivers`, 10.77.0.1). `cluster down`
+    removes the namespaces, veths and bridge; `tokpay drill --target
+    partition|partition-oneway|slow-link` cuts or slows a node's link.
     """  # fmt: skip
     _refuse_too_few_nodes(nodes)
     data_dir = data_dir.resolve()
@@ -111,16 +128,34 @@ def up(
         _up_again(data_dir)
         return
     ports = (ray_port, ray_port + 1, ray_port + 2) if ray_port else (None, None, None)
+    if netns_on:
+        _require_netns()
     cluster = LocalCluster(
-        data_dir, nodes=nodes, gcs_port=ports[0], redis_port=ports[1], client_port=ports[2]
+        data_dir,
+        nodes=nodes,
+        gcs_port=ports[0],
+        redis_port=ports[1],
+        client_port=ports[2],
+        netns_on=netns_on,
     )
     cluster.settings.update({"port": port, "workers": workers, "shards": shards, "fsync": fsync})
     started = time.monotonic()
     with console.status(f"Starting Redis and {nodes} Ray nodes ..."):
-        cluster.up()
+        try:
+            cluster.up()
+        except ClusterError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
     try:
         with console.status(f"Creating the controller, {shards} shards and the coordinator ..."):
-            deploy(cluster.ray_address, cluster.node_names, shards, fsync, cluster.auth_token_path)
+            deploy(
+                cluster.ray_address,
+                cluster.node_names,
+                shards,
+                fsync,
+                cluster.auth_token_path,
+                node_ip=cluster.driver_node_ip,
+            )
         with console.status("Starting the gateway ..."):
             start_cluster_gateway(cluster)
     except Exception:
@@ -133,8 +168,18 @@ def up(
     console.print(f"Gateway: http://127.0.0.1:{port}  (docs at /docs)")
 
 
+def _require_netns() -> None:
+    try:
+        netns.require_support()
+    except ClusterError as error:
+        console.print(f"[red]--netns is not available here: {error}[/red]")
+        raise typer.Exit(2) from None
+
+
 def _up_again(data_dir: Path, *, recover: bool = False) -> None:
     cluster = LocalCluster.load(data_dir)
+    if cluster.netns:
+        _require_netns()
     with console.status("Starting the cluster again from its disks ...") as spinner:
         try:
             result = restart_cluster(cluster, lambda line: spinner.update(line), recover=recover)

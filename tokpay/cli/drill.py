@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.live import Live
 
 from tokpay.cli.cluster import DEFAULT_DATA_DIR, DataDir
+from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.local import LocalCluster
 from tokpay.testing.drill import HistoryOptions, drill_cluster
 from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryFull
 from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
+from tokpay.testing.partition import PARTITION_TARGETS, partition_drill, require_netns
 from tokpay.testing.powercut import RESTART_TARGETS
 from tokpay.testing.report import DrillReport, print_report, print_summary
 from tokpay.testing.workload import DrillLoad
@@ -31,7 +33,8 @@ def drill(
         str,
         typer.Option(
             help=f"What to SIGKILL: {', '.join(TARGETS)} or random; or, with `cluster up` "
-            f"after: {', '.join(RESTART_TARGETS)}."
+            f"after: {', '.join(RESTART_TARGETS)}; or, on a `cluster up --netns`, a network "
+            f"fault: {', '.join(PARTITION_TARGETS)}."
         ),
     ] = "primary",
     repeat: Annotated[
@@ -89,9 +92,16 @@ def drill(
     one group (back after 5 s); `state` cuts the power and wipes Redis's data,
     checks that `cluster up` refuses, then runs `cluster recover`. Their
     report adds the time from `cluster up` to serving.
+
+    Network drills (a `cluster up --netns` only) cut the node holding a shard
+    primary off for 5 s, several leases, under the same load, then heal it:
+    `partition` both ways (its cable down), `partition-oneway` inbound only
+    (nftables in its namespace: it sends but hears nothing), `slow-link` tc
+    netem delay 200 ms and loss 5% on one shard's primary<->backup path.
+    The same audit follows; backwards reads are stale reads.
     """
-    if target not in (*TARGETS, *RESTART_TARGETS, "random"):
-        choices = ", ".join((*TARGETS, *RESTART_TARGETS))
+    if target not in (*TARGETS, *RESTART_TARGETS, *PARTITION_TARGETS, "random"):
+        choices = ", ".join((*TARGETS, *RESTART_TARGETS, *PARTITION_TARGETS))
         console.print(f"[red]--target must be one of {choices}, random[/red]")
         raise typer.Exit(2)
     data_dir = data_dir.resolve()
@@ -100,17 +110,27 @@ def drill(
         history_cap_mb * 2**20,
         keep_history,
     )
+    if target in PARTITION_TARGETS:
+        try:
+            require_netns(LocalCluster.load(data_dir))
+        except ClusterError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
     reports = []
     for run in range(1, repeat + 1):
         # Read again each time: a restart drill's `cluster up` records new sessions.
         cluster = LocalCluster.load(data_dir)
         chosen = random.choice(TARGETS) if target == "random" else target
-        console.rule(f"Drill {run}/{repeat}: kill the {chosen}")
+        what = chosen if chosen in PARTITION_TARGETS else f"kill the {chosen}"
+        console.rule(f"Drill {run}/{repeat}: {what}")
         try:
             report = _drill_with_progress(cluster, chosen, before, after, history)
         except HistoryFull as full:
             console.print(f"[red]Drill stopped: {full} (raise --history-cap-mb)[/red]")
             raise typer.Exit(1) from full
+        except ClusterError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
         reports.append(report)
         print_report(console, report)
     print_summary(console, reports)
@@ -135,7 +155,8 @@ def _drill_with_progress(
                 f"retried errors={errors}  backwards reads={load.backwards}"
             )
 
-        return drill_cluster(
+        run = partition_drill if target in PARTITION_TARGETS else drill_cluster
+        return run(
             cluster,
             target,
             before_seconds=before,

@@ -16,13 +16,19 @@ from typing import Any
 READY_TIMEOUT_SECONDS = 300.0
 
 
-def join(address: str, auth_token_path: Path | None = None) -> ModuleType:
+def join(
+    address: str, auth_token_path: Path | None = None, node_ip: str | None = None
+) -> ModuleType:
     """Make this process a Ray driver of the cluster at ``address`` (once); the ray module.
 
     Ray reads its auth settings from this process's environment when it is imported, so
     they are set here first: token mode (unless the caller chose otherwise, or a token
-    file is given, which forces it) and the cluster's own token file.
+    file is given, which forces it) and the cluster's own token file. ``node_ip`` (else
+    TOKPAY_RAY_NODE_IP, else Ray's choice, the head's node): the address of the node
+    on this machine to attach through, which must be this process's own address, since
+    Ray's workers call a driver back there (a --netns cluster's drivers' node).
     """
+    node_ip = node_ip or os.environ.get("TOKPAY_RAY_NODE_IP") or None
     if auth_token_path is None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:
@@ -34,7 +40,11 @@ def join(address: str, auth_token_path: Path | None = None) -> ModuleType:
 
     if not ray.is_initialized():
         ray.init(
-            address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _node_ip_address=node_ip,
         )
     return ray
 
@@ -47,6 +57,7 @@ def deploy(
     auth_token_path: Path | None = None,
     *,
     recover: bool = False,
+    node_ip: str | None = None,
 ) -> Any:
     """Start (or find) the controller and wait until every group has a primary and a backup.
 
@@ -54,8 +65,9 @@ def deploy(
     state in, so it comes back with the head). Returns the controller's status. With
     no shard map in the GCS, replica data on the nodes is refused, unless ``recover``:
     then the map is rebuilt from the replicas' proofs (tokpay.actors.recovery).
+    ``node_ip``: as for ``join``.
     """
-    ray = join(address, auth_token_path)
+    ray = join(address, auth_token_path, node_ip)
     from tokpay.actors.controller import Controller
     from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE, node_resource
 
@@ -72,9 +84,11 @@ def deploy(
     return ray.get(call, timeout=READY_TIMEOUT_SECONDS)
 
 
-def controller_status(address: str, auth_token_path: Path | None = None) -> Any:
+def controller_status(
+    address: str, auth_token_path: Path | None = None, node_ip: str | None = None
+) -> Any:
     """The controller's status: nodes, and every group's epoch, primary and backup."""
-    ray = join(address, auth_token_path)
+    ray = join(address, auth_token_path, node_ip)
     from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)

@@ -15,8 +15,11 @@ import httpx
 
 from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.local import LocalCluster
+from tokpay.cluster.nodes import LOOPBACK
 
 GATEWAY_SERVICE = "gateway"
+FACTORY = "tokpay.cluster.gateway_app:app_from_environment"
+"""The netns gateway's app (named, not imported: that module imports Ray)."""
 READY_TIMEOUT_SECONDS = 300.0
 
 
@@ -25,6 +28,16 @@ def gateway_argv(host: str, port: int, workers: int, server: str = "granian") ->
     return [
         sys.executable, "-m", "tokpay.cli", "gateway",
         "--host", host, "--port", str(port), "--workers", str(workers), "--server", server,
+    ]  # fmt: skip
+
+
+def netns_gateway_argv(port: int, workers: int) -> list[str]:
+    """A --netns cluster's gateway: granian, as ``tokpay gateway`` runs it, on the app
+    that attaches through the drivers' node (tokpay.cluster.gateway_app)."""
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+        "--host", LOOPBACK, "--port", str(port), "--workers", str(workers),
+        "--no-access-log", FACTORY,
     ]  # fmt: skip
 
 
@@ -58,9 +71,15 @@ def start_cluster_gateway(cluster: LocalCluster) -> None:
         "TOKPAY_RAY_ADDRESS": cluster.ray_address,
         "TOKPAY_DATA_DIR": str(cluster.data_dir / "gateway"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        # What `tokpay gateway` tells its server's workers (the netns argv skips it).
+        "TOKPAY_BIND_HOST": LOOPBACK,
     }
-    cluster.spawn_service(GATEWAY_SERVICE, gateway_argv("127.0.0.1", port, workers), env)
-    url = f"http://127.0.0.1:{port}"
+    if cluster.netns:
+        argv = netns_gateway_argv(port, workers)
+    else:
+        argv = gateway_argv(LOOPBACK, port, workers)
+    cluster.spawn_service(GATEWAY_SERVICE, argv, env)
+    url = f"http://{LOOPBACK}:{port}"
     if not wait_healthy(url, READY_TIMEOUT_SECONDS):
         raise ClusterError(
             f"the gateway at {url} is not healthy after {READY_TIMEOUT_SECONDS:.0f} s"

@@ -21,21 +21,25 @@ import subprocess
 import time
 from pathlib import Path
 
-from tokpay.cluster import sessions
+from tokpay.cluster import netns, sessions
 from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.nodes import (
+    DRIVERS_NAME,
     HEAD_NAME,
     ensure_auth_token,
+    head_host,
     inherited_env,
     link_ray_temp_dir,
     node_env,
     node_name,
     node_record,
+    redis_password_file,
     redis_record,
 )
 from tokpay.cluster.ports import free_fixed_port
-from tokpay.cluster.probes import RayNode, ray_node_table, redis_server_pid
-from tokpay.cluster.sessions import ProcessRecord, log_tail, session_running
+from tokpay.cluster.probes import RayNode, ray_node_table
+from tokpay.cluster.sessions import ProcessRecord, session_running
+from tokpay.cluster.startup import wait_nodes_alive, wait_redis_serving
 from tokpay.cluster.state import (
     STATE_VERSION,
     ClusterStateFile,
@@ -48,14 +52,6 @@ from tokpay.cluster.state import (
 )
 
 MAX_NODES = 16
-REDIS_START_TIMEOUT_SECONDS = 20.0
-NODE_START_TIMEOUT_SECONDS = 90.0
-CLOCK_SLACK_MS = 1000
-"""A restarted node counts as up once the GCS lists it as registered after the launch
-(less this slack); an entry from before is its previous life, not yet declared dead."""
-RAY_START_DONE = "Ray runtime started."
-"""What ``ray start`` logs once it has set the node up. It still talks to the GCS for a
-moment after the raylet registered; a head killed in that window makes it give up."""
 
 
 class LocalCluster:
@@ -73,11 +69,15 @@ class LocalCluster:
         gcs_port: int | None = None,
         redis_port: int | None = None,
         client_port: int | None = None,
+        *,
+        netns_on: bool = False,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be between 1 and {MAX_NODES}, not {nodes}")
         self.data_dir = data_dir.resolve()
         self.node_count = nodes
+        self.netns = netns_on
+        """Every node in a network namespace of its own (tokpay.cluster.netns)."""
         self.settings: dict[str, SettingValue] = {}
         """Free-form values kept with the cluster (the CLI stores its ports and sizes)."""
         self._requested_gcs_port = gcs_port
@@ -102,10 +102,11 @@ class LocalCluster:
         state = read_state(data_dir.resolve())
         cluster = cls(
             data_dir,
-            nodes=len(state["nodes"]),
+            nodes=sum(1 for record in state["nodes"].values() if record["role"] != "drivers"),
             gcs_port=state["gcs_port"],
             redis_port=state["redis"]["port"],
             client_port=state["ray_client_port"],
+            netns_on=state.get("netns", False),
         )
         cluster.settings = dict(state["settings"])
         cluster._state = state
@@ -137,12 +138,25 @@ class LocalCluster:
 
     @property
     def node_names(self) -> list[str]:
-        return list(self._require_state()["nodes"])
+        """The nodes TokPay runs on (a --netns cluster's drivers' node is not one)."""
+        nodes = self._require_state()["nodes"]
+        return [name for name, record in nodes.items() if record["role"] != "drivers"]
 
     @property
     def nodes(self) -> dict[str, NodeRecord]:
-        """Every node by name: role, pid (its session), resource, data dir, log."""
+        """Every Ray node by name (the drivers' node too): role, pid (its session),
+        resource, data dir, log."""
         return self._require_state()["nodes"]
+
+    def node_ip(self, name: str) -> str | None:
+        """The address of node ``name`` of a --netns cluster; None otherwise (Ray's guess)."""
+        return netns.node_address(netns.node_index(name)) if self.netns else None
+
+    @property
+    def driver_node_ip(self) -> str | None:
+        """The address a driver here must attach with (``ray.init(_node_ip_address=)``):
+        a --netns cluster's drivers' node; None: Ray's choice (the head's node)."""
+        return netns.BRIDGE_ADDRESS if self.netns else None
 
     @property
     def redis(self) -> RedisRecord:
@@ -163,11 +177,14 @@ class LocalCluster:
         unset. TOKPAY_RAY_ADDRESS is where TokPay's gateway looks for the cluster.
         """
         state = self._require_state()
-        return {
+        env = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": state["auth_token_path"],
             "TOKPAY_RAY_ADDRESS": state["gcs_address"],
         }
+        if self.driver_node_ip is not None:
+            env["TOKPAY_RAY_NODE_IP"] = self.driver_node_ip
+        return env
 
     def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The whole environment of a child process that attaches to this cluster:
@@ -191,26 +208,32 @@ class LocalCluster:
         client_port = self._requested_client_port or free_fixed_port(exclude={gcs_port, redis_port})
         link = link_ray_temp_dir(self.data_dir)
         names = [node_name(index) for index in range(self.node_count)]
+        ray_nodes = [*names, DRIVERS_NAME] if self.netns else names
         self._state = ClusterStateFile(
             version=STATE_VERSION,
-            gcs_address=f"127.0.0.1:{gcs_port}",
+            gcs_address=f"{head_host(self.netns)}:{gcs_port}",
             gcs_port=gcs_port,
             ray_client_port=client_port,
             auth_token_path=str(ensure_auth_token(self.data_dir)),
             ray_temp_link=str(link),
-            redis=redis_record(self.data_dir, self.logs_dir, redis_port),
+            redis=redis_record(self.data_dir, self.logs_dir, redis_port, self.netns),
             nodes={
-                name: node_record(name, self.data_dir, self.logs_dir, link, gcs_port, redis_port)
-                for name in names
+                name: node_record(
+                    name, self.data_dir, self.logs_dir, link, gcs_port, redis_port, self.netns
+                )
+                for name in ray_nodes
             },
             services={},
             settings=dict(self.settings),
+            netns=self.netns,
         )
         self._save()
         try:
+            if self.netns:
+                netns.create_network(self.node_count)
             self._start_redis()
             self._start_nodes([HEAD_NAME])
-            self._start_nodes(names[1:])
+            self._start_nodes(ray_nodes[1:])
         except BaseException:
             self.down()
             raise
@@ -223,11 +246,14 @@ class LocalCluster:
         state = self._require_state()
         link_ray_temp_dir(self.data_dir)  # down() removed the link
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.netns and not netns.network_present(self.node_count):
+            netns.remove_network(self.node_count)  # a part left over: start afresh
+            netns.create_network(self.node_count)
         started = []
         if not session_running(state["redis"]):
             self._start_redis()
             started.append("redis")
-        stopped = [n for n in self.node_names if not session_running(self._node(n))]
+        stopped = [n for n in self.nodes if not session_running(self._node(n))]
         # The head first: the workers attach to its GCS.
         for batch in (
             [n for n in stopped if n == HEAD_NAME],
@@ -243,6 +269,7 @@ class LocalCluster:
 
         SIGTERM first, then SIGKILL of whatever is left in each session after a grace
         period. Data stays on disk. Safe to call again, or on a cluster half started.
+        A --netns cluster's namespaces, veths and bridge are removed last.
         """
         if self._state is None:
             if not self.state_path.exists():
@@ -250,7 +277,7 @@ class LocalCluster:
             recorded = LocalCluster.load(self.data_dir)
             self._state, self.settings = recorded._state, recorded.settings
         state = self._require_state()
-        workers = [r for r in state["nodes"].values() if r["role"] == "worker"]
+        workers = [r for r in state["nodes"].values() if r["role"] != "head"]
         heads = [r for r in state["nodes"].values() if r["role"] == "head"]
         stages: list[list[ProcessRecord]] = [
             list(state["services"].values()),
@@ -266,6 +293,8 @@ class LocalCluster:
         self._children.clear()
         Path(state["ray_temp_link"]).unlink(missing_ok=True)
         self._save()
+        if self.netns:
+            netns.remove_network(self.node_count)
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -327,45 +356,11 @@ class LocalCluster:
             env = node_env(state, record, self.data_dir)
             self._launch(name, record, env, cwd=Path(record["data_dir"]))
         self._save()
-        self._wait_alive(log_offsets, launched_ms)
-
-    def _wait_alive(self, log_offsets: dict[str, int], launched_ms: int) -> None:
-        """Until the GCS lists every node alive, registered after ``launched_ms``, and the
-        node's ``ray start`` logged (past its log offset) that it is done."""
-        names = list(log_offsets)
-        deadline = time.monotonic() + NODE_START_TIMEOUT_SECONDS
-        while True:
-            for name in names:
-                if not session_running(self._node(name)):
-                    raise ClusterError(
-                        f"node {name} exited while starting:\n{log_tail(self._node(name))}"
-                    )
-            up = {
-                name
-                for name, offset in log_offsets.items()
-                if RAY_START_DONE in sessions.log_since(self._node(name), offset)
-            }
-            if up.issuperset(names):
-                up &= {
-                    name
-                    for entry in self._ray_node_table() or []
-                    if entry.alive and entry.start_time_ms >= launched_ms - CLOCK_SLACK_MS
-                    for name in entry.names
-                }
-                if up.issuperset(names):
-                    return
-            if time.monotonic() > deadline:
-                missing = sorted(set(names) - up)
-                tails = "\n".join(f"--- {n}:\n{log_tail(self._node(n))}" for n in missing)
-                raise ClusterError(
-                    f"nodes {missing} not alive in Ray after {NODE_START_TIMEOUT_SECONDS:.0f} s"
-                    f"\n{tails}"
-                )
-            time.sleep(sessions.POLL_SECONDS)
+        wait_nodes_alive(state["nodes"], log_offsets, launched_ms, self._ray_node_table)
 
     def _ray_node_table(self) -> list[RayNode] | None:
         state = self._require_state()
-        return ray_node_table(state["gcs_address"], state["gcs_port"], self.child_env())
+        return ray_node_table(state["gcs_address"], self.child_env())
 
     # -- Redis -------------------------------------------------------------------------
 
@@ -374,14 +369,8 @@ class LocalCluster:
         Path(record["data_dir"]).mkdir(parents=True, exist_ok=True)
         self._launch("redis", record, inherited_env(), cwd=self.data_dir)
         self._save()
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_SECONDS
-        # Ours answers with its own pid: a Redis of someone else's on the port would not.
-        while redis_server_pid(record["port"]) != record["pid"]:
-            if not session_running(record):
-                raise ClusterError(f"Redis exited while starting:\n{log_tail(record)}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"Redis not serving in time:\n{log_tail(record)}")
-            time.sleep(sessions.POLL_SECONDS)
+        password = redis_password_file(self.data_dir).read_text() if self.netns else None
+        wait_redis_serving(record, head_host(self.netns), password)
 
     # -- services ----------------------------------------------------------------------
 

@@ -16,10 +16,17 @@ from importlib.resources import files
 from pathlib import Path
 
 from tokpay.actors.naming import node_resource
+from tokpay.cluster import netns
 from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.state import ClusterStateFile, NodeRecord, RedisRecord, Role
 
 HEAD_NAME = "n0"
+DRIVERS_NAME = "drivers"
+"""The Ray node of a --netns cluster's root namespace (role ``drivers``). A Ray driver
+must attach to a raylet on its own address (Ray's workers call their owner back there),
+so the gateway and the CLI in the root namespace attach to this one, at
+netns.BRIDGE_ADDRESS; it offers no CPU and the controller places nothing on it."""
+LOOPBACK = "127.0.0.1"
 NODE_CPUS = 2
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 STORAGE_NAMESPACE = "tokpay"
@@ -50,12 +57,22 @@ def inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
 
 
-def redis_record(data_dir: Path, logs_dir: Path, port: int) -> RedisRecord:
+def head_host(netns_on: bool) -> str:
+    """The address of the head (Redis and the GCS bind it; workers and drivers dial it)."""
+    return netns.node_address(0) if netns_on else LOOPBACK
+
+
+def redis_record(data_dir: Path, logs_dir: Path, port: int, netns_on: bool = False) -> RedisRecord:
     redis_dir = data_dir / "redis"
+    argv = ["bash", str(script("redis.sh")), str(redis_dir), str(port)]
+    if netns_on:
+        # On the head's machine, bound to its address, with a password.
+        password = f"TOKPAY_REDIS_PASSWORD_FILE={redis_password_file(data_dir)}"
+        argv = netns.exec_argv(0, ["env", f"TOKPAY_REDIS_BIND={head_host(True)}", password, *argv])
     return RedisRecord(
         pid=None,
         pid_start=None,
-        argv=["bash", str(script("redis.sh")), str(redis_dir), str(port)],
+        argv=argv,
         log=str(logs_dir / "redis.log"),
         port=port,
         data_dir=str(redis_dir),
@@ -63,13 +80,29 @@ def redis_record(data_dir: Path, logs_dir: Path, port: int) -> RedisRecord:
 
 
 def node_record(
-    name: str, data_dir: Path, logs_dir: Path, link: Path, gcs_port: int, redis_port: int
+    name: str,
+    data_dir: Path,
+    logs_dir: Path,
+    link: Path,
+    gcs_port: int,
+    redis_port: int,
+    netns_on: bool = False,
 ) -> NodeRecord:
-    role: Role = "head" if name == HEAD_NAME else "worker"
+    """Node ``name``'s record. In a --netns cluster node n<i> runs in its namespace with
+    its own address, and ``drivers`` in the root namespace on the bridge's, with no CPU."""
+    host = head_host(netns_on)
+    role: Role = "head" if name == HEAD_NAME else "drivers" if name == DRIVERS_NAME else "worker"
     if role == "head":
-        argv = ["bash", str(script("head.sh")), f"127.0.0.1:{redis_port}", name]
+        argv = ["bash", str(script("head.sh")), f"{host}:{redis_port}", name]
     else:
-        argv = ["bash", str(script("worker.sh")), f"127.0.0.1:{gcs_port}", name]
+        argv = ["bash", str(script("worker.sh")), f"{host}:{gcs_port}", name]
+    if role == "drivers":
+        argv = ["env", f"TOKPAY_NODE_IP={netns.BRIDGE_ADDRESS}", "TOKPAY_NUM_CPUS=0", *argv]
+    elif netns_on:
+        index = netns.node_index(name)
+        password = f"TOKPAY_REDIS_PASSWORD_FILE={redis_password_file(data_dir)}"
+        placed = ["env", f"TOKPAY_NODE_IP={netns.node_address(index)}", password, *argv]
+        argv = netns.exec_argv(index, placed)
     return NodeRecord(
         pid=None,
         pid_start=None,
@@ -102,11 +135,21 @@ def node_env(state: ClusterStateFile, record: NodeRecord, data_dir: Path) -> dic
 
 def ensure_auth_token(data_dir: Path) -> Path:
     """The cluster's own Ray auth token (made once, readable by this user only)."""
-    path = data_dir / "auth_token"
+    return _ensure_secret(data_dir / "auth_token")
+
+
+def redis_password_file(data_dir: Path) -> Path:
+    """A --netns cluster's Redis password: Redis refuses clients beyond loopback without
+    one (protected mode), and the head's address is not loopback."""
+    return _ensure_secret(data_dir / "redis_password")
+
+
+def _ensure_secret(path: Path) -> Path:
+    """A random secret in ``path`` (made once, readable by this user only)."""
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as token_file:
-            token_file.write(secrets.token_hex(32))
+        with os.fdopen(fd, "w") as secret_file:
+            secret_file.write(secrets.token_hex(32))
     return path
 
 

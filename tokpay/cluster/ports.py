@@ -40,8 +40,8 @@ def free_fixed_port(exclude: set[int] | None = None) -> int:
     raise ClusterError(f"no free port in {FIXED_PORT_RANGE} after {MAX_PORT_ATTEMPTS} tries")
 
 
-def port_open(port: int) -> bool:
-    """Whether something accepts connections on loopback ``port``."""
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host``:``port`` (default loopback)."""
     with socket.socket() as sock:
         sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0

@@ -30,12 +30,13 @@ class RayNode(msgspec.Struct):
     start_time_ms: int
 
 
-def ray_node_table(gcs_address: str, gcs_port: int, env: dict[str, str]) -> list[RayNode] | None:
+def ray_node_table(gcs_address: str, env: dict[str, str]) -> list[RayNode] | None:
     """The GCS's node table, or None if the GCS does not answer.
 
     ``env`` is the child's whole environment: it must let a driver attach (auth token).
     """
-    if not port_open(gcs_port):
+    host, port = gcs_address.rsplit(":", 1)
+    if not port_open(int(port), host):
         return None
     try:
         result = subprocess.run(
@@ -52,11 +53,13 @@ def ray_node_table(gcs_address: str, gcs_port: int, env: dict[str, str]) -> list
     return msgspec.json.decode(result.stdout.splitlines()[-1], type=list[RayNode])
 
 
-def redis_server_pid(port: int) -> int | None:
-    """The pid of the Redis serving on ``port`` (from INFO), or None if none answers."""
+def redis_server_pid(host: str, port: int, password: str | None = None) -> int | None:
+    """The pid of the Redis serving on ``host``:``port`` (from INFO), or None if none
+    answers."""
+    auth = b"" if password is None else f"AUTH {password}\r\n".encode()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(b"INFO server\r\n")
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(auth + b"INFO server\r\n")
             reply = b""
             while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                 chunk = sock.recv(65536)

@@ -55,6 +55,7 @@ def restart_cluster(cluster: LocalCluster, say: Say, *, recover: bool = False) -
             bool(settings.get("fsync", True)),
             cluster.auth_token_path,
             recover=recover,
+            node_ip=cluster.driver_node_ip,
         )
     except Exception as error:
         # A refusal from the controller reaches us wrapped in Ray's task error.

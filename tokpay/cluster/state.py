@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 import msgspec
 
@@ -19,7 +19,9 @@ from tokpay.cluster.sessions import ProcessRecord
 STATE_FILE_NAME = "cluster.json"
 STATE_VERSION = 1
 
-Role = Literal["head", "worker"]
+Role = Literal["head", "worker", "drivers"]
+"""``drivers``: the Ray node of a --netns cluster's root namespace, which the gateway and
+the CLI's drivers attach to; it holds no replica (tokpay.cluster.netns)."""
 SettingValue = str | int | float | bool
 
 
@@ -47,6 +49,8 @@ class ClusterStateFile(TypedDict):
     nodes: dict[str, NodeRecord]
     services: dict[str, ProcessRecord]
     settings: dict[str, SettingValue]
+    netns: NotRequired[bool]
+    """Every node in a network namespace of its own (tokpay.cluster.netns); absent: no."""
 
 
 def state_path(data_dir: Path) -> Path:

@@ -1,7 +1,8 @@
 """``tokpay cluster status --json``: what scripts and operators read about a local cluster.
 
 The document's fields are a contract (tests/cluster/test_status_fields.py): ``nodes``
-with ``node_id``, ``pid``, ``role``, ``alive``, ``primaries``, ``backups``; ``groups``
+with ``node_id``, ``pid``, ``role``, ``address`` (a --netns cluster's, else null),
+``alive``, ``primaries``, ``backups``; ``groups``
 (with ``down``: why a group cannot serve, or null); ``services`` with pids;
 ``processes``: every process session of the cluster (each node, Redis, each service)
 with its pid, null when it is not running, so a script can cut power to all of them.
@@ -19,7 +20,8 @@ from tokpay.cluster.sessions import session_running
 
 def cluster_status(cluster: LocalCluster) -> dict[str, Any]:
     """The status document: joins the cluster as a Ray driver to ask its controller."""
-    return status_document(cluster, controller_status(cluster.ray_address, cluster.auth_token_path))
+    status = controller_status(cluster.ray_address, cluster.auth_token_path, cluster.driver_node_ip)
+    return status_document(cluster, status)
 
 
 def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
@@ -33,6 +35,7 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
                 "node_id": name,
                 "pid": node["pid"],
                 "role": node["role"],
+                "address": cluster.node_ip(name),
                 "alive": bool(status.nodes.get(name)) and cluster.node_running(name),
                 "primaries": [
                     g.group for g in status.groups if g.primary and g.primary.node == name

@@ -23,6 +23,12 @@
 #   RAY_AUTH_MODE              token (default) or disabled. With token, every node and
 #                              driver needs the same token, from RAY_AUTH_TOKEN,
 #                              RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+#   TOKPAY_REDIS_PASSWORD_FILE a file holding TOKPAY_REDIS_PASSWORD (redis.sh, head.sh),
+#                              read when that is unset
+
+if [ -z "${TOKPAY_REDIS_PASSWORD:-}" ] && [ -n "${TOKPAY_REDIS_PASSWORD_FILE:-}" ]; then
+    TOKPAY_REDIS_PASSWORD="$(cat "$TOKPAY_REDIS_PASSWORD_FILE")"
+fi
 
 # tokpay_check_args MIN MAX USAGE ARG...: exit 2 with USAGE unless MIN <= #ARG <= MAX.
 tokpay_check_args() {
