@@ -15,6 +15,10 @@ command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# `cluster up --netns` and its partition drills: namespaces, veths, bridge (iproute2) and
+# the one-way cut (nftables).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # Node runs the dev OpenID provider; npm installs the web app's browser assets.
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
