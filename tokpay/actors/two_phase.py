@@ -193,16 +193,16 @@ class Participants:
         for decision in decisions:
             for shard in participants[decision.txid]:
                 by_shard.setdefault(shard, []).append(decision)
-        failed = await asyncio.gather(
-            *(
-                _deliver_to(self.call, shard, group, deadline, self.unreachable)
-                for shard, group in by_shard.items()
-            )
-        )
-        for (shard, group), lost in zip(by_shard.items(), failed, strict=True):
+
+        async def one(shard: int, group: list[Decision]) -> set[str]:
+            lost = await _deliver_to(self.call, shard, group, deadline, self.unreachable)
+            # Each shard as it answers: lookups away from a stalled shard must not wait for it.
             self.barrier.confirmed(
                 shard, [d.txid for d in group if d.commit and d.txid not in lost]
             )
+            return lost
+
+        failed = await asyncio.gather(*(one(s, group) for s, group in by_shard.items()))
         return {txid for shard_failures in failed for txid in shard_failures}
 
     async def _decide_chunks(self, shard: int, decisions: list[Decision]) -> None:
