@@ -1,19 +1,25 @@
 """The read barrier's rules, on its own (no Ray, no shards): who waits for whom, and how long.
 
 Each test drives ``ReadBarrier`` the way the coordinator does: ``before_delivery`` before a
-commit goes out, ``confirmed`` as a shard answers, ``reading`` around a batch of lookups.
+commit goes out, ``confirmed`` as a shard answers, ``enter``, ``admit`` and ``leave`` around
+a batch of lookups.
 The waits are shortened so a refusal takes a fraction of a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Container
+from typing import Any
 
 import pytest
 
 import tokpay.actors.read_barrier as read_barrier
-from tokpay.actors.read_barrier import ReadBarrier
+from tests.support.orders import ids_on
+from tokpay.actors.read_barrier import ReadBarrier, read_whole
+from tokpay.ledger.model import BalanceView
 
 WAIT = 0.3
 """The shortened LOOKUP_WAIT_SECONDS and DELIVERY_WAIT_SECONDS of these tests."""
@@ -25,9 +31,23 @@ def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(read_barrier, "DELIVERY_WAIT_SECONDS", WAIT)
 
 
+@contextlib.asynccontextmanager
+async def reading(
+    barrier: ReadBarrier, lookups: list[set[int]], down: Container[int] = ()
+) -> AsyncIterator[list[Any]]:
+    """Lookups admitted (or refused) and holding the barrier while the block runs."""
+    entries = barrier.enter([frozenset(s) for s in lookups])
+    try:
+        await barrier.admit(entries, down, lambda group: None)
+        yield entries
+    finally:
+        for entry in entries:
+            barrier.leave(entry)
+
+
 async def admitted(barrier: ReadBarrier, *lookups: set[int]) -> list[str | None]:
     """Each lookup's refusal (None: it was admitted and read)."""
-    async with barrier.reading([frozenset(s) for s in lookups], ()) as entries:
+    async with reading(barrier, list(lookups)) as entries:
         pass
     return [None if e.admitted and e.refusal is None else e.refusal or "?" for e in entries]
 
@@ -69,7 +89,7 @@ def test_lookups_spanning_a_shard_that_does_not_answer_are_refused_at_once() -> 
     async def scenario() -> None:
         barrier = ReadBarrier()
         started = time.monotonic()
-        async with barrier.reading([frozenset({0, 3}), frozenset({0, 1})], {3}) as entries:
+        async with reading(barrier, [{0, 3}, {0, 1}], {3}) as entries:
             pass
         assert time.monotonic() - started < 0.05
         assert entries[0].refusal == "shard 3 is not answering; retry later"
@@ -85,7 +105,7 @@ def test_a_first_delivery_waits_for_earlier_lookups_and_later_lookups_wait_for_i
         release = asyncio.Event()
 
         async def early_lookup() -> None:
-            async with barrier.reading([frozenset({0, 1})], ()):
+            async with reading(barrier, [{0, 1}]):
                 order.append("early lookup reads")
                 await release.wait()
 
@@ -94,7 +114,7 @@ def test_a_first_delivery_waits_for_earlier_lookups_and_later_lookups_wait_for_i
             order.append("delivery goes")
 
         async def late_lookup() -> None:
-            async with barrier.reading([frozenset({0, 1})], ()):
+            async with reading(barrier, [{0, 1}]):
                 order.append("late lookup reads")
 
         early = asyncio.create_task(early_lookup())
@@ -118,7 +138,7 @@ def test_a_first_delivery_waits_for_earlier_lookups_and_later_lookups_wait_for_i
 def test_a_delivery_out_of_patience_goes_ahead_and_spoils_the_lookup_reading() -> None:
     async def scenario() -> None:
         barrier = ReadBarrier()
-        async with barrier.reading([frozenset({0, 1}), frozenset({2, 3})], ()) as entries:
+        async with reading(barrier, [{0, 1}, {2, 3}]) as entries:
             started = time.monotonic()
             await barrier.before_delivery({"t": [0, 1]})
             assert WAIT <= time.monotonic() - started < WAIT + 0.2
@@ -137,12 +157,40 @@ def test_commits_replayed_or_followed_count_as_torn_until_delivered_everywhere()
         refused = await admitted(barrier, {0, 1})
         assert refused[0] is not None
         # Re-delivering a commit already counted torn never waits for lookups.
-        async with barrier.reading([frozenset({0, 1})], ()):
+        async with reading(barrier, [{0, 1}]):
             started = time.monotonic()
             await barrier.before_delivery({"t": [0, 1]})
             assert time.monotonic() - started < 0.05
         barrier.confirmed(0, ["t"])
         barrier.confirmed(1, ["t"])
         assert await admitted(barrier, {0, 1}) == [None]
+
+    asyncio.run(scenario())
+
+
+def test_a_lookup_leaves_the_barrier_once_its_own_shards_answered() -> None:
+    (on_0,), (on_1,), (on_3,) = (ids_on(s, 4, 1, "rb") for s in (0, 1, 3))
+
+    async def scenario() -> None:
+        barrier, shard_3_answers = ReadBarrier(), asyncio.Event()
+
+        async def read(shard: int, ids: list[str]) -> list[BalanceView | None]:
+            if shard == 3:
+                await shard_3_answers.wait()
+            return [BalanceView(a, 7, "USD") for a in ids]
+
+        batch = asyncio.create_task(read_whole(barrier, [[on_0, on_1], [on_0, on_3]], 4, read, ()))
+        await asyncio.sleep(0.05)
+        # The lookup of shards 0 and 1 has read: a commit among them goes at once, although
+        # its batch-mate still waits for shard 3, and nobody's answer is spoiled.
+        started = time.monotonic()
+        await barrier.before_delivery({"t": [0, 1]})
+        assert time.monotonic() - started < 0.05
+        shard_3_answers.set()
+        answers = await batch
+        assert [a.views for a in answers] == [
+            [BalanceView(on_0, 7, "USD"), BalanceView(on_1, 7, "USD")],
+            [BalanceView(on_0, 7, "USD"), BalanceView(on_3, 7, "USD")],
+        ]
 
     asyncio.run(scenario())

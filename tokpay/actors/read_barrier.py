@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -131,33 +131,43 @@ class ReadBarrier:
 
     # -- lookups -----------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def reading(
-        self, lookups: list[Shards], down: Container[int]
-    ) -> AsyncIterator[list[_Lookup]]:
-        """Admit each lookup (or refuse it) and hold conflicting deliveries back until the
-        block ends. Read ``refusal`` of each only after the block: a delivery that could not
-        wait sets it on lookups that were reading."""
+    def enter(self, lookups: list[Shards]) -> list[_Lookup]:
+        """Register a batch of lookups (one arrival): from now on they hold back the
+        conflicting first deliveries that arrive later, until each one ``leave``s."""
         ticket = next(self._tickets)
         entries = [_Lookup(ticket, shards) for shards in lookups]
         self._lookups.update(entries)
-        try:
-            await self._admit(entries, down)
-            yield entries
-        finally:
-            self._lookups.difference_update(entries)
+        return entries
+
+    def leave(self, entry: _Lookup) -> None:
+        """``entry`` has read (or was refused). A delivery that could not wait for it has
+        set its ``refusal`` by now."""
+        if entry in self._lookups:
+            self._lookups.discard(entry)
             self._changed()
 
-    async def _admit(self, entries: list[_Lookup], down: Container[int]) -> None:
+    async def admit(
+        self,
+        entries: list[_Lookup],
+        down: Container[int],
+        admitted: Callable[[list[_Lookup]], None],
+    ) -> None:
+        """Hand the lookups to ``admitted`` as they may read, those admitted together in
+        one group; refuse at once those spanning a shard in ``down``, and after
+        ``LOOKUP_WAIT_SECONDS`` those still blocked."""
         deadline = time.monotonic() + LOOKUP_WAIT_SECONDS
         waiting = entries
         while True:
+            group = []
             for entry in waiting:
                 stopped = sorted(s for s in entry.shards if s in down)
                 if stopped:
                     self._refuse(entry, f"shard {stopped[0]} is not answering; retry later")
                 elif not self._blocked(entry):
                     entry.admitted = True
+                    group.append(entry)
+            if group:
+                admitted(group)
             waiting = [e for e in waiting if not e.admitted and e.refusal is None]
             if not waiting:
                 return
@@ -172,8 +182,7 @@ class ReadBarrier:
 
     def _refuse(self, entry: _Lookup, detail: str) -> None:
         entry.refusal = detail
-        self._lookups.discard(entry)
-        self._changed()
+        self.leave(entry)
 
     def _blocked(self, lookup: _Lookup) -> bool:
         shards = lookup.shards
@@ -236,34 +245,75 @@ async def read_whole(
     read: ShardRead,
     down: Container[int],
 ) -> list[LookupAnswer]:
-    """Answer a batch of lookups in one pass: each shard read once, inside the barrier."""
+    """Answer a batch of lookups: those admitted together read each shard once, and each
+    lookup leaves the barrier as soon as its own shards answered (a slow shard holds back
+    only the deliveries that conflict with the lookups reading it)."""
     check_lookups(lookups)
-    keys = [frozenset(shard_of(a, shard_count) for a in ids) for ids in lookups]
-    found: dict[str, BalanceView | None] = {}
-    failed: dict[int, str] = {}
-    async with barrier.reading(keys, down) as entries:
+    entries = barrier.enter([frozenset(shard_of(a, shard_count) for a in ids) for ids in lookups])
+    answers: list[LookupAnswer | None] = [None] * len(lookups)
+    index = {entry: n for n, entry in enumerate(entries)}
+    groups: list[asyncio.Task[None]] = []
+
+    async def read_group(group: list[_Lookup]) -> None:
         wanted: dict[int, set[str]] = {}
-        for ids, entry in zip(lookups, entries, strict=True):
-            if entry.admitted:
-                for account_id in ids:
-                    wanted.setdefault(shard_of(account_id, shard_count), set()).add(account_id)
+        for entry in group:
+            for account_id in lookups[index[entry]]:
+                wanted.setdefault(shard_of(account_id, shard_count), set()).add(account_id)
+        shards = {
+            s: asyncio.ensure_future(_read_shard(read, s, sorted(ids))) for s, ids in wanted.items()
+        }
 
-        async def one(shard: int, ids: list[str]) -> None:
+        async def one(entry: _Lookup) -> None:
             try:
-                for start in range(0, len(ids), MAX_BATCH):
-                    chunk = ids[start : start + MAX_BATCH]
-                    found.update(zip(chunk, await read(shard, chunk), strict=True))
-            except LedgerError as error:
-                failed[shard] = error.detail
+                found = [await shards[s] for s in sorted(entry.shards)]
+            finally:
+                barrier.leave(entry)
+            answers[index[entry]] = _answer(lookups[index[entry]], entry, found)
 
-        await asyncio.gather(*(one(s, sorted(ids)) for s, ids in wanted.items()))
-    answers = []
-    for ids, entry in zip(lookups, entries, strict=True):
-        lost = sorted(s for s in entry.shards if s in failed)
-        if entry.refusal is None and lost:
-            entry.refusal = f"shard {lost[0]}: {failed[lost[0]]}"
-        if entry.refusal is not None:
-            answers.append(LookupAnswer(error=ErrorCode.UNAVAILABLE, detail=entry.refusal))
-        else:
-            answers.append(LookupAnswer(views=[found[a] for a in ids]))
-    return answers
+        try:
+            await asyncio.gather(*(one(entry) for entry in group))
+        finally:
+            for task in shards.values():
+                task.cancel()
+
+    try:
+        await barrier.admit(
+            entries, down, lambda g: groups.append(asyncio.ensure_future(read_group(g)))
+        )
+        await asyncio.gather(*groups)
+    finally:
+        for task in groups:
+            task.cancel()
+        for entry in entries:
+            barrier.leave(entry)
+    return [
+        a if a is not None else LookupAnswer(error=ErrorCode.UNAVAILABLE, detail=e.refusal or "")
+        for a, e in zip(answers, entries, strict=True)
+    ]
+
+
+async def _read_shard(
+    read: ShardRead, shard: int, ids: list[str]
+) -> dict[str, BalanceView | None] | str:
+    """The balances of ``ids`` on ``shard``, or why they could not be read."""
+    found: dict[str, BalanceView | None] = {}
+    try:
+        for start in range(0, len(ids), MAX_BATCH):
+            chunk = ids[start : start + MAX_BATCH]
+            found.update(zip(chunk, await read(shard, chunk), strict=True))
+    except LedgerError as error:
+        return f"shard {shard}: {error.detail}"
+    return found
+
+
+def _answer(
+    ids: list[str], entry: _Lookup, found: list[dict[str, BalanceView | None] | str]
+) -> LookupAnswer:
+    views: dict[str, BalanceView | None] = {}
+    for shard_views in found:
+        if isinstance(shard_views, str):
+            return LookupAnswer(error=ErrorCode.UNAVAILABLE, detail=entry.refusal or shard_views)
+        views.update(shard_views)
+    if entry.refusal is not None:
+        return LookupAnswer(error=ErrorCode.UNAVAILABLE, detail=entry.refusal)
+    return LookupAnswer(views=[views[a] for a in ids])
