@@ -13,7 +13,6 @@ answer again, every unsettled transfer settles on retry with its id, and the boo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 import signal
@@ -24,19 +23,22 @@ from typing import Any
 
 import ray
 
+# The stalled-shard test's builders (same 4 shards, victim 3, ids homed off it).
+from tests.actors.test_actors_stalled_shard import (
+    SHARDS,
+    VICTIM,
+    ids_homed_off_victim,
+    open_accounts,
+    submit,
+)
 from tests.support.audit import assert_books_balance
-from tests.support.orders import account_specs, ids_on, pay, topup
+from tests.support.orders import pay
 from tokpay.actors.deploy import LedgerHandles
 from tokpay.actors.timing import LOOKUP_WAIT_SECONDS, PREPARE_DEADLINE_SECONDS
-from tokpay.client import LedgerClient, SyncLedgerClient
+from tokpay.client import LedgerClient
 from tokpay.ledger.errors import ErrorCode, LedgerError
-from tokpay.ledger.shard_ledger import home_of
 
-SHARDS = 4
-VICTIM = 3
 HEALTHY = (0, 1, 2)
-ACCOUNTS_PER_SHARD = 4
-FUNDS = 1_000_000
 WRITERS = 6
 READERS = 4
 BEFORE_SECONDS = 2.0
@@ -56,27 +58,15 @@ class Read:
     error: str | None
 
 
-def ids_homed_off_victim(prefix: str) -> Any:
-    for n in itertools.count():
-        if home_of(candidate := f"{prefix}-{n}", SHARDS) != VICTIM:
-            yield candidate
-
-
-async def submit(client: LedgerClient, order: Any) -> str | None:
-    try:
-        return (await client.submit(order)).error
-    except LedgerError as error:
-        return error.code
-
-
 async def writer(
     client: LedgerClient,
     accounts: dict[int, list[str]],
     seed: int,
+    ids: Any,
     unsettled: list[Any],
     stop: asyncio.Event,
 ) -> None:
-    rng, ids = random.Random(seed), ids_homed_off_victim(f"stuck-{seed}")
+    rng = random.Random(seed)
     while not stop.is_set():
         debit, credit = rng.sample(range(SHARDS), 2)
         order = pay(rng.choice(accounts[debit]), [(rng.choice(accounts[credit]), 1)], id=next(ids))
@@ -117,16 +107,6 @@ async def settle(client: LedgerClient, unsettled: list[Any]) -> None:
         await asyncio.sleep(0.2)
 
 
-def open_accounts(handles: LedgerHandles) -> dict[int, list[str]]:
-    accounts = {s: ids_on(s, SHARDS, ACCOUNTS_PER_SHARD, "stuck") for s in range(SHARDS)}
-    everyone = [a for ids in accounts.values() for a in ids]
-    sync = SyncLedgerClient(handles)
-    assert all(o.created for o in sync.create_accounts(account_specs(everyone)))
-    topups = [topup(a, FUNDS, id=f"stuck-top-{a}", shard_count=SHARDS) for a in everyone]
-    assert all(o.transfer is not None for o in sync.submit_many(topups))
-    return accounts
-
-
 def test_a_stopped_shard_refuses_only_the_lookups_spanning_it(
     ledger_runner: Any, tmp_path: Path
 ) -> None:
@@ -137,8 +117,9 @@ def test_a_stopped_shard_refuses_only_the_lookups_spanning_it(
 
     async def scenario() -> tuple[float, float]:
         client, stop, unsettled = LedgerClient(handles), asyncio.Event(), []
+        ids = ids_homed_off_victim()
         running = asyncio.gather(
-            *(writer(client, accounts, n, unsettled, stop) for n in range(WRITERS)),
+            *(writer(client, accounts, n, ids, unsettled, stop) for n in range(WRITERS)),
             *(reader(client, accounts, 100 + n, reads, stop) for n in range(READERS)),
         )
         await asyncio.sleep(BEFORE_SECONDS)
