@@ -91,15 +91,20 @@ class CoordinatorService(ReplicatedService):
         self.pending_commits: dict[str, list[int]] = (
             {} if snapshot is None else decode(snapshot, dict[str, list[int]])
         )
+        self._shards.barrier.unknown(self.pending_commits)
 
     def apply_record(self, payload: bytes) -> None:
         record = decode(payload, CoordinatorRecord)
+        # Replayed or followed: whoever delivered these, lookups treat them as torn until
+        # this copy delivers them everywhere itself (``read_barrier``).
         if isinstance(record, CoordinatorCommit):
-            for txid, shards in zip(record.txids, record.participants, strict=True):
-                self.pending_commits[txid] = shards
+            commits = dict(zip(record.txids, record.participants, strict=True))
+            self.pending_commits.update(commits)
+            self._shards.barrier.unknown(commits)
         else:
             for txid in record.txids:
                 self.pending_commits.pop(txid, None)
+            self._shards.barrier.forget(record.txids)
 
     def snapshot_payload(self) -> bytes:
         return encode(self.pending_commits)
@@ -125,6 +130,11 @@ class CoordinatorService(ReplicatedService):
         if len(orders) > MAX_BATCH:
             raise ValueError(f"batch of {len(orders)} exceeds MAX_BATCH={MAX_BATCH}")
         return encode(await self._submit(orders))
+
+    async def lookup(self, payload: bytes) -> bytes:
+        """Balances of lookups spanning shards, none showing a transfer half applied."""
+        lookups = decode(payload, list[list[str]])
+        return encode(await self._shards.lookup(lookups, self._shard_count))
 
     async def ensure_recovered(self) -> None:
         if self._recovered:
@@ -173,8 +183,8 @@ class CoordinatorService(ReplicatedService):
             for t in txids
             if t not in self._inflight_txids
         ]
-        for start in range(0, len(decisions), MAX_BATCH):
-            await self._call_shard(shard, "decide", encode(decisions[start : start + MAX_BATCH]))
+        commits = {d.txid: self.pending_commits[d.txid] for d in decisions if d.commit}
+        await self._shards.decide_on(shard, decisions, commits)
         return sum(1 for d in decisions if not d.commit)
 
     async def sweep_forever(self) -> None:
@@ -358,6 +368,8 @@ class CoordinatorActor:
         replica: ReplicaSpec | None = None,
     ) -> None:
         self._channels: dict[int, ActorChannel] = {}
+        # Lookups read on their own connections: a read never queues behind a prepare.
+        self._read_channels: dict[int, ActorChannel] = {}
         self._shard_count = shard_count
         self._directory: Directory = (
             NamedActorDirectory(shard_count) if replica is None else ControllerDirectory()
@@ -378,6 +390,7 @@ class CoordinatorActor:
         )
         self._methods: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
             "submit": self.submit,
+            "lookup": self.lookup,
             "stats": self._encoded_stats,
         }
         """What the coordinator serves to clients on its channel."""
@@ -428,15 +441,16 @@ class CoordinatorActor:
         return await self._channel_server.start(self._host_ip)
 
     async def _call(self, shard: int, method: str, payload: bytes) -> Any:
-        channel = self._channels.get(shard)
+        channels = self._read_channels if method == "balances" else self._channels
+        channel = channels.get(shard)
         if channel is None:
             directory = self._directory
             group = shard_group(shard)
 
-            async def lookup() -> ChannelAddress:
+            async def address() -> ChannelAddress:
                 return await directory.address(group)
 
-            channel = self._channels[shard] = ActorChannel(lookup)
+            channel = channels[shard] = ActorChannel(address)
         raw = await channel.call(method, payload)
         return decode(raw, list[str]) if method == "in_doubt" else raw
 
@@ -452,6 +466,13 @@ class CoordinatorActor:
         if self._sweeper is None:
             await self.start()
         return await service.submit(payload)
+
+    async def lookup(self, payload: bytes) -> bytes:
+        # Under the lease, checked again after the reads: a deposed coordinator no longer
+        # knows every delivery in flight, so it must not answer (docs/ARCHITECTURE.md).
+        answer = await self._host.leased().lookup(payload)
+        self._host.check_lease_after_read()
+        return answer
 
     async def resolve_in_doubt(self) -> dict[str, int]:
         return await self._host.primary().resolve_in_doubt()

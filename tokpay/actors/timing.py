@@ -96,6 +96,14 @@ transactions and gets nothing more from client batches until it answers a probe.
 PROBE_PAUSE_SECONDS = 0.2
 """Pause between two probes of a shard that missed its deadline."""
 
+LOOKUP_WAIT_SECONDS = 1.0
+"""How long a lookup spanning shards waits for commit decisions still being applied among
+its shards (``read_barrier``) before it answers 503; its reads then get a prepare deadline."""
+
+DELIVERY_WAIT_SECONDS = 0.5
+"""How long a commit's first delivery waits for the lookups that began before it among its
+participants; past it the delivery goes ahead and those lookups answer 503 instead."""
+
 # -- clients (gateway, coordinator) -----------------------------------------------------------
 
 CHANNEL_RETRY_BUDGET_SECONDS = 15.0
@@ -160,8 +168,13 @@ _require(
     "a shard is judged unreachable no sooner than its primary stops serving without its lease",
 )
 _require(
-    2 * PREPARE_DEADLINE_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
-    "a gateway's call to the coordinator outlasts a prepare and a commit that both run out",
+    2 * PREPARE_DEADLINE_SECONDS + DELIVERY_WAIT_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    "a gateway's call to the coordinator outlasts a prepare and a commit that both run out, "
+    "and the commit's wait for earlier lookups",
+)
+_require(
+    LOOKUP_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    "a gateway's lookup call outlasts the read barrier's wait and a read that runs out",
 )
 _require(ROUTES_FRESH_SECONDS < ROUTES_REFRESH_SECONDS, "shared lookups are fresher than refreshes")
 _require(SNAPSHOT_EVERY_RECORDS > 0, "snapshots are taken")

@@ -6,19 +6,23 @@ participants, retrying, and says which transactions are not yet applied everywhe
 Both are bounded in time per shard: a shard that misses its deadline is marked in
 ``Unreachable`` and gets no more calls from client batches until a probe reaches it,
 so one stopped shard holds up only the transactions that touch it.
-The outcome helpers turn votes into what the client is told. ``CoordinatorService``
-decides what is logged and when; this module only talks to shards.
+Commits pass the read barrier (``read_barrier``) on their way out, and lookups spanning
+shards are read here behind it. The outcome helpers turn votes into what the client is
+told. ``CoordinatorService`` decides what is logged and when; this module only talks to
+shards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokpay.actors.channel import NotPrimary
 from tokpay.actors.protocol import decode, encode
+from tokpay.actors.read_barrier import LookupAnswer, ReadBarrier, read_whole
 from tokpay.actors.timing import (
     DECIDE_ATTEMPTS,
     DECIDE_BACKOFF_SECONDS,
@@ -26,9 +30,17 @@ from tokpay.actors.timing import (
     PROBE_PAUSE_SECONDS,
     SHARD_CALL_TIMEOUT_SECONDS,
 )
-from tokpay.ledger.errors import ErrorCode
+from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH
-from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
+from tokpay.ledger.model import (
+    BalanceView,
+    Decision,
+    Prepare,
+    Transfer,
+    TransferOrder,
+    TransferOutcome,
+    Vote,
+)
 
 log = logging.getLogger("tokpay.coordinator")
 
@@ -102,6 +114,7 @@ class Participants:
     def __init__(self, call_shard: ShardCall, probe: ShardProbe) -> None:
         self.call = call_shard
         self.unreachable = Unreachable(probe)
+        self.barrier = ReadBarrier()
         # Abort deliveries outlive the batch that started them; kept so none is collected.
         self._background: set[asyncio.Task[set[str]]] = set()
 
@@ -114,11 +127,89 @@ class Participants:
         )
 
     async def deliver(
-        self, decisions: list[Decision], participants: dict[str, list[int]], deadline: float
+        self, decisions: list[Decision], participants: Mapping[str, Sequence[int]], deadline: float
     ) -> set[str]:
-        return await deliver(
-            self.call, decisions, participants, deadline=deadline, unreachable=self.unreachable
+        """Send decisions to their participants, retrying for at most ``deadline`` per shard;
+        returns the txids not delivered everywhere. A commit's first delivery passes the read
+        barrier; aborts and commits already on their way go at once, so a lookup waiting for
+        one of those never waits for a delivery that waits for it."""
+        now, first = self._split(decisions)
+        failed = await asyncio.gather(
+            self._send(now, participants, deadline),
+            self._send_first(first, participants, deadline),
         )
+        return failed[0] | failed[1]
+
+    async def decide_on(
+        self, shard: int, decisions: list[Decision], commits: Mapping[str, Sequence[int]]
+    ) -> None:
+        """Decisions for one shard's in-doubt holds (the sweep and the probe bound it in
+        time); raises unless the shard applied them all."""
+        now, first = self._split(decisions)
+        await self._decide_chunks(shard, now)
+        if first:
+            await self.barrier.before_delivery({d.txid: commits[d.txid] for d in first})
+            await self._decide_chunks(shard, first)
+
+    async def lookup(self, lookups: list[list[str]], shard_count: int) -> list[LookupAnswer]:
+        """Lookups spanning shards, answered in one pass behind the read barrier."""
+        return await read_whole(
+            self.barrier, lookups, shard_count, self.read_balances, self.unreachable
+        )
+
+    async def read_balances(self, shard: int, ids: list[str]) -> list[BalanceView | None]:
+        """Balances on one shard for a lookup, within a prepare deadline; a shard that misses
+        it is marked unreachable, as one that misses a vote is."""
+        try:
+            raw = await asyncio.wait_for(
+                self.call(shard, "balances", encode(ids)), PREPARE_DEADLINE_SECONDS
+            )
+        except TimeoutError:
+            self.unreachable.mark(shard)
+            raise LedgerError(ErrorCode.UNAVAILABLE, "not answering; retry later") from None
+        except NotPrimary as error:
+            raise LedgerError(ErrorCode.UNAVAILABLE, str(error)) from error
+        views: list[BalanceView | None] = decode(raw, list[BalanceView | None])
+        return views
+
+    def _split(self, decisions: list[Decision]) -> tuple[list[Decision], list[Decision]]:
+        """(those that may go at once, commits never sent before)."""
+        first = [d for d in decisions if d.commit and not self.barrier.is_torn(d.txid)]
+        chosen = {d.txid for d in first}
+        return [d for d in decisions if d.txid not in chosen], first
+
+    async def _send_first(
+        self, decisions: list[Decision], participants: Mapping[str, Sequence[int]], deadline: float
+    ) -> set[str]:
+        if not decisions:
+            return set()
+        await self.barrier.before_delivery({d.txid: participants[d.txid] for d in decisions})
+        return await self._send(decisions, participants, deadline)
+
+    async def _send(
+        self, decisions: list[Decision], participants: Mapping[str, Sequence[int]], deadline: float
+    ) -> set[str]:
+        by_shard: dict[int, list[Decision]] = {}
+        for decision in decisions:
+            for shard in participants[decision.txid]:
+                by_shard.setdefault(shard, []).append(decision)
+
+        async def one(shard: int, group: list[Decision]) -> set[str]:
+            lost = await _deliver_to(self.call, shard, group, deadline, self.unreachable)
+            # Each shard as it answers: lookups away from a stalled shard must not wait for it.
+            self.barrier.confirmed(
+                shard, [d.txid for d in group if d.commit and d.txid not in lost]
+            )
+            return lost
+
+        failed = await asyncio.gather(*(one(s, group) for s, group in by_shard.items()))
+        return {txid for shard_failures in failed for txid in shard_failures}
+
+    async def _decide_chunks(self, shard: int, decisions: list[Decision]) -> None:
+        for start in range(0, len(decisions), MAX_BATCH):
+            chunk = decisions[start : start + MAX_BATCH]
+            await self.call(shard, "decide", encode(chunk))
+            self.barrier.confirmed(shard, [d.txid for d in chunk if d.commit])
 
     async def settle(self, shard: int) -> int:
         """One sweep of ``shard``'s in-doubt holds, bounded in time; how many it aborted."""
@@ -184,30 +275,6 @@ async def prepare_on(
 def _vote_unavailable(shard: int, chunk: list[PendingTx], detail: str) -> None:
     for tx in chunk:
         tx.votes[shard] = Vote(txid=tx.txid, ok=False, error=ErrorCode.UNAVAILABLE, detail=detail)
-
-
-async def deliver(
-    call_shard: ShardCall,
-    decisions: list[Decision],
-    participants: dict[str, list[int]],
-    *,
-    deadline: float,
-    unreachable: Unreachable,
-) -> set[str]:
-    """Send decisions to their participants, retrying for at most ``deadline`` per shard;
-    returns the txids not delivered everywhere. A marked shard is not called; one that
-    runs out of time is marked."""
-    by_shard: dict[int, list[Decision]] = {}
-    for decision in decisions:
-        for shard in participants[decision.txid]:
-            by_shard.setdefault(shard, []).append(decision)
-    failed = await asyncio.gather(
-        *(
-            _deliver_to(call_shard, shard, group, deadline, unreachable)
-            for shard, group in by_shard.items()
-        )
-    )
-    return {txid for shard_failures in failed for txid in shard_failures}
 
 
 async def _deliver_to(

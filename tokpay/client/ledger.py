@@ -26,6 +26,7 @@ from tokpay.actors.naming import (
     shard_group,
 )
 from tokpay.actors.protocol import ChannelAddress, HistoryReply, ShardStats, decode, encode
+from tokpay.actors.read_barrier import LookupAnswer
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
@@ -33,7 +34,9 @@ from tokpay.ledger.limits import (
     MAX_CONCURRENT_LOOKUPS,
     MAX_INFLIGHT_BATCHES,
     MAX_INFLIGHT_CROSS_BATCHES,
+    MAX_INFLIGHT_LOOKUP_BATCHES,
     MAX_LOOKUP_IDS,
+    MAX_LOOKUPS_PER_BATCH,
     MAX_PENDING_PER_SHARD,
 )
 from tokpay.ledger.model import (
@@ -72,8 +75,14 @@ class LedgerClient:
         *,
         directory: Directory | None = None,
         shard_count: int | None = None,
+        read_barrier: bool = True,
     ) -> None:
+        """``read_barrier=False`` is internal, for the benchmark and the test that show what
+        the barrier costs and prevents: lookups spanning shards then read each shard
+        directly and may show a transfer on one shard and not yet on another. The product
+        never sets it."""
         self.handles = handles
+        self._read_barrier = read_barrier
         if handles is not None:
             shard_count = handles.shard_count
         if shard_count is None:
@@ -95,6 +104,15 @@ class LedgerClient:
         self._orders = [self._batcher(self._order_batch(s)) for s in range(shard_count)]
         self._claims = [self._batcher(self._claim_batch(s)) for s in range(shard_count)]
         self._cross = self._batcher(self._cross_batch, MAX_INFLIGHT_CROSS_BATCHES)
+        self._lookup_channels = [
+            self._channel(COORDINATOR_GROUP) for _ in range(MAX_INFLIGHT_LOOKUP_BATCHES)
+        ]
+        self._spanning: Batcher[list[str], LookupAnswer] = Batcher(
+            self._spanning_batch,
+            max_batch=MAX_LOOKUPS_PER_BATCH,
+            max_pending=MAX_CONCURRENT_LOOKUPS,
+            max_inflight=MAX_INFLIGHT_LOOKUP_BATCHES,
+        )
         self._lookups = 0
         self.batch_observer: Any = None
 
@@ -151,12 +169,7 @@ class LedgerClient:
         return send
 
     async def _cross_batch(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
-        # The batcher runs at most MAX_INFLIGHT_CROSS_BATCHES sends: a channel is always free.
-        channel = self._cross_channels.pop()
-        try:
-            raw = await channel.call("submit", encode(orders))
-        finally:
-            self._cross_channels.append(channel)
+        raw = await _on_free_channel(self._cross_channels, "submit", encode(orders))
         return decode(raw, list[TransferOutcome])
 
     # -- reads ---------------------------------------------------------------------------
@@ -182,7 +195,15 @@ class LedgerClient:
             self._lookups -= 1
 
     async def _lookup(self, account_ids: Sequence[str]) -> list[BalanceView | None]:
+        """One shard applies a decision atomically, so a lookup on one shard reads it
+        directly; one spanning shards goes through the coordinator's read barrier, which
+        never shows a transfer applied on one shard and not yet on another."""
         groups = group_by_shard(account_ids, lambda a: a, self.shard_count)
+        if len(groups) > 1 and self._read_barrier:
+            answer = await self._spanning.submit(list(account_ids))
+            if answer.views is None:
+                raise LedgerError(ErrorCode(answer.error or ErrorCode.UNAVAILABLE), answer.detail)
+            return answer.views
         out: list[BalanceView | None] = [None] * len(account_ids)
 
         async def one(shard: int, indexed: list[tuple[int, str]]) -> None:
@@ -195,6 +216,10 @@ class LedgerClient:
 
         await asyncio.gather(*(one(s, g) for s, g in groups.items()))
         return out
+
+    async def _spanning_batch(self, lookups: list[list[str]]) -> list[LookupAnswer]:
+        raw = await _on_free_channel(self._lookup_channels, "lookup", encode(lookups))
+        return decode(raw, list[LookupAnswer])
 
     async def account(self, account_id: str) -> Account | None:
         raw = await self._misc(
@@ -263,6 +288,16 @@ class LedgerClient:
     async def coordinator_stats(self) -> dict[str, int]:
         raw = await self._coordinator_channel.call("stats", b"")
         return decode(raw, dict[str, int])
+
+
+async def _on_free_channel(channels: list[ActorChannel], method: str, payload: bytes) -> bytes:
+    """A call on one of ``channels``, which answer one call at a time each: the batcher in
+    front runs no more sends at once than there are channels, so one is always free."""
+    channel = channels.pop()
+    try:
+        return await channel.call(method, payload)
+    finally:
+        channels.append(channel)
 
 
 def claim_home(order: TransferOrder, shards: set[int], shard_count: int) -> int | None:

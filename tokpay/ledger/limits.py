@@ -31,6 +31,14 @@ MAX_LOOKUP_IDS: Final = 1_000
 MAX_CONCURRENT_LOOKUPS: Final = 64
 """Batched lookups one gateway process runs at once before answering 429."""
 
+MAX_LOOKUPS_PER_BATCH: Final = MAX_CONCURRENT_LOOKUPS
+"""Lookups spanning shards in one call to the coordinator (so at most
+``MAX_LOOKUPS_PER_BATCH * MAX_LOOKUP_IDS`` ids)."""
+
+MAX_INFLIGHT_LOOKUP_BATCHES: Final = 2
+"""Batches of spanning lookups one gateway process keeps in flight to the coordinator, each
+on its own connection: a batch waiting at the read barrier does not hold up the next."""
+
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
 """History page sizes."""
