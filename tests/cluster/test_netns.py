@@ -1,8 +1,10 @@
 """A 3-node cluster with every node in its own network namespace (`cluster up --netns`):
-real per-node addresses, replicas bound to them, and a partition drill under load.
+real per-node addresses, replicas bound to them, a transfer served through the gateway.
 
-Needs root and `ip netns` (skipped, saying why, where the machine lacks them). The
+Needs root and `ip netns` (fails, saying why, where the machine lacks them). The
 namespaces, veths and bridge are removed by `cluster down`, also when the test fails.
+The partition drills themselves (`tokpay drill --target partition`, several leases
+under load) are runs of the CLI with their figures in bench/RESULTS.md, not a test.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,11 @@ from tokpay.cluster import netns
 from tokpay.cluster.local import LocalCluster
 from tokpay.cluster.sessions import session_pids
 from tokpay.testing.nemesis import wait_cluster_healthy
-from tokpay.testing.partition import partition_drill
 
 RAY_PORT = 19320
 """Redis and Ray Client take the two after it."""
 GATEWAY_PORT = 19330
 SHARDS = 4
-DRILL_BEFORE_SECONDS = 3.0
-DRILL_AFTER_SECONDS = 6.0
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,20 +80,8 @@ def replicas(cluster: LocalCluster, group: str) -> dict[str, Any]:
     return parsed
 
 
-def keep_evidence(cluster: LocalCluster, report: dict[str, Any]) -> Path:
-    """The cluster's logs, the drill's report and the ledger's sum of balances read again
-    15 s later (a transient or a lasting break), kept for the lead after teardown."""
-    kept = Path(f"/tmp/netns-failed-{secrets.token_hex(3)}")
-    shutil.copytree(cluster.logs_dir, kept / "logs")
-    time.sleep(15)
-    with httpx.Client(base_url=f"http://127.0.0.1:{GATEWAY_PORT}", timeout=30) as http:
-        report["summary_15s_later"] = http.get("/v1/ledger/summary").json()
-    (kept / "report.json").write_text(json.dumps(report, indent=2))
-    return kept
-
-
 @pytest.mark.timeout(300)
-def test_netns_cluster_binds_node_addresses_and_survives_a_partition(
+def test_netns_cluster_binds_node_addresses_and_serves(
     cluster: LocalCluster,
 ) -> None:
     assert cluster.ray_address == f"{netns.node_address(0)}:{RAY_PORT}"
@@ -126,17 +112,3 @@ def test_netns_cluster_binds_node_addresses_and_survives_a_partition(
             host = member["address"][0]
             assert host == cluster.node_ip(member["node"]), (group, role, member)
             assert host.startswith(netns.SUBNET_PREFIX) and host not in ("0.0.0.0", "127.0.0.1")
-
-    report = partition_drill(
-        cluster,
-        "partition",
-        before_seconds=DRILL_BEFORE_SECONDS,
-        after_seconds=DRILL_AFTER_SECONDS,
-    )
-    print(f"partition drill: {report.as_dict()}")
-    if report.violations:
-        kept = keep_evidence(cluster, report.as_dict())
-        assert report.violations == [], f"{report.violations}; logs and report in {kept}"
-    assert report.acknowledged > 50
-    assert report.lost == 0 and report.doubled == 0 and report.backwards_reads == 0
-    assert report.sum_of_balances == 0
