@@ -19,7 +19,7 @@ from tokpay.cluster.local import LocalCluster
 from tokpay.testing.drill import HistoryOptions, drill_cluster
 from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryFull
 from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
-from tokpay.testing.partition import PARTITION_TARGETS, partition_drill, require_netns
+from tokpay.testing.partition import PARTITION_TARGETS, require_netns
 from tokpay.testing.powercut import RESTART_TARGETS
 from tokpay.testing.report import DrillReport, print_report, print_summary
 from tokpay.testing.workload import DrillLoad
@@ -155,8 +155,7 @@ def _drill_with_progress(
                 f"retried errors={errors}  backwards reads={load.backwards}"
             )
 
-        run = partition_drill if target in PARTITION_TARGETS else drill_cluster
-        return run(
+        return drill_cluster(
             cluster,
             target,
             before_seconds=before,

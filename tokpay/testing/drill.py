@@ -30,6 +30,7 @@ from tokpay.testing.nemesis import (
     kill_and_recover,
     wait_cluster_healthy,
 )
+from tokpay.testing.partition import PARTITION_TARGETS, partition_kill, require_netns
 from tokpay.testing.powercut import (
     RESTART_RESUME_WAIT_SECONDS,
     RESTART_TARGETS,
@@ -200,6 +201,9 @@ def drill_cluster(
         nodes = choose_pair(status)[1] if target == "pair" else []
         kill, recover = restart_kill(cluster, target, nodes, timings), lambda: None
         resume_wait = RESTART_RESUME_WAIT_SECONDS
+    elif target in PARTITION_TARGETS:
+        require_netns(cluster)
+        kill, recover = partition_kill(cluster, target, status)
     else:
         kind, name = choose_victim(target, status)
         kill, recover = kill_and_recover(cluster, kind, name)

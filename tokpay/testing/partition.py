@@ -17,7 +17,6 @@ Only the cluster's own ``tpn`` interfaces and namespaces are touched.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import time
@@ -28,9 +27,7 @@ from tokpay.actors.timing import LEASE_MARGIN_SECONDS, LEASE_SECONDS
 from tokpay.cluster import netns
 from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.local import LocalCluster
-from tokpay.testing.drill import HistoryOptions, Progress, run_drill
-from tokpay.testing.nemesis import choose_victim, cluster_status_subprocess, wait_cluster_healthy
-from tokpay.testing.report import DrillReport
+from tokpay.testing.nemesis import choose_victim
 
 PARTITION_TARGETS = ("partition", "partition-oneway", "slow-link")
 CUT_SECONDS = 5.0
@@ -39,6 +36,10 @@ SLOW_DELAY = "200ms"
 SLOW_LOSS = "5%"
 ONEWAY_TABLE = "tpn_oneway"
 COMMAND_TIMEOUT_SECONDS = 20.0
+HEALED_SETTLE_SECONDS = 20.0
+"""How long a healed node must then stay alive before the drill trusts it (the GCS may
+still declare it dead and its raylet then exits: the drill restarts it, as a supervisor
+would)."""
 HEALED_ALIVE_WAIT_SECONDS = 3.0
 """After healing, how long the cut node may take to show up alive in Ray again before
 it counts as declared dead (its raylet exits then) and is restarted. A node the GCS
@@ -173,41 +174,16 @@ def partition_kill(
 
 
 def _restart_if_dead(cluster: LocalCluster, node: str) -> None:
-    """Restart ``node`` unless it is alive in Ray: a node cut off longer than the GCS's
-    health checks is declared dead, and its raylet exits once it hears so."""
+    """Restart ``node`` unless it is alive in Ray and stays so: a node cut off longer than
+    the GCS's health checks is declared dead, and its raylet exits once it hears so, which
+    can be seconds after the heal (seen here: 20 s after the cut began)."""
     deadline = time.monotonic() + HEALED_ALIVE_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        if cluster.node_alive(node):
+    while time.monotonic() < deadline and not cluster.node_alive(node):
+        time.sleep(1.0)
+    settled = time.monotonic() + HEALED_SETTLE_SECONDS
+    while cluster.node_alive(node) and cluster.node_running(node):
+        if time.monotonic() > settled:
             return
         time.sleep(1.0)
     cluster.kill_node(node)
     cluster.start_node(node)
-
-
-def partition_drill(
-    cluster: LocalCluster,
-    target: str,
-    *,
-    before_seconds: float,
-    after_seconds: float,
-    progress: Progress | None = None,
-    history: HistoryOptions | None = None,
-) -> DrillReport:
-    """One drill of ``target`` (one of PARTITION_TARGETS) on a running --netns cluster:
-    wait until it is healthy, choose the node or path, run the drill against its gateway."""
-    require_netns(cluster)
-    wait_cluster_healthy(cluster.data_dir)
-    kill, recover = partition_kill(cluster, target, cluster_status_subprocess(cluster.data_dir))
-    return asyncio.run(
-        run_drill(
-            f"http://127.0.0.1:{int(cluster.settings['port'])}",
-            int(cluster.settings["shards"]),
-            target,
-            kill,
-            recover,
-            before_seconds=before_seconds,
-            after_seconds=after_seconds,
-            progress=progress,
-            history=history,
-        )
-    )
