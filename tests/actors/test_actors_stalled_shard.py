@@ -14,10 +14,7 @@ coordinator sees it, so it touches the victim too (and waits on the claim's own 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +23,25 @@ from typing import Any
 import ray
 
 from tests.support.audit import assert_books_balance, in_doubt
-from tests.support.orders import account_specs, ids_on, pay, topup
+from tests.support.orders import pay
+from tests.support.stalled import (
+    FUNDS,
+    HEALTHY,
+    SETTLE_SECONDS,
+    SHARDS,
+    VICTIM,
+    ids_homed_off_victim,
+    open_accounts,
+    retry_until_settled,
+    stop_for,
+    submit,
+)
 from tokpay.actors.deploy import LedgerHandles
 from tokpay.actors.timing import PREPARE_DEADLINE_SECONDS
-from tokpay.client import LedgerClient, SyncLedgerClient
-from tokpay.ledger.errors import ErrorCode, LedgerError
+from tokpay.client import LedgerClient
+from tokpay.ledger.errors import ErrorCode
 from tokpay.ledger.model import TransferOrder
-from tokpay.ledger.shard_ledger import home_of
 
-SHARDS = 4
-VICTIM = 3
-HEALTHY = (0, 1, 2)
-ACCOUNTS_PER_SHARD = 6
-FUNDS = 1_000_000
 HEALTHY_WORKERS = 8
 VICTIM_WORKERS = 2
 BEFORE_SECONDS = 4.0
@@ -51,7 +54,6 @@ MIN_RATE_RATIO = 0.5
 ANSWER_LIMIT_SECONDS = 2 * PREPARE_DEADLINE_SECONDS + 2.0
 """A transfer touching the stopped shard is answered within its prepare's deadline and a
 commit delivery's, plus scheduling slack on a shared 2-core machine."""
-SETTLE_SECONDS = 30.0
 
 
 @dataclass
@@ -61,20 +63,6 @@ class Sent:
     started: float
     finished: float
     error: str | None
-
-
-def ids_homed_off_victim() -> Any:
-    for n in itertools.count():
-        candidate = f"stall-{n}"
-        if home_of(candidate, SHARDS) != VICTIM:
-            yield candidate
-
-
-async def submit(client: LedgerClient, order: TransferOrder) -> str | None:
-    try:
-        return (await client.submit(order)).error
-    except LedgerError as error:
-        return error.code
 
 
 async def load(
@@ -106,28 +94,10 @@ async def load(
 async def settle(client: LedgerClient, sent: list[Sent]) -> dict[str, TransferOrder]:
     """Retry every transfer answered 503 with its id until it settles; the applied ones."""
     applied = {s.order.id: s.order for s in sent if s.error is None}
-    unsettled = [s.order for s in sent if s.error == ErrorCode.UNAVAILABLE]
     assert {s.error for s in sent} <= {None, ErrorCode.UNAVAILABLE}
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while unsettled:
-        assert time.monotonic() < deadline, f"{len(unsettled)} transfers never settled"
-        errors = await asyncio.gather(*(submit(client, order) for order in unsettled))
-        for order, error in zip(unsettled, errors, strict=True):
-            if error is None:
-                applied[order.id] = order
-        unsettled = [o for o, e in zip(unsettled, errors, strict=True) if e is not None]
-        await asyncio.sleep(0.2)
+    unsettled = [s.order for s in sent if s.error == ErrorCode.UNAVAILABLE]
+    applied.update((o.id, o) for o in await retry_until_settled(client, unsettled))
     return applied
-
-
-def open_accounts(handles: LedgerHandles) -> dict[int, list[str]]:
-    accounts = {s: ids_on(s, SHARDS, ACCOUNTS_PER_SHARD, "stall") for s in range(SHARDS)}
-    everyone = [a for ids in accounts.values() for a in ids]
-    sync = SyncLedgerClient(handles)
-    assert all(o.created for o in sync.create_accounts(account_specs(everyone)))
-    topups = [topup(a, FUNDS, id=f"stall-top-{a}", shard_count=SHARDS) for a in everyone]
-    assert all(o.transfer is not None for o in sync.submit_many(topups))
-    return accounts
 
 
 async def wait_settled(client: LedgerClient, handles: LedgerHandles) -> None:
@@ -161,15 +131,9 @@ def test_a_stopped_shard_stalls_only_the_transfers_that_touch_it(
         ]
         running = asyncio.gather(*workers)
         began = time.monotonic()
-        await asyncio.sleep(BEFORE_SECONDS)
-        stopped = time.monotonic()
-        os.kill(victim_pid, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(STOPPED_SECONDS)
-        finally:
-            os.kill(victim_pid, signal.SIGCONT)
-        resumed = time.monotonic()
-        await asyncio.sleep(AFTER_SECONDS)
+        stopped, resumed = await stop_for(
+            victim_pid, BEFORE_SECONDS, STOPPED_SECONDS, AFTER_SECONDS
+        )
         stop.set()
         await running
         applied = await settle(client, healthy + touching)

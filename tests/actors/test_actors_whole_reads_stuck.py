@@ -13,9 +13,7 @@ answer again, every unsettled transfer settles on retry with its id, and the boo
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +21,25 @@ from typing import Any
 
 import ray
 
+from tests.support.audit import assert_books_balance
+from tests.support.orders import pay
+
 # The stalled-shard test's builders (same 4 shards, victim 3, ids homed off it).
-from tests.actors.test_actors_stalled_shard import (
+from tests.support.stalled import (
+    HEALTHY,
     SHARDS,
     VICTIM,
     ids_homed_off_victim,
     open_accounts,
+    retry_until_settled,
+    stop_for,
     submit,
 )
-from tests.support.audit import assert_books_balance
-from tests.support.orders import pay
 from tokpay.actors.deploy import LedgerHandles
 from tokpay.actors.timing import LOOKUP_WAIT_SECONDS, PREPARE_DEADLINE_SECONDS
 from tokpay.client import LedgerClient
 from tokpay.ledger.errors import ErrorCode, LedgerError
 
-HEALTHY = (0, 1, 2)
 WRITERS = 6
 READERS = 4
 BEFORE_SECONDS = 2.0
@@ -47,7 +48,6 @@ AFTER_SECONDS = 3.0
 ANSWER_LIMIT_SECONDS = LOOKUP_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS + 1.0
 """A lookup spanning the stopped shard waits at most the barrier's wait, or reads it for at
 most a read's deadline; plus scheduling slack on a shared 2-core machine."""
-SETTLE_SECONDS = 30.0
 
 
 @dataclass
@@ -98,15 +98,6 @@ async def reader(
         await asyncio.sleep(0.01)
 
 
-async def settle(client: LedgerClient, unsettled: list[Any]) -> None:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while unsettled:
-        assert time.monotonic() < deadline, f"{len(unsettled)} transfers never settled"
-        errors = await asyncio.gather(*(submit(client, order) for order in unsettled))
-        unsettled[:] = [o for o, e in zip(unsettled, errors, strict=True) if e is not None]
-        await asyncio.sleep(0.2)
-
-
 def test_a_stopped_shard_refuses_only_the_lookups_spanning_it(
     ledger_runner: Any, tmp_path: Path
 ) -> None:
@@ -122,18 +113,12 @@ def test_a_stopped_shard_refuses_only_the_lookups_spanning_it(
             *(writer(client, accounts, n, ids, unsettled, stop) for n in range(WRITERS)),
             *(reader(client, accounts, 100 + n, reads, stop) for n in range(READERS)),
         )
-        await asyncio.sleep(BEFORE_SECONDS)
-        stopped = time.monotonic()
-        os.kill(victim_pid, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(STOPPED_SECONDS)
-        finally:
-            os.kill(victim_pid, signal.SIGCONT)
-        resumed = time.monotonic()
-        await asyncio.sleep(AFTER_SECONDS)
+        stopped, resumed = await stop_for(
+            victim_pid, BEFORE_SECONDS, STOPPED_SECONDS, AFTER_SECONDS
+        )
         stop.set()
         await running
-        await settle(client, unsettled)
+        await retry_until_settled(client, unsettled)
         return stopped, resumed
 
     stopped, resumed = asyncio.run(scenario())
