@@ -159,6 +159,12 @@ class LocalCluster:
         return netns.BRIDGE_ADDRESS if self.netns else None
 
     @property
+    def driver_node(self) -> str:
+        """The node whose raylet this host's drivers (the gateway) attach to: the drivers'
+        node of a --netns cluster, else the head (Ray prefers it among one host's nodes)."""
+        return DRIVERS_NAME if self.netns else self.head_name
+
+    @property
     def redis(self) -> RedisRecord:
         """The Redis behind the GCS: pid (its session), port, data dir, log."""
         return self._require_state()["redis"]

@@ -60,11 +60,12 @@ def restart_cluster(cluster: LocalCluster, say: Say, *, recover: bool = False) -
     except Exception as error:
         # A refusal from the controller reaches us wrapped in Ray's task error.
         raise ClusterError(str(getattr(error, "cause", None) or error)) from None
-    if cluster.head_name in result.started and cluster.service_alive(GATEWAY_SERVICE):
-        # The gateway is a Ray driver attached to the head's raylet (Ray prefers the
-        # head among the nodes of one host); that raylet died with the head, and a
-        # driver never moves to another, so the old gateway can reach no replica again.
-        say("the head was restarted: restarting the gateway, whose Ray driver was on it ...")
+    if cluster.driver_node in result.started and cluster.service_alive(GATEWAY_SERVICE):
+        # The gateway is a Ray driver attached to that node's raylet, which died; a driver
+        # never moves to another raylet, so the old gateway can reach no replica again.
+        say(
+            f"{cluster.driver_node} was restarted: restarting the gateway, whose Ray driver was on it ..."
+        )
         cluster.kill_service(GATEWAY_SERVICE)
     if not cluster.service_alive(GATEWAY_SERVICE):
         say("starting the gateway ...")
