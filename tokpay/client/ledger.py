@@ -352,18 +352,17 @@ class SyncLedgerClient:
         local: list[tuple[int, TransferOrder]] = []
         cross: list[tuple[int, TransferOrder]] = []
         claims: dict[int, list[tuple[int, TransferOrder]]] = {}
-        for index, order in enumerate(orders):
-            shards = {shard_of(a, self.shard_count) for a in order.accounts()}
+        touched = [{shard_of(a, self.shard_count) for a in o.accounts()} for o in orders]
+        for index, (order, shards) in enumerate(zip(orders, touched, strict=True)):
             home = claim_home(order, shards, self.shard_count)
             if home is not None:
                 claims.setdefault(home, []).append((index, order))
         refused = self._scatter(
             claims, len(orders), self._on_shard("claim_ids"), list[TransferOutcome]
         )
-        for index, order in enumerate(orders):
+        for index, (order, shards) in enumerate(zip(orders, touched, strict=True)):
             if refused[index] is not None and refused[index].error is not None:
                 continue
-            shards = {shard_of(a, self.shard_count) for a in order.accounts()}
             (local if len(shards) == 1 else cross).append((index, order))
         groups: dict[int, list[tuple[int, TransferOrder]]] = {}
         for index, order in local:
