@@ -180,6 +180,50 @@ def test_new_backup_carries_a_batch_the_old_one_never_acknowledged(
     assert CURRENCY in {a.currency for a in second.service.ledger.accounts.values()}
 
 
+class HeldBackup(BackupHarness):
+    """A backup whose state copy is held back until ``release``: records still arrive."""
+
+    def __init__(self, root: Path, epoch: int) -> None:
+        super().__init__(root, epoch)
+        self.release = threading.Event()
+
+    def dispatch(self, method: str, payload: bytes) -> bytes:
+        if method == "install_state":
+            assert self.release.wait(10), "the test never released the state copy"
+        return super().dispatch(method, payload)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_new_backup_of_a_broken_log_keeps_a_record_before_its_copy_lands(
+    tmp_path: Path, primary_host: ReplicaHost[ShardService], primary: ShardService, broken: bool
+) -> None:
+    """After a batch the old backup never acknowledged, the primary answers from it (the
+    retry below logs nothing). Until the state copy lands it is on the primary's disk only,
+    so the new backup must not look as if it kept nothing: that would prove the old backup
+    complete to the copy choice, and a failover to it would drop what was answered."""
+    accounts = ids_on(SHARD, SHARD_COUNT, 2, "k")
+    first = attach_backup(primary_host, tmp_path / "b1", epoch=2)
+    create_accounts(primary, accounts)
+    order = [topup(accounts[0], 700, id="only-here", shard_count=SHARD_COUNT)]
+    if broken:
+        first.promote()  # stands for a lost backup
+        with pytest.raises(NotPrimary):
+            apply_orders(primary, order)
+    second = HeldBackup(tmp_path / "b2", 3)
+    with primary_host.lock:
+        primary_host.attach_backup(3, second.server.address)
+    if broken:
+        (outcome,) = apply_orders(primary, order)
+        assert outcome.replayed and outcome.transfer is not None
+    status = second.host.status()
+    assert not status.installed
+    # Unbroken, everything the primary shows is on the old backup too: nothing to keep.
+    assert status.kept_nothing is not broken
+    second.release.set()
+    installed = second.wait_installed()
+    assert installed.snapshot_payload() == primary.snapshot_payload()
+
+
 def test_a_single_copy_log_needs_no_backup(tmp_path: Path) -> None:
     service = ShardService(SHARD, SHARD_COUNT, tmp_path)
     assert isinstance(service.log, ReplicatedLog) and not service.log.required

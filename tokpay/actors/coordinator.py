@@ -109,6 +109,9 @@ class CoordinatorService(ReplicatedService):
     def snapshot_payload(self) -> bytes:
         return encode(self.pending_commits)
 
+    def empty_record(self) -> bytes:
+        return encode(CoordinatorDone(txids=[]))
+
     def recovered(self, snapshot_sequence: int, replayed: int) -> None:
         super().recovered(snapshot_sequence, replayed)
         log.info("coordinator: %d commit decisions to re-deliver", len(self.pending_commits))

@@ -323,8 +323,16 @@ class ReplicaHost(Generic[S]):
             raise NotPrimary(f"attach of epoch {epoch} refused at epoch {self.epoch}")
         self.epoch = epoch
         started = time.perf_counter()
+        broken = service.log.broken is not None
         sequence = service.log.attach(epoch, address)
         self._prove_role()
+        if broken:
+            # This copy holds records the old backup never acknowledged, and from here it
+            # answers from them (reads, and retries that find their work already done log
+            # nothing). Until the state copy lands they are on this disk only, and a new
+            # backup that kept no record would prove the old one complete (``copies``):
+            # an empty record through the new backup keeps the old one from being chosen.
+            service.append_barrier()
         export = service.export_state()
         threading.Thread(
             target=self._send_copy, args=(epoch, address, export), name="install", daemon=True

@@ -177,6 +177,16 @@ class ReplicatedService(ABC):
     def note_append(self, seconds: float, items: int) -> None:  # noqa: B027 (optional hook)
         """Called after each durable record (statistics); nothing by default."""
 
+    @abstractmethod
+    def empty_record(self) -> bytes:
+        """A record that changes nothing when applied (``append_barrier`` logs it)."""
+
+    def append_barrier(self) -> None:
+        """Log a record that changes nothing, through the backup: once the new backup of a
+        broken log holds it, no copy chosen instead of this one can lack what this one
+        shows (``ReplicaHost.attach_backup``). ``ReplicationFailed`` if it does not."""
+        self.append(self.empty_record(), 0)
+
     # -- the log ---------------------------------------------------------------------------------
 
     @property

@@ -166,6 +166,9 @@ class ShardService(ReplicatedService):
                 stats.fsync_buckets[index] += 1
                 break
 
+    def empty_record(self) -> bytes:
+        return encode(IdsClaimed([]))
+
     def _append(self, record: ShardRecord, items: int) -> None:
         try:
             self.append(encode(record), items)
