@@ -1,4 +1,5 @@
-"""Cross-shard transfers while one shard's primary is stopped (SIGSTOP): what keeps flowing.
+"""Cross-shard transfers while one shard's primary is stopped (SIGSTOP) or its node is cut
+off (--partition): what keeps flowing.
 
 Load goes through the HTTP gateway in three classes of writers, each sending one transfer
 at a time and moving on after any answer (a 503 is counted, never retried away):
@@ -15,6 +16,12 @@ retried with its id until it settles, and the sum of the bench's balances is che
 Single node (default): starts `tokpay serve` on --port in a fresh /tmp/stall-* directory.
 With --cluster DATA_DIR: a running `tokpay cluster up` cluster whose gateway is on --port;
 the victim group's primary at the time of the stop is the one stopped.
+
+With --partition (a `tokpay cluster up --netns` cluster): instead of a SIGSTOP, the node
+holding the victim's primary loses its cable for --stop seconds (tokpay.testing.partition),
+then is healed (and restarted if Ray's GCS declared it dead meanwhile). Every shard whose
+primary is on that node counts as a victim; healthy writers pay among the others (their
+backups may be on the cut node: those are rebuilt elsewhere while the load runs).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +74,8 @@ class Answer:
 class Load:
     """The writers and what they were answered."""
 
-    def __init__(self, url: str, shards: int, victim: int) -> None:
-        self.url, self.shards, self.victim = url, shards, victim
+    def __init__(self, url: str, shards: int, victims: set[int]) -> None:
+        self.url, self.shards, self.victims = url, shards, victims
         run = secrets.token_hex(3)
         names = (f"st-{run}-{n}" for n in itertools.count())
         self.accounts: dict[int, list[str]] = {s: [] for s in range(shards)}
@@ -111,13 +118,13 @@ class Load:
     def _next_id(self, homed_on_victim: bool) -> str:
         while True:
             candidate = next(self._ids)
-            if (home_of(candidate, self.shards) == self.victim) == homed_on_victim:
+            if (home_of(candidate, self.shards) in self.victims) == homed_on_victim:
                 return candidate
 
     def _order(self, kind: str, rng: random.Random) -> dict[str, Any]:
-        others = [s for s in range(self.shards) if s != self.victim]
+        others = [s for s in range(self.shards) if s not in self.victims]
         if kind == "victim":
-            pair = [rng.choice(others), self.victim]
+            pair = [rng.choice(others), rng.choice(sorted(self.victims))]
             rng.shuffle(pair)
         else:
             pair = rng.sample(others, 2)
@@ -159,6 +166,27 @@ class Load:
             return total
 
 
+@dataclass
+class Fault:
+    """What the run does to its victims: ``begin`` at the stop, ``end`` at the resume,
+    ``recover`` once the load is over (before the retries)."""
+
+    victims: set[int]
+    what: str
+    begin: Callable[[], None]
+    end: Callable[[], None]
+    recover: Callable[[], None] = lambda: None
+
+
+def stop_process(victim: int, pid: int) -> Fault:
+    return Fault(
+        {victim},
+        f"victim shard {victim}: process {pid}",
+        lambda: os.kill(pid, signal.SIGSTOP),
+        lambda: os.kill(pid, signal.SIGCONT),
+    )
+
+
 def victim_pid_single(data_dir: Path, victim: int) -> int:
     # The server's Ray uses token authentication, which a driver given an explicit address
     # presents only if told before Ray is imported (nothing here imported it yet).
@@ -172,18 +200,53 @@ def victim_pid_single(data_dir: Path, victim: int) -> int:
     return pid
 
 
-def victim_pid_cluster(cluster_dir: Path, victim: int) -> int:
-    from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE, shard_group
+def cluster_status(cluster_dir: Path) -> Any:
+    """The controller's status of the cluster in ``cluster_dir`` (joins its Ray)."""
+    from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
     from tokpay.cluster.deploy import join
     from tokpay.cluster.local import LocalCluster
 
     cluster = LocalCluster.load(cluster_dir)
     ray = join(cluster.ray_address, cluster.auth_token_path)
-    status = ray.get(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE).status.remote())
+    return ray, ray.get(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE).status.remote())
+
+
+def victim_pid_cluster(cluster_dir: Path, victim: int) -> int:
+    from tokpay.actors.naming import NAMESPACE, shard_group
+
+    ray, status = cluster_status(cluster_dir)
     (group,) = [g for g in status.groups if g.group == shard_group(victim)]
     replica = ray.get_actor(group.primary.name, namespace=NAMESPACE)
     pid: int = ray.get(replica.replica_status.remote()).pid
     return pid
+
+
+def cut_victim_node(cluster_dir: Path, victim: int, shards: int) -> Fault:
+    """The node of ``victim``'s primary, cut off both ways; every shard it is primary of
+    is a victim."""
+    from tokpay.actors.naming import shard_group
+    from tokpay.cluster import netns
+    from tokpay.cluster.local import LocalCluster
+    from tokpay.testing import partition
+
+    cluster = LocalCluster.load(cluster_dir)
+    partition.require_netns(cluster)
+    _, status = cluster_status(cluster_dir)
+    primaries = {g.group: g.primary.node for g in status.groups if g.primary is not None}
+    node = primaries[shard_group(victim)]
+    victims = {s for s in range(shards) if primaries.get(shard_group(s)) == node}
+    if shards - len(victims) < 2:
+        raise SystemExit(f"node {node} holds the primaries of shards {sorted(victims)}: "
+                         "fewer than two shards are left to pay among")  # fmt: skip
+    index = netns.node_index(node)
+    coordinator = " and the coordinator's" if primaries.get("coordinator") == node else ""
+    return Fault(
+        victims,
+        f"node {node} (primaries of shards {sorted(victims)}{coordinator})",
+        lambda: partition.cut(index),
+        lambda: partition.uncut(index),
+        lambda: partition.restart_if_dead(cluster, node),
+    )
 
 
 def phase_of(at: float, stopped: float, resumed: float) -> str:
@@ -206,10 +269,8 @@ async def progress(load: Load, began: float, stopped: float, resumed: float) -> 
         print(f"t={now - began:5.1f}s {phase:8} acks: {rates}; 503s so far: {errors}", flush=True)
 
 
-async def run(load: Load, args: argparse.Namespace, pid_of_victim: Any) -> dict[str, Any]:
+async def run(load: Load, args: argparse.Namespace, fault: Fault) -> dict[str, Any]:
     await load.open_accounts()
-    # Looked up before the load: joining Ray blocks this loop for a moment.
-    pid = pid_of_victim()
     began = time.monotonic()
     stopped, resumed = began + args.before, began + args.before + args.stop
     counts = {
@@ -224,19 +285,20 @@ async def run(load: Load, args: argparse.Namespace, pid_of_victim: Any) -> dict[
     ]
     tasks.append(asyncio.create_task(progress(load, began, stopped, resumed)))
     await asyncio.sleep(args.before)
-    os.kill(pid, signal.SIGSTOP)
+    fault.begin()
     stopped = time.monotonic()
-    print(f"victim shard {load.victim}: process {pid} stopped", flush=True)
+    print(f"{fault.what}: {'cut off' if args.partition else 'stopped'}", flush=True)
     try:
         await asyncio.sleep(args.stop)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        fault.end()
     resumed = time.monotonic()
-    print(f"victim shard {load.victim}: process {pid} resumed", flush=True)
+    print(f"{fault.what}: {'healed' if args.partition else 'resumed'}", flush=True)
     await asyncio.sleep(args.after)
     load.stop.set()
     await asyncio.gather(*tasks)
     ended = time.monotonic()
+    await asyncio.to_thread(fault.recover)
     unsettled = await load.settle()
     spans = {"before": stopped - began, "stopped": resumed - stopped, "after": ended - resumed}
     table: dict[str, dict[str, Any]] = {}
@@ -255,7 +317,12 @@ async def run(load: Load, args: argparse.Namespace, pid_of_victim: Any) -> dict[
             }
     total = await load.balance_sum()
     expected = FUNDS * sum(len(ids) for ids in load.accounts.values())
-    return {"table": table, "unsettled": unsettled, "sum_ok": total == expected}
+    return {
+        "table": table,
+        "unsettled": unsettled,
+        "sum_ok": total == expected,
+        "what": fault.what,
+    }
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace, where: str) -> str:
@@ -264,7 +331,8 @@ def markdown(result: dict[str, Any], args: argparse.Namespace, where: str) -> st
         table["healthy/before"]["acks_per_second"], 1e-9
     )
     lines = [
-        f"### One shard's primary stopped for {args.stop:.0f} s ({where})",
+        f"### {where}: {result['what']} "
+        f"{'cut off' if args.partition else 'stopped'} for {args.stop:.0f} s",
         "",
         f"`{args.command}`",
         "",
@@ -303,7 +371,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--id-home-writers", type=int, default=4, help="id-home writers (4)")
     parser.add_argument("--victim-writers", type=int, default=4, help="victim writers (4)")
     parser.add_argument("--markdown", type=Path, help="append the figures here as markdown")
+    parser.add_argument(
+        "--partition",
+        action="store_true",
+        help="cut the victim primary's node off instead of stopping the process "
+        "(--cluster of a `cluster up --netns` only)",
+    )
     args = parser.parse_args()
+    if args.partition and args.cluster is None:
+        parser.error("--partition needs --cluster (a `tokpay cluster up --netns` cluster)")
     if args.victim is None:
         args.victim = args.shards - 1
     args.command = "python bench/stalled_shard.py " + " ".join(sys.argv[1:])
@@ -314,7 +390,8 @@ def arguments() -> argparse.Namespace:
 class Target:
     url: str
     where: str
-    pid_of_victim: Any
+    fault: Callable[[], Fault]
+    """Looked up before the load: joining Ray blocks the event loop for a moment."""
 
 
 @contextmanager
@@ -324,7 +401,9 @@ def target_of(args: argparse.Namespace) -> Iterator[Target]:
         yield Target(
             f"http://127.0.0.1:{args.port}",
             f"3-node cluster, {args.shards} shards",
-            lambda: victim_pid_cluster(args.cluster, args.victim),
+            (lambda: cut_victim_node(args.cluster, args.victim, args.shards))
+            if args.partition
+            else (lambda: stop_process(args.victim, victim_pid_cluster(args.cluster, args.victim))),
         )
         return
     from tokpay.testing.localserver import LocalServer
@@ -337,7 +416,7 @@ def target_of(args: argparse.Namespace) -> Iterator[Target]:
         yield Target(
             server.url,
             f"single node, {args.shards} shards",
-            lambda: victim_pid_single(work / "data", args.victim),
+            lambda: stop_process(args.victim, victim_pid_single(work / "data", args.victim)),
         )
     finally:
         server.stop()
@@ -347,8 +426,9 @@ def target_of(args: argparse.Namespace) -> Iterator[Target]:
 def main() -> None:
     args = arguments()
     with target_of(args) as target:
-        load = Load(target.url, args.shards, args.victim)
-        result = asyncio.run(run(load, args, target.pid_of_victim))
+        fault = target.fault()
+        load = Load(target.url, args.shards, fault.victims)
+        result = asyncio.run(run(load, args, fault))
     text = markdown(result, args, target.where)
     print(text)
     if args.markdown is not None:

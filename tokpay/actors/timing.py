@@ -44,8 +44,10 @@ NODES_REFRESH_SECONDS = 0.5
 RETIRE_AFTER_SECONDS = 30.0
 """A replaced replica is fenced at once and its process ended this much later."""
 
-SUSPECT_SECONDS = 5.0
-"""A node that just lost a replica gets no new one for this long."""
+SUSPECT_SECONDS = 15.0
+"""A node that just lost a replica gets no new one for this long: longer than Ray's GCS
+takes to declare a silent node dead (about 12 s, cluster/head.sh), so a dead node that Ray
+still lists alive is never picked for a new backup."""
 
 RECONFIGURE_RETRY_SECONDS = 0.5
 """Pause before the monitor tries a failed reconfiguration again."""

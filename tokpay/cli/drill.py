@@ -96,8 +96,9 @@ def drill(
     Network drills (a `cluster up --netns` only) cut the node holding a shard
     primary off for 5 s, several leases, under the same load, then heal it:
     `partition` both ways (its cable down), `partition-oneway` inbound only
-    (nftables in its namespace: it sends but hears nothing), `slow-link` tc
-    netem delay 200 ms and loss 5% on one shard's primary<->backup path.
+    (nftables in its namespace: it sends but hears nothing), `slow-link` delay
+    and 5% loss on one shard's primary<->backup path (tc netem 200 ms; on a
+    kernel without netem, 512 kbit/s with a 200 ms queue and nftables drops).
     The same audit follows; backwards reads are stale reads.
     """
     if target not in (*TARGETS, *RESTART_TARGETS, *PARTITION_TARGETS, "random"):

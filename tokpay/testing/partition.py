@@ -5,9 +5,15 @@
 - ``partition-oneway``: the node hears nothing but can still send: an nftables table
   (``tpn_oneway``) inside the node's own namespace drops every packet arriving on its
   veth (ARP is not filtered, so its sends keep flowing); healed by deleting the table.
-- ``slow-link``: ``tc netem`` delay and loss on the path between a shard's primary and
-  its backup only: on each of the two root veth ends, an HTB class with netem behind a
-  u32 filter on the other node's source address; healed by deleting the root qdisc.
+- ``slow-link``: delay and loss on the path between a shard's primary and its backup
+  only: on each of the two root veth ends, an HTB class behind a u32 filter on the other
+  node's source address; healed by deleting the root qdisc (and the loss table). The
+  class leads to ``tc netem`` (fixed delay, random loss) where the kernel has it; a
+  kernel without ``sch_netem`` (this project's CI machine) gets the same path slowed by
+  what it does have: the class capped at ``SLOW_RATE`` with a byte FIFO holding at most
+  ``SLOW_QUEUE_BYTES`` (queueing delay up to ~200 ms, tail drops beyond), and
+  ``SLOW_LOSS_PERCENT`` of the packets from the other node dropped at random by an nftables
+  table inside each node's namespace.
 
 The drill cuts the node holding a shard primary (a worker when one holds any) for
 CUT_SECONDS, several leases, under the usual drill load, heals it, restarts the node's
@@ -33,7 +39,11 @@ PARTITION_TARGETS = ("partition", "partition-oneway", "slow-link")
 CUT_SECONDS = 5.0
 """How long a fault lasts: several leases, so an isolated primary's lease runs out."""
 SLOW_DELAY = "200ms"
-SLOW_LOSS = "5%"
+SLOW_LOSS_PERCENT = 5
+SLOW_RATE = "512kbit"
+SLOW_QUEUE_BYTES = 12_800
+"""200 ms of SLOW_RATE: the most a packet waits in the queue of the path without netem."""
+SLOW_TABLE = "tpn_slow"
 ONEWAY_TABLE = "tpn_oneway"
 COMMAND_TIMEOUT_SECONDS = 20.0
 HEALED_SETTLE_SECONDS = 20.0
@@ -89,39 +99,57 @@ def uncut_inbound(index: int) -> None:
     )  # fmt: skip
 
 
-def slow_path(a: int, b: int) -> None:
-    """netem delay and loss on the traffic between nodes ``a`` and ``b`` (each way)."""
+def slow_path(a: int, b: int, *, netem: bool) -> None:
+    """Delay and loss on the traffic between nodes ``a`` and ``b`` (each way): netem, or a
+    capped rate with a bounded queue plus nftables' random drop (the module docstring)."""
     for here, there in ((a, b), (b, a)):
         device = netns.root_veth(here)
-        # Into ``here``'s node: from ``there`` through netem, the rest unshaped.
+        # Into ``here``'s node: from ``there`` through the slow class, the rest unshaped.
         tc = ["tc"]
         _run([*tc, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "10"])
-        for class_id in ("1:10", "1:20"):
-            _run([*tc, "class", "add", "dev", device, "parent", "1:", "classid", class_id,
-                  "htb", "rate", "10gbit"])  # fmt: skip
-        _run([*tc, "qdisc", "add", "dev", device, "parent", "1:20", "handle", "20:", "netem",
-              "delay", SLOW_DELAY, "loss", SLOW_LOSS])  # fmt: skip
+        _run([*tc, "class", "add", "dev", device, "parent", "1:", "classid", "1:10",
+              "htb", "rate", "10gbit"])  # fmt: skip
+        rate = "10gbit" if netem else SLOW_RATE
+        _run([*tc, "class", "add", "dev", device, "parent", "1:", "classid", "1:20",
+              "htb", "rate", rate, "ceil", rate])  # fmt: skip
+        leaf = (
+            ["netem", "delay", SLOW_DELAY, "loss", f"{SLOW_LOSS_PERCENT}%"]
+            if netem
+            else ["bfifo", "limit", str(SLOW_QUEUE_BYTES)]
+        )
+        _run([*tc, "qdisc", "add", "dev", device, "parent", "1:20", "handle", "20:", *leaf])
         _run([*tc, "filter", "add", "dev", device, "parent", "1:", "protocol", "ip", "prio", "1",
               "u32", "match", "ip", "src", f"{netns.node_address(there)}/32", "flowid", "1:20"])  # fmt: skip
+        if not netem:
+            rules = (
+                f"table inet {SLOW_TABLE} {{\n chain input {{\n"
+                "  type filter hook input priority 0; policy accept;\n"
+                f"  ip saddr {netns.node_address(there)} "
+                f"numgen random mod 100 < {SLOW_LOSS_PERCENT} drop\n }}\n}}\n"
+            )
+            _run(["ip", "netns", "exec", netns.namespace(here), "nft", "-f", "-"], stdin=rules)
 
 
 def unslow_path(a: int, b: int) -> None:
     for index in (a, b):
         _run(["tc", "qdisc", "del", "dev", netns.root_veth(index), "root"], check=False)
+        _run(
+            ["ip", "netns", "exec", netns.namespace(index), "nft", "delete", "table", "inet",
+             SLOW_TABLE],
+            check=False,
+        )  # fmt: skip
 
 
-def _require_netem(pair: tuple[int, int]) -> None:
-    """Raise ClusterError unless ``slow_path`` works here (the kernel may lack netem);
-    tried on the path itself and undone at once, before any load."""
+def has_netem(pair: tuple[int, int]) -> bool:
+    """Whether this kernel takes ``tc netem`` (tried on the path itself and undone at once,
+    before any load); without it ``slow_path`` slows the path by rate, queue and drops."""
     try:
-        slow_path(*pair)
-    except ClusterError as error:
-        raise ClusterError(
-            f"slow-link needs tc netem, which this machine refused ({error}); "
-            "on Linux it is the sch_netem module (CONFIG_NET_SCH_NETEM)"
-        ) from None
+        slow_path(*pair, netem=True)
+    except ClusterError:
+        return False
     finally:
         unslow_path(*pair)
+    return True
 
 
 def require_netns(cluster: LocalCluster) -> None:
@@ -144,10 +172,15 @@ def partition_kill(
         groups = [g for g in status["groups"] if g["group"] != "coordinator"]
         g = random.choice(groups)
         pair = (netns.node_index(g["primary"]["node"]), netns.node_index(g["backup"]["node"]))
-        _require_netem(pair)
-        apply: Callable[[], None] = lambda: slow_path(*pair)  # noqa: E731
+        netem = has_netem(pair)
+        apply: Callable[[], None] = lambda: slow_path(*pair, netem=netem)  # noqa: E731
         heal: Callable[[], None] = lambda: unslow_path(*pair)  # noqa: E731
-        what = f"{g['group']} n{pair[0]}<->n{pair[1]}: delay {SLOW_DELAY}, loss {SLOW_LOSS}"
+        slowed = (
+            f"netem delay {SLOW_DELAY}"
+            if netem
+            else f"no netem here: {SLOW_RATE}, queue <= {SLOW_QUEUE_BYTES} bytes"
+        )
+        what = f"{g['group']} n{pair[0]}<->n{pair[1]}: {slowed}, loss {SLOW_LOSS_PERCENT}%"
         nodes: list[str] = []
     else:
         _, node = choose_victim("primary", status)
@@ -168,12 +201,12 @@ def partition_kill(
 
     def recover() -> None:
         for node in nodes:
-            _restart_if_dead(cluster, node)
+            restart_if_dead(cluster, node)
 
     return kill, recover
 
 
-def _restart_if_dead(cluster: LocalCluster, node: str) -> None:
+def restart_if_dead(cluster: LocalCluster, node: str) -> None:
     """Restart ``node`` unless it is alive in Ray and stays so: a node cut off longer than
     the GCS's health checks is declared dead, and its raylet exits once it hears so, which
     can be seconds after the heal (seen here: 20 s after the cut began)."""

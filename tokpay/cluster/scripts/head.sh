@@ -19,7 +19,12 @@
 #   TOKPAY_HEALTH_CHECK_FAILURE_THRESHOLD
 #                              how fast the GCS declares a silent node dead: after
 #                              THRESHOLD failed probes, one every PERIOD (defaults
-#                              1000 ms, 1000 ms, 3; Ray's are 3000, 10000, 5)
+#                              1000 ms, 1000 ms, 12; Ray's are 3000, 10000, 5). A node
+#                              declared dead ends its raylet and every replica on it, so
+#                              a network cut shorter than this must not reach it: TokPay
+#                              fails over by its own heartbeats and leases, never by
+#                              Ray's verdict (the controller keeps a node it saw lose a
+#                              replica out of placement meanwhile, SUSPECT_SECONDS)
 # With RAY_AUTH_MODE=token and no token found, the head makes ~/.ray/auth_token: copy
 # it to the other machines.
 set -euo pipefail
@@ -42,7 +47,7 @@ fi
 system_config="$(printf '{"health_check_period_ms": %d, "health_check_timeout_ms": %d, "health_check_failure_threshold": %d}' \
     "${TOKPAY_HEALTH_CHECK_PERIOD_MS:-1000}" \
     "${TOKPAY_HEALTH_CHECK_TIMEOUT_MS:-1000}" \
-    "${TOKPAY_HEALTH_CHECK_FAILURE_THRESHOLD:-3}")"
+    "${TOKPAY_HEALTH_CHECK_FAILURE_THRESHOLD:-12}")"
 
 args=(
     --head
