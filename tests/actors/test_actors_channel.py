@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 
 import msgspec
 import pytest
@@ -14,6 +16,7 @@ from tokpay.actors.channel import (
     ActorChannel,
     ChannelAddress,
     ChannelServer,
+    NotPrimary,
     frame,
 )
 from tokpay.ledger.errors import LedgerError
@@ -83,3 +86,45 @@ def test_a_restarted_peer_is_found_again_through_lookup() -> None:
         assert await channel.call("echo", b"34") == b"43"
 
     asyncio.run(scenario())
+
+
+def test_quiet_waits_out_a_refusing_peer_but_not_a_silent_one() -> None:
+    """With ``quiet``, a peer that keeps answering "not the primary" is retried (a group
+    reconfiguring), while one that says nothing (stopped, cut off) fails within ``quiet``."""
+    refusals = 8
+    answered = threading.Event()
+
+    def reconfiguring(method: str, payload: bytes) -> bytes:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise NotPrimary("no backup in sync yet; retry shortly")
+        answered.set()
+        return payload
+
+    busy = ChannelServer(reconfiguring)
+    # A listening socket nobody serves: the connection is accepted, nothing ever answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+
+    async def at(address: ChannelAddress) -> ChannelAddress:
+        return address
+
+    async def scenario() -> None:
+        waited = ActorChannel(lambda: at(busy.address))
+        started = time.monotonic()
+        assert await waited.call("x", b"ok", quiet=0.3, budget=10) == b"ok"
+        # The refusals alone took longer than the quiet limit: they counted as answers.
+        assert answered.is_set() and time.monotonic() - started > 0.3
+        host, port = silent.getsockname()
+        cut = ActorChannel(lambda: at((host, port, b"token")))
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await cut.call("x", b"", quiet=0.3, budget=10)
+        assert time.monotonic() - started < 2.0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        silent.close()

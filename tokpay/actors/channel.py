@@ -205,20 +205,45 @@ class ActorChannel:
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
 
-    async def call(self, method: str, payload: bytes) -> bytes:
+    async def call(
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        quiet: float | None = None,
+        budget: float = CHANNEL_RETRY_BUDGET_SECONDS,
+    ) -> bytes:
+        """Send one request, retrying through failovers for up to ``budget`` seconds.
+
+        With ``quiet``: ``TimeoutError`` as soon as the other end has said nothing at all
+        for that long. A replica that refuses (not the primary, no backup yet) or a host
+        that refuses the connection still answers, so a reconfiguring group is waited
+        for; a stopped or cut-off one is given up on at once.
+        """
         request = frame(msgspec.msgpack.encode((method, payload)))
         async with self._lock:
-            deadline = time.monotonic() + CHANNEL_RETRY_BUDGET_SECONDS
+            deadline = time.monotonic() + budget
+            # Time spent waiting on the other end since it last answered (our own pauses
+            # between tries do not count).
+            silent = 0.0
             attempt = 0
             while True:
+                timeout = CHANNEL_REQUEST_TIMEOUT_SECONDS
+                if quiet is not None:
+                    timeout = min(timeout, quiet - silent)
+                sent = time.monotonic()
                 try:
-                    return await asyncio.wait_for(
-                        self._round_trip(request), CHANNEL_REQUEST_TIMEOUT_SECONDS
-                    )
+                    return await asyncio.wait_for(self._round_trip(request), timeout)
                 except LedgerError:
                     raise
                 except Exception as error:
                     self._close()
+                    if isinstance(error, NotPrimary | ConnectionRefusedError):
+                        silent = 0.0
+                    else:
+                        silent += time.monotonic() - sent
+                        if quiet is not None and silent >= quiet:
+                            raise TimeoutError(f"{method}: no answer for {quiet} s") from error
                     pause = CHANNEL_RETRY_BACKOFF_SECONDS[
                         min(attempt, len(CHANNEL_RETRY_BACKOFF_SECONDS) - 1)
                     ]

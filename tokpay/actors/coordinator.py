@@ -41,6 +41,7 @@ from tokpay.actors.replicated_service import LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed, Role
 from tokpay.actors.timing import (
     PREPARE_DEADLINE_SECONDS,
+    RECONFIGURE_WAIT_SECONDS,
     SHARD_CALL_TIMEOUT_SECONDS,
     SWEEP_INTERVAL_SECONDS,
 )
@@ -58,6 +59,8 @@ from tokpay.ledger.model import Decision, Transfer, TransferOrder, TransferOutco
 from tokpay.ledger.routing import shard_of
 
 log = logging.getLogger("tokpay.coordinator")
+
+REPAIR_POLL_SECONDS = 0.05
 
 
 class CoordinatorService(ReplicatedService):
@@ -273,19 +276,23 @@ class CoordinatorService(ReplicatedService):
                     )
                 )
             except ReplicationFailed:
-                # Not durable on two machines: send nothing. The participants keep the
-                # holds until a new backup carries this decision or a promoted backup
-                # (which never saw it) aborts them.
-                for tx in txs:
-                    if outcomes[tx.index] is None:
-                        outcomes[tx.index] = unavailable("the coordinator lost its backup; retry")
-                return
+                # Not durable on two machines: send nothing yet. The participants keep the
+                # holds until a new backup carries this decision (the controller attaches
+                # one within seconds: then it goes out, and the client is answered) or a
+                # promoted backup, which never saw it, aborts them.
+                if not await self._log_repaired(RECONFIGURE_WAIT_SECONDS):
+                    for tx in txs:
+                        if outcomes[tx.index] is None:
+                            outcomes[tx.index] = unavailable(
+                                "the coordinator lost its backup; retry"
+                            )
+                    return
         epoch = self.log.epoch
         self._shards.abort_soon(aborts, epoch)
         undelivered = await self._shards.deliver(
             [Decision(tx.txid, True, epoch) for tx in commits],
             {tx.txid: tx.shards for tx in commits},
-            PREPARE_DEADLINE_SECONDS,
+            RECONFIGURE_WAIT_SECONDS,
         )
         done = [tx.txid for tx in commits if tx.txid not in undelivered]
         for tx in commits:
@@ -305,6 +312,15 @@ class CoordinatorService(ReplicatedService):
         self.committed += len(done)
         self.aborted += len(aborts)
         await self._confirm_replays(aborts, outcomes)
+
+    async def _log_repaired(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a new backup after the log broke; whether one came."""
+        deadline = time.monotonic() + seconds
+        while not self.can_act():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(REPAIR_POLL_SECONDS)
+        return True
 
     async def _confirm_replays(
         self, aborts: list[PendingTx], outcomes: list[TransferOutcome | None]
@@ -444,6 +460,8 @@ class CoordinatorActor:
         return await self._channel_server.start(self._host_ip)
 
     async def _call(self, shard: int, method: str, payload: bytes) -> Any:
+        """One request to a participant shard. Votes, decisions and reads give up on a
+        silent shard after ``PREPARE_DEADLINE_SECONDS`` but wait out a reconfiguring one."""
         channels = self._read_channels if method == "balances" else self._channels
         channel = channels.get(shard)
         if channel is None:
@@ -454,8 +472,11 @@ class CoordinatorActor:
                 return await directory.address(group)
 
             channel = channels[shard] = ActorChannel(address)
-        raw = await channel.call(method, payload)
-        return decode(raw, list[str]) if method == "in_doubt" else raw
+        if method == "in_doubt":
+            return decode(await channel.call(method, payload), list[str])
+        return await channel.call(
+            method, payload, quiet=PREPARE_DEADLINE_SECONDS, budget=RECONFIGURE_WAIT_SECONDS
+        )
 
     async def start(self) -> dict[str, int]:
         service = self._host.primary()

@@ -91,9 +91,16 @@ SHARD_CALL_TIMEOUT_SECONDS = 10.0
 """One in-doubt query or decision batch to one shard during the sweep."""
 
 PREPARE_DEADLINE_SECONDS = 1.5
-"""How long a client's batch waits for one participant shard's votes, and then for it to
-apply a commit. A shard that misses it votes no (``unavailable``) for that batch's
-transactions and gets nothing more from client batches until it answers a probe."""
+"""How long a client's batch waits on one participant shard that says nothing at all, for
+its votes or for it to apply a commit. A shard that misses it votes no (``unavailable``)
+for that batch's transactions and gets nothing more from client batches until it answers
+a probe. (A shard that answers "not now" is waited for up to RECONFIGURE_WAIT_SECONDS.)"""
+
+RECONFIGURE_WAIT_SECONDS = 6.0
+"""How long a client's batch waits on a participant shard that keeps answering but cannot
+take the request yet (its failover or backup rebuild under way): a reconfiguration is
+waited out instead of answered with 503. Silence is not: a shard that says nothing for
+``PREPARE_DEADLINE_SECONDS`` misses its deadline at once (``ActorChannel.call``'s quiet)."""
 
 PROBE_PAUSE_SECONDS = 0.2
 """Pause between two probes of a shard that missed its deadline."""

@@ -28,6 +28,7 @@ from tokpay.actors.timing import (
     DECIDE_BACKOFF_SECONDS,
     PREPARE_DEADLINE_SECONDS,
     PROBE_PAUSE_SECONDS,
+    RECONFIGURE_WAIT_SECONDS,
     SHARD_CALL_TIMEOUT_SECONDS,
 )
 from tokpay.ledger.errors import ErrorCode, LedgerError
@@ -243,8 +244,9 @@ async def prepare_on(
 ) -> None:
     """PREPARE a group of transactions on one shard; records each vote on its transaction.
 
-    A shard that is marked unreachable, or does not vote within ``PREPARE_DEADLINE_SECONDS``,
-    votes no (``unavailable``) for every transaction of the group.
+    A shard that is marked unreachable, or says nothing for ``PREPARE_DEADLINE_SECONDS``
+    (or is still reconfiguring after ``RECONFIGURE_WAIT_SECONDS``), votes no
+    (``unavailable``) for every transaction of the group.
     """
     for start in range(0, len(group), MAX_BATCH):
         chunk = group[start : start + MAX_BATCH]
@@ -255,8 +257,10 @@ async def prepare_on(
             [Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=epoch) for tx in chunk]
         )
         try:
+            # The shard's channel gives up after PREPARE_DEADLINE_SECONDS of silence; this
+            # bounds the wait on one that keeps answering "not now" (reconfiguring).
             raw = await asyncio.wait_for(
-                call_shard(shard, "prepare", payload), PREPARE_DEADLINE_SECONDS
+                call_shard(shard, "prepare", payload), RECONFIGURE_WAIT_SECONDS
             )
         except TimeoutError:
             unreachable.mark(shard)
@@ -301,6 +305,8 @@ async def _send_decisions(call_shard: ShardCall, shard: int, decisions: list[Dec
             try:
                 await call_shard(shard, "decide", encode(chunk))
                 break
+            except TimeoutError:
+                raise  # silent: the caller marks it unreachable
             except Exception as error:
                 log.warning("decide on shard %d failed (try %d): %s", shard, attempt + 1, error)
                 await asyncio.sleep(DECIDE_BACKOFF_SECONDS)
