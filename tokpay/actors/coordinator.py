@@ -254,7 +254,11 @@ class CoordinatorService(ReplicatedService):
         for tx in txs:
             for shard in tx.shards:
                 by_shard.setdefault(shard, []).append(tx)
-        await self._shards.prepare(by_shard, self.log.epoch)
+        # What the batch may spend waiting out reconfigurations, in all (timing.py).
+        waits_until = time.monotonic() + RECONFIGURE_WAIT_SECONDS
+        await self._shards.prepare(
+            by_shard, self.log.epoch, max(PREPARE_DEADLINE_SECONDS, waits_until - time.monotonic())
+        )
 
         commits: list[PendingTx] = []
         aborts: list[PendingTx] = []
@@ -280,7 +284,7 @@ class CoordinatorService(ReplicatedService):
                 # holds until a new backup carries this decision (the controller attaches
                 # one within seconds: then it goes out, and the client is answered) or a
                 # promoted backup, which never saw it, aborts them.
-                if not await self._log_repaired(RECONFIGURE_WAIT_SECONDS):
+                if not await self._log_repaired(waits_until - time.monotonic()):
                     for tx in txs:
                         if outcomes[tx.index] is None:
                             outcomes[tx.index] = unavailable(
@@ -292,7 +296,7 @@ class CoordinatorService(ReplicatedService):
         undelivered = await self._shards.deliver(
             [Decision(tx.txid, True, epoch) for tx in commits],
             {tx.txid: tx.shards for tx in commits},
-            RECONFIGURE_WAIT_SECONDS,
+            max(PREPARE_DEADLINE_SECONDS, waits_until - time.monotonic()),
         )
         done = [tx.txid for tx in commits if tx.txid not in undelivered]
         for tx in commits:

@@ -96,11 +96,12 @@ its votes or for it to apply a commit. A shard that misses it votes no (``unavai
 for that batch's transactions and gets nothing more from client batches until it answers
 a probe. (A shard that answers "not now" is waited for up to RECONFIGURE_WAIT_SECONDS.)"""
 
-RECONFIGURE_WAIT_SECONDS = 6.0
-"""How long a client's batch waits on a participant shard that keeps answering but cannot
-take the request yet (its failover or backup rebuild under way): a reconfiguration is
-waited out instead of answered with 503. Silence is not: a shard that says nothing for
-``PREPARE_DEADLINE_SECONDS`` misses its deadline at once (``ActorChannel.call``'s quiet)."""
+RECONFIGURE_WAIT_SECONDS = 2.5
+"""How long, in all, a client's cross-shard batch waits on participant shards that keep
+answering but cannot take it yet, and on its own log (a failover or a backup rebuild under
+way): a short reconfiguration is waited out instead of answered with 503. Silence is not:
+a shard that says nothing for ``PREPARE_DEADLINE_SECONDS`` misses its deadline at once
+(``ActorChannel.call``'s quiet)."""
 
 PROBE_PAUSE_SECONDS = 0.2
 """Pause between two probes of a shard that missed its deadline."""
@@ -177,9 +178,14 @@ _require(
     "a shard is judged unreachable no sooner than its primary stops serving without its lease",
 )
 _require(
-    2 * PREPARE_DEADLINE_SECONDS + DELIVERY_WAIT_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
-    "a gateway's call to the coordinator outlasts a prepare and a commit that both run out, "
-    "and the commit's wait for earlier lookups",
+    RECONFIGURE_WAIT_SECONDS >= PREPARE_DEADLINE_SECONDS,
+    "a batch waits for a reconfiguring shard at least as long as for a silent one",
+)
+_require(
+    RECONFIGURE_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS + DELIVERY_WAIT_SECONDS
+    < CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    "a gateway's call to the coordinator outlasts a batch's waits for reconfiguring shards "
+    "and its log, a commit delivery that runs out, and the commit's wait for earlier lookups",
 )
 _require(
     LOOKUP_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,

@@ -28,7 +28,6 @@ from tokpay.actors.timing import (
     DECIDE_BACKOFF_SECONDS,
     PREPARE_DEADLINE_SECONDS,
     PROBE_PAUSE_SECONDS,
-    RECONFIGURE_WAIT_SECONDS,
     SHARD_CALL_TIMEOUT_SECONDS,
 )
 from tokpay.ledger.errors import ErrorCode, LedgerError
@@ -119,10 +118,10 @@ class Participants:
         # Abort deliveries outlive the batch that started them; kept so none is collected.
         self._background: set[asyncio.Task[set[str]]] = set()
 
-    async def prepare(self, by_shard: dict[int, list[PendingTx]], epoch: int) -> None:
+    async def prepare(self, by_shard: dict[int, list[PendingTx]], epoch: int, wait: float) -> None:
         await asyncio.gather(
             *(
-                prepare_on(self.call, shard, group, epoch, self.unreachable)
+                prepare_on(self.call, shard, group, epoch, self.unreachable, wait)
                 for shard, group in by_shard.items()
             )
         )
@@ -240,12 +239,17 @@ class Participants:
 
 
 async def prepare_on(
-    call_shard: ShardCall, shard: int, group: list[PendingTx], epoch: int, unreachable: Unreachable
+    call_shard: ShardCall,
+    shard: int,
+    group: list[PendingTx],
+    epoch: int,
+    unreachable: Unreachable,
+    wait: float = PREPARE_DEADLINE_SECONDS,
 ) -> None:
     """PREPARE a group of transactions on one shard; records each vote on its transaction.
 
     A shard that is marked unreachable, or says nothing for ``PREPARE_DEADLINE_SECONDS``
-    (or is still reconfiguring after ``RECONFIGURE_WAIT_SECONDS``), votes no
+    (or is still reconfiguring after ``wait``), votes no
     (``unavailable``) for every transaction of the group.
     """
     for start in range(0, len(group), MAX_BATCH):
@@ -259,9 +263,7 @@ async def prepare_on(
         try:
             # The shard's channel gives up after PREPARE_DEADLINE_SECONDS of silence; this
             # bounds the wait on one that keeps answering "not now" (reconfiguring).
-            raw = await asyncio.wait_for(
-                call_shard(shard, "prepare", payload), RECONFIGURE_WAIT_SECONDS
-            )
+            raw = await asyncio.wait_for(call_shard(shard, "prepare", payload), wait)
         except TimeoutError:
             unreachable.mark(shard)
             _vote_unavailable(shard, chunk, "shard did not vote in time; retry later")
