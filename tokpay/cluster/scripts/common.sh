@@ -8,8 +8,9 @@
 # Environment every node reads (all optional):
 #   TOKPAY_GCS_RECONNECT_TIMEOUT_S
 #                              how long this node's raylet and workers wait for a
-#                              restarted GCS before they give up and exit (default 60;
-#                              give every node the same)
+#                              restarted GCS before they give up and exit (default 600:
+#                              a node outlives a head outage of minutes, its replicas
+#                              serving meanwhile; give every node the same)
 #   TOKPAY_DATA_DIR            root of this machine's TokPay data (default var/tokpay)
 #   TOKPAY_NODE_IP             address other nodes reach this one by (default: Ray's guess)
 #   TOKPAY_NUM_CPUS            logical CPUs this node offers (default 2)
@@ -64,7 +65,7 @@ tokpay_node_setup() {
     # How long this node's raylet and workers wait for a restarted GCS before they give
     # up and exit. An environment variable, not --system-config: the raylet reads the
     # system config from the GCS only after it connected (ray-project/ray#62074).
-    export RAY_gcs_rpc_server_reconnect_timeout_s="${TOKPAY_GCS_RECONNECT_TIMEOUT_S:-60}"
+    export RAY_gcs_rpc_server_reconnect_timeout_s="${TOKPAY_GCS_RECONNECT_TIMEOUT_S:-600}"
     # On SIGTERM `ray start` first drains the node, waiting up to this long for it to go
     # idle; a node holding detached actors (TokPay's replicas) never does, so a stop
     # would just hang for the whole wait. TokPay fails over on its own: no drain.
