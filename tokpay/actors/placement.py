@@ -58,7 +58,9 @@ class Placement:
         self._map = shard_map
         self._liveness = liveness
         self._handles: dict[str, Any] = {}
-        self._suspect: dict[str, float] = {}
+        # node -> (suspect until, the Ray node id it had when it became suspect)
+        self._suspect: dict[str, tuple[float, str | None]] = {}
+        self._ray_ids: dict[str, set[str]] = {}
         self.live_nodes: set[str] = set(shard_map.state.nodes)
         self._nodes_checked = 0.0
 
@@ -68,13 +70,17 @@ class Placement:
             return
         self._nodes_checked = now
         live = set()
+        ray_ids: dict[str, set[str]] = {}
         for node in await asyncio.to_thread(ray.nodes):
             if not node.get("Alive"):
                 continue
             for resource in node.get("Resources", {}):
                 if resource.startswith(NODE_RESOURCE_PREFIX):
-                    live.add(resource.removeprefix(NODE_RESOURCE_PREFIX))
+                    name = resource.removeprefix(NODE_RESOURCE_PREFIX)
+                    live.add(name)
+                    ray_ids.setdefault(name, set()).add(str(node.get("NodeID")))
         self.live_nodes = live
+        self._ray_ids = ray_ids
 
     def pick_node(self, avoid: set[str]) -> str | None:
         """The live, unsuspected node outside ``avoid`` that holds the fewest replicas."""
@@ -88,13 +94,26 @@ class Placement:
         candidates = [
             n
             for n in state.nodes
-            if n in self.live_nodes and n not in avoid and self._suspect.get(n, 0.0) < now
+            if n in self.live_nodes and n not in avoid and not self._suspected(n, now)
         ]
         return min(candidates, key=lambda n: load[n]) if candidates else None
 
+    def _suspected(self, node: str, now: float) -> bool:
+        """Suspect for ``SUSPECT_SECONDS``, unless the node was started again since: Ray
+        lists it under a node id it did not have then (a dead node stays listed under its
+        old id until the GCS's health checks give up on it)."""
+        until, ray_id = self._suspect.get(node, (0.0, None))
+        if until < now:
+            return False
+        return ray_id is None or self._ray_ids.get(node, set()) <= {ray_id}
+
     def mark_suspect(self, member: Member | None) -> None:
         if member is not None:
-            self._suspect[member.node] = time.monotonic() + SUSPECT_SECONDS
+            ids = self._ray_ids.get(member.node, set())
+            # With two ids listed (a restart while the old one still shows), the newer
+            # cannot be told apart here: suspect it all, as before.
+            ray_id = next(iter(ids)) if len(ids) == 1 else None
+            self._suspect[member.node] = (time.monotonic() + SUSPECT_SECONDS, ray_id)
 
     def spawn(self, group: str, member: Member, epoch: int, role: str) -> Any:
         """Create replica ``member`` of ``group`` on its node; returns its actor handle."""

@@ -47,7 +47,8 @@ RETIRE_AFTER_SECONDS = 30.0
 SUSPECT_SECONDS = 15.0
 """A node that just lost a replica gets no new one for this long: longer than Ray's GCS
 takes to declare a silent node dead (about 12 s, cluster/head.sh), so a dead node that Ray
-still lists alive is never picked for a new backup."""
+still lists alive is never picked for a new backup. A node started again (a new Ray node
+id) is trusted at once."""
 
 RECONFIGURE_RETRY_SECONDS = 0.5
 """Pause before the monitor tries a failed reconfiguration again."""
