@@ -212,8 +212,10 @@ class ActorChannel:
         *,
         quiet: float | None = None,
         budget: float = CHANNEL_RETRY_BUDGET_SECONDS,
+        timeout: float = CHANNEL_REQUEST_TIMEOUT_SECONDS,
     ) -> bytes:
-        """Send one request, retrying through failovers for up to ``budget`` seconds.
+        """Send one request, retrying through failovers for up to ``budget`` seconds, each
+        try waiting up to ``timeout`` for its answer.
 
         With ``quiet``: ``TimeoutError`` as soon as the other end has said nothing at all
         for that long. A replica that refuses (not the primary, no backup yet) or a host
@@ -228,12 +230,10 @@ class ActorChannel:
             silent = 0.0
             attempt = 0
             while True:
-                timeout = CHANNEL_REQUEST_TIMEOUT_SECONDS
-                if quiet is not None:
-                    timeout = min(timeout, quiet - silent)
+                wait = timeout if quiet is None else min(timeout, quiet - silent)
                 sent = time.monotonic()
                 try:
-                    return await asyncio.wait_for(self._round_trip(request), timeout)
+                    return await asyncio.wait_for(self._round_trip(request), wait)
                 except LedgerError:
                     raise
                 except Exception as error:

@@ -97,7 +97,7 @@ its votes or for it to apply a commit. A shard that misses it votes no (``unavai
 for that batch's transactions and gets nothing more from client batches until it answers
 a probe. (A shard that answers "not now" is waited for up to RECONFIGURE_WAIT_SECONDS.)"""
 
-RECONFIGURE_WAIT_SECONDS = 2.5
+RECONFIGURE_WAIT_SECONDS = 6.0
 """How long, in all, a client's cross-shard batch waits on participant shards that keep
 answering but cannot take it yet, and on its own log (a failover or a backup rebuild under
 way): a short reconfiguration is waited out instead of answered with 503. Silence is not:
@@ -123,6 +123,10 @@ CHANNEL_RETRY_BUDGET_SECONDS = 15.0
 CHANNEL_RETRY_BACKOFF_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 CHANNEL_REQUEST_TIMEOUT_SECONDS = 5.0
 """One request on a channel (a batch, or a route lookup)."""
+
+CROSS_BATCH_TIMEOUT_SECONDS = 12.0
+"""One cross-shard batch sent to the coordinator: it may wait out a reconfiguration
+(``RECONFIGURE_WAIT_SECONDS``) before it answers."""
 
 ROUTES_TIMEOUT_SECONDS = 2.0
 ROUTES_FRESH_SECONDS = 0.05
@@ -184,9 +188,17 @@ _require(
 )
 _require(
     RECONFIGURE_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS + DELIVERY_WAIT_SECONDS
-    < CHANNEL_REQUEST_TIMEOUT_SECONDS,
-    "a gateway's call to the coordinator outlasts a batch's waits for reconfiguring shards "
+    < CROSS_BATCH_TIMEOUT_SECONDS,
+    "a gateway's cross-shard batch outlasts the coordinator's waits for reconfiguring shards "
     "and its log, a commit delivery that runs out, and the commit's wait for earlier lookups",
+)
+_require(
+    2 * PREPARE_DEADLINE_SECONDS + DELIVERY_WAIT_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,
+    "a gateway's lookup call outlasts a read that runs out and a commit's wait for lookups",
+)
+_require(
+    CROSS_BATCH_TIMEOUT_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
+    "a cross-shard batch is tried again within its channel's budget",
 )
 _require(
     LOOKUP_WAIT_SECONDS + PREPARE_DEADLINE_SECONDS < CHANNEL_REQUEST_TIMEOUT_SECONDS,

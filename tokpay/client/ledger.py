@@ -27,6 +27,7 @@ from tokpay.actors.naming import (
 )
 from tokpay.actors.protocol import ChannelAddress, HistoryReply, ShardStats, decode, encode
 from tokpay.actors.read_barrier import LookupAnswer
+from tokpay.actors.timing import CHANNEL_REQUEST_TIMEOUT_SECONDS, CROSS_BATCH_TIMEOUT_SECONDS
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
@@ -169,7 +170,9 @@ class LedgerClient:
         return send
 
     async def _cross_batch(self, orders: list[TransferOrder]) -> list[TransferOutcome]:
-        raw = await _on_free_channel(self._cross_channels, "submit", encode(orders))
+        raw = await _on_free_channel(
+            self._cross_channels, "submit", encode(orders), CROSS_BATCH_TIMEOUT_SECONDS
+        )
         return decode(raw, list[TransferOutcome])
 
     # -- reads ---------------------------------------------------------------------------
@@ -290,12 +293,17 @@ class LedgerClient:
         return decode(raw, dict[str, int])
 
 
-async def _on_free_channel(channels: list[ActorChannel], method: str, payload: bytes) -> bytes:
+async def _on_free_channel(
+    channels: list[ActorChannel],
+    method: str,
+    payload: bytes,
+    timeout: float = CHANNEL_REQUEST_TIMEOUT_SECONDS,
+) -> bytes:
     """A call on one of ``channels``, which answer one call at a time each: the batcher in
     front runs no more sends at once than there are channels, so one is always free."""
     channel = channels.pop()
     try:
-        return await channel.call(method, payload)
+        return await channel.call(method, payload, timeout=timeout)
     finally:
         channels.append(channel)
 
