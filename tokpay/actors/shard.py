@@ -55,6 +55,9 @@ from tokpay.wal._files import fsync_directory
 
 log = logging.getLogger("tokpay.shard")
 
+ClaimsAndOrders = tuple[list[TransferOrder], list[TransferOrder]]
+"""``claim_and_apply``'s request: ids to claim here, orders to apply here."""
+
 
 def now_micros() -> int:
     return time.time_ns() // 1_000
@@ -179,15 +182,18 @@ class ShardService(ReplicatedService):
         self,
         payload: bytes,
         kind: Any,
-        apply: Callable[[list[Any]], tuple[Any, ShardRecord | None]],
+        apply: Callable[[Any], tuple[Any, ShardRecord | None]],
+        size: Callable[[Any], int] = len,
     ) -> Any:
-        """One write batch: decode, apply in one pass, log what changed as one record."""
+        """One write batch: decode, apply in one pass, log what changed as one record.
+        ``size`` counts the batch's items (bounded by ``MAX_BATCH``)."""
         self.log.check_writable()
-        items = _bounded(decode(payload, kind))
+        items = decode(payload, kind)
+        count = _bounded(size(items))
         with self.stop_if_broken():
             answer, record = apply(items)
         if record is not None:
-            self._append(record, len(items))
+            self._append(record, count)
         return answer
 
     def create_accounts(self, payload: bytes) -> bytes:
@@ -212,6 +218,21 @@ class ShardService(ReplicatedService):
 
         return encode(self._write(payload, list[TransferOrder], apply))
 
+    def claim_and_apply(self, payload: bytes) -> bytes:
+        """The gateway's write call: claims of ids homed here and orders on this shard's
+        accounts, judged in one pass and logged as one record, so a shard that is both
+        homes and holds accounts pays one fsync per batch, not one per kind."""
+
+        def apply(batch: ClaimsAndOrders) -> tuple[Any, ShardRecord | None]:
+            claims, orders = batch
+            claimed, outcomes, committed, marks = self.ledger.claim_and_apply(
+                claims, orders, now_micros()
+            )
+            changed = committed or marks
+            return (claimed, outcomes), TransfersCommitted(committed, marks) if changed else None
+
+        return encode(self._write(payload, ClaimsAndOrders, apply, lambda b: len(b[0]) + len(b[1])))
+
     def prepare(self, payload: bytes) -> bytes:
         def apply(prepares: list[Prepare]) -> tuple[Any, ShardRecord | None]:
             votes, prepared, refused = self.ledger.prepare(prepares, now_micros())
@@ -231,7 +252,9 @@ class ShardService(ReplicatedService):
     # -- reads ---------------------------------------------------------------------------
 
     def balances(self, payload: bytes) -> bytes:
-        return encode(self.ledger.balances(_bounded(decode(payload, list[str]))))
+        ids = decode(payload, list[str])
+        _bounded(len(ids))
+        return encode(self.ledger.balances(ids))
 
     def account(self, account_id: str) -> bytes:
         try:
@@ -330,10 +353,10 @@ class Checkpointer:
                 self._service.checkpoint_failed()
 
 
-def _bounded(items: list[Any]) -> list[Any]:
-    if len(items) > MAX_BATCH:
-        raise ValueError(f"batch of {len(items)} exceeds MAX_BATCH={MAX_BATCH}")
-    return items
+def _bounded(count: int) -> int:
+    if count > MAX_BATCH:
+        raise ValueError(f"batch of {count} exceeds MAX_BATCH={MAX_BATCH}")
+    return count
 
 
 class Access(Enum):
@@ -355,6 +378,7 @@ SHARD_METHODS: dict[str, ShardMethod] = {
     "apply_orders": ShardMethod(Access.WRITE, ShardService.apply_orders),
     "prepare": ShardMethod(Access.WRITE, ShardService.prepare),
     "claim_ids": ShardMethod(Access.WRITE, ShardService.claim_ids),
+    "claim_and_apply": ShardMethod(Access.WRITE, ShardService.claim_and_apply),
     "decide": ShardMethod(Access.WRITE, ShardService.decide),
     "balances": ShardMethod(Access.READ, ShardService.balances),
     "account": ShardMethod(Access.READ, lambda s, p: s.account(decode(p, str))),

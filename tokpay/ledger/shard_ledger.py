@@ -235,31 +235,51 @@ class ShardLedger:
 
         Returns the outcomes, the committed transfers and the refusals to remember.
         """
+        with self._looked_up(orders):
+            return self._apply(orders, now)
+
+    def claim_and_apply(
+        self, claims: list[TransferOrder], orders: list[TransferOrder], now: int
+    ) -> tuple[list[TransferOutcome], list[TransferOutcome], list[Transfer], list[Mark]]:
+        """``claim(claims)`` then ``apply_orders(orders)`` as one batch: the ids of both read
+        from the store together, and one list of marks (claims and refusals) to log with
+        the committed transfers, so the two cost one log record.
+
+        Returns the claims' outcomes, the orders' outcomes, the committed transfers and the
+        marks to log.
+        """
+        with self._looked_up([*claims, *orders]):
+            claimed_outcomes, claimed = self._claim(claims)
+            outcomes, committed, refused = self._apply(orders, now)
+        return claimed_outcomes, outcomes, committed, claimed + refused
+
+    def _apply(
+        self, orders: list[TransferOrder], now: int
+    ) -> tuple[list[TransferOutcome], list[Transfer], list[Mark]]:
         outcomes: list[TransferOutcome] = []
         committed: list[Transfer] = []
         refused: list[Mark] = []
-        with self._looked_up(orders):
-            for order in orders:
+        for order in orders:
+            try:
+                validate_order(order, self.shard_count)
+                existing = self._existing(order, now)
+                if existing is not None:
+                    outcomes.append(TransferOutcome(transfer=existing, replayed=True))
+                    continue
+                for account_id in order.accounts():
+                    self._require_here(account_id)
                 try:
-                    validate_order(order, self.shard_count)
-                    existing = self._existing(order, now)
-                    if existing is not None:
-                        outcomes.append(TransferOutcome(transfer=existing, replayed=True))
-                        continue
-                    for account_id in order.accounts():
-                        self._require_here(account_id)
-                    try:
-                        self._check_credits(order, order.credits)
-                        self._check_debit(order)
-                    except LedgerError as error:
-                        refused.extend(self._remember_refusal(order, error, now))
-                        raise
-                    transfer = Transfer(order=order, created_at=now)
-                    self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
-                    committed.append(transfer)
-                    outcomes.append(TransferOutcome(transfer=transfer))
+                    self._check_credits(order, order.credits)
+                    self._check_debit(order)
                 except LedgerError as error:
-                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+                    refused.extend(self._remember_refusal(order, error, now))
+                    raise
+                transfer = Transfer(order=order, created_at=now)
+                self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
+                committed.append(transfer)
+                outcomes.append(TransferOutcome(transfer=transfer))
+            except LedgerError as error:
+                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, committed, refused
 
     def replay_transfers(self, transfers: list[Transfer]) -> None:
@@ -281,23 +301,26 @@ class ShardLedger:
         is an empty ``TransferOutcome`` to go ahead, or the refusal (an invalid body,
         or another body under the same id).
         """
+        with self._looked_up(orders):
+            return self._claim(orders)
+
+    def _claim(self, orders: list[TransferOrder]) -> tuple[list[TransferOutcome], list[Mark]]:
         outcomes: list[TransferOutcome] = []
         claimed: list[Mark] = []
-        with self._looked_up(orders):
-            for order in orders:
-                try:
-                    validate_order(order, self.shard_count)
-                    check(
-                        home_of(order.id, self.shard_count) == self.shard,
-                        f"{order.id!r} not homed here",
-                    )
-                    if self._binding(order) is None:
-                        mark = Mark(order.id, order_digest(order))
-                        self._mark(mark)
-                        claimed.append(mark)
-                    outcomes.append(TransferOutcome())
-                except LedgerError as error:
-                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+        for order in orders:
+            try:
+                validate_order(order, self.shard_count)
+                check(
+                    home_of(order.id, self.shard_count) == self.shard,
+                    f"{order.id!r} not homed here",
+                )
+                if self._binding(order) is None:
+                    mark = Mark(order.id, order_digest(order))
+                    self._mark(mark)
+                    claimed.append(mark)
+                outcomes.append(TransferOutcome())
+            except LedgerError as error:
+                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, claimed
 
     # -- two-phase commit participant ----------------------------------------------------
