@@ -7,9 +7,9 @@ state returns exactly what the caller must log to replay it.
 
 Memory holds what the rules need on every order: accounts and prepared holds. What
 only grows with time (committed transfers, each account's history, the ids this shard
-has seen) lives in the shard's store on disk (``tokpay.store``); what a batch adds
-waits in ``pending`` until its owner writes it there, right after the batch's log
-record is durable. A ledger without a store keeps it all in ``pending`` (tests).
+has seen) lives in the shard's store on disk (``tokpay.store``); what batches add
+waits in ``pending`` until its owner writes it there, after their log records are
+durable. A ledger without a store keeps it all in ``pending`` (tests).
 """
 
 from __future__ import annotations
@@ -419,7 +419,9 @@ class ShardLedger:
                 continue
             del self.prepared[decision.txid]
             self._release(record)
-            self.pending.released.append(decision.txid)
+            # A hold taken since the store was last written never reached it: drop it there.
+            self.pending.prepared.pop(decision.txid, None)
+            self.pending.released.add(decision.txid)
             if decision.commit:
                 self._commit_legs(
                     record.transfer,
@@ -616,7 +618,8 @@ class ShardLedger:
             self.accounts[credit.account].held_credit += credit.amount
         self.prepared[record.txid] = record
         self._prepared_transfer_ids[order.id] = record.txid
-        self.pending.prepared.append(record)
+        self.pending.prepared[record.txid] = record
+        self.pending.released.discard(record.txid)
 
     def _release(self, record: Prepared) -> None:
         order = record.transfer.order
