@@ -89,9 +89,11 @@ class ShardLedger:
         self.prepared: dict[str, Prepared] = {}
         self._prepared_transfer_ids: dict[str, str] = {}
         self.pending = Changes()
-        # Indexes over ``pending`` for the rules: transfers and marks not yet on disk.
+        # Indexes over ``pending`` for the rules and reads: transfers, marks and each
+        # account's history entries not yet on disk.
         self._pending_transfers: dict[str, Transfer] = {}
         self._pending_marks: dict[str, Mark] = {}
+        self._pending_history: dict[str, list[HistoryRow]] = {}
         # What the store held for the ids of the batch being judged, read in one query per
         # table (``_looked_up``); None outside a batch. Pending changes are checked first.
         self._batch_ids: frozenset[str] | None = None
@@ -155,8 +157,8 @@ class ShardLedger:
             raise LedgerError(ErrorCode.INVALID_CURSOR, "cursor does not belong to this history")
         # Entries numbered end, end-1, ...: the newest may still be pending, the rest on disk.
         found: dict[int, tuple[Transfer, int, int]] = {}
-        for row in self.pending.history:
-            if row.account == account_id and end - limit < row.n <= end:
+        for row in self._pending_history.get(account_id, ()):
+            if end - limit < row.n <= end:
                 found[row.n] = (
                     self._pending_transfers[row.transfer_id],
                     row.effect,
@@ -442,6 +444,7 @@ class ShardLedger:
         self.pending = Changes()
         self._pending_transfers = {}
         self._pending_marks = {}
+        self._pending_history = {}
         return changes
 
     def load(self, accounts: list[Account], prepared: list[Prepared]) -> None:
@@ -650,9 +653,9 @@ class ShardLedger:
     def _entry(self, account: Account, transfer_id: str, effect: int) -> None:
         account.balance += effect
         account.entries += 1
-        self.pending.history.append(
-            HistoryRow(account.id, account.entries, transfer_id, effect, account.balance)
-        )
+        row = HistoryRow(account.id, account.entries, transfer_id, effect, account.balance)
+        self.pending.history.append(row)
+        self._pending_history.setdefault(account.id, []).append(row)
         self.pending.accounts[account.id] = account
 
 
