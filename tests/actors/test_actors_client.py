@@ -19,7 +19,7 @@ from tokpay.client import LedgerClient, SyncLedgerClient
 from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH, MAX_LOOKUP_IDS
-from tokpay.ledger.model import BalanceView, TransferOrder
+from tokpay.ledger.model import BalanceView, TransferOrder, TransferOutcome
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import home_of
 
@@ -159,6 +159,43 @@ def test_submit_many_chunks_by_max_batch_and_keeps_order(
     after = SyncLedgerClient(ledger).balances(everyone)
     assert {v.account_id: v.balance for v in after if v is not None} == expected
     assert all(total == 0 for total in SyncLedgerClient(ledger).currency_sums().values())
+
+
+def test_async_submits_share_claims_and_orders_in_one_batch_per_shard(
+    ledger: LedgerHandles, funded: dict[str, int]
+) -> None:
+    """The gateway's client sends a shard the claims of ids homed there and the orders on
+    its accounts in one batch; every caller still gets its own answer: the originals
+    commit once, the same ids with other bodies are conflicts, the originals again replay."""
+    pairs = []
+    for shard in range(SHARDS):
+        on = sorted(a for a in funded if shard_of(a, SHARDS) == shard)[:120]
+        pairs += list(zip(on[::2], on[1::2], strict=True))
+    orders = [pay(d, [(c, 1)], id=f"as-{i}") for i, (d, c) in enumerate(pairs)]
+    assert sum(1 for o in orders if home_of(o.id, SHARDS) != shard_of(o.debit, SHARDS)) > 100
+    rivals = [pay(o.debit, [(o.credits[0].account, 2)], id=o.id) for o in orders[::3]]
+    accounts = [a for pair in pairs for a in pair]
+    before = SyncLedgerClient(ledger).balances(accounts)
+
+    async def main() -> tuple[list[TransferOutcome], list[TransferOutcome]]:
+        client = LedgerClient(ledger)
+        first = await asyncio.gather(*(client.submit(o) for o in orders))
+        again = await asyncio.gather(*(client.submit(o) for o in [*rivals, *orders[::3]]))
+        return list(first), list(again)
+
+    first, again = asyncio.run(main())
+    for order, outcome in zip(orders, first, strict=True):
+        assert outcome.transfer is not None and outcome.transfer.order == order
+        assert not outcome.replayed
+    assert [o.error for o in again[: len(rivals)]] == [ErrorCode.TRANSFER_ID_CONFLICT] * len(rivals)
+    for order, outcome in zip(orders[::3], again[len(rivals) :], strict=True):
+        assert outcome.replayed and outcome.transfer is not None
+        assert outcome.transfer.order == order
+    after = SyncLedgerClient(ledger).balances(accounts)
+    moved = [
+        (b.balance - a.balance) for a, b in zip(before, after, strict=True) if a is not None and b
+    ]
+    assert moved == [-1, 1] * len(pairs)
 
 
 def test_async_lookup_refuses_more_than_max_lookup_ids(ledger: LedgerHandles) -> None:

@@ -35,6 +35,7 @@ def open_service(data_dir: Path, *, fsync: bool = True) -> ShardService:
 def state(service: ShardService) -> dict[str, Any]:
     """Everything a restart must preserve, in comparable form: memory, and every row of
     the store (transfers, history, claims and refusals) through its digest."""
+    service.write_store()  # the records not yet written too (every STORE_WRITE_RECORDS)
     ledger = service.ledger
     return {
         "balances": service.all_balances(),

@@ -121,6 +121,7 @@ def test_heartbeat_is_never_starved_by_a_checkpoint_or_a_copy(
 
     for _ in range(20):  # pages for the checkpoint to carry into the database file
         write_batch()
+    service.write_store()  # all 20 records' rows, not only the first STORE_WRITE_RECORDS
     copy = tmp_path / "copy.sqlite"
     timings: dict[str, float] = {}
 

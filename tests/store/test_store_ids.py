@@ -20,7 +20,7 @@ from tokpay.actors.shard import ShardService
 from tokpay.client.ledger import claim_home
 from tokpay.ledger.errors import HTTP_STATUS, ErrorCode
 from tokpay.ledger.limits import REFUSAL_MEMORY_SECONDS
-from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, Vote
+from tokpay.ledger.model import Decision, Prepare, Transfer, TransferOrder, TransferOutcome, Vote
 from tokpay.ledger.routing import shard_of
 from tokpay.ledger.shard_ledger import ShardLedger, home_of
 from tokpay.store.shard_store import ShardStore
@@ -216,4 +216,37 @@ def test_too_many_holds_vote_no_with_overloaded_and_hold_nothing(
     # Overloaded is not a decision: once a hold is decided the same transfer goes through.
     assert service.decide(encode([Decision("tx-1", True)])) == 1
     assert prepare(3).ok
+    service.close()
+
+
+def test_claims_and_orders_in_one_call_cost_one_record_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The gateway's write call: claims of ids homed on shard 0 and orders on its accounts,
+    one log record for both; the claims bind after a restart as a ``claim_ids`` call would."""
+    service = ShardService(0, 2, tmp_path)
+    a, b = ids_on(0, 2, 2, "u")
+    create_accounts(service, [a, b])
+    apply_orders(service, [topup(a, 100, id="top-a", shard_count=2)])
+    x, y = ids_on(0, 2, 2, "tid")  # homed on shard 0
+    _, z = ids_on(1, 2, 2, "tid")  # homed on shard 1
+    c, d = ids_on(1, 2, 2, "v")
+    claims = [pay(c, [(d, 5)], id=x), pay(c, [(d, 6)], id=y)]  # their orders live on shard 1
+    orders = [pay(a, [(b, 7)], id=z), pay(a, [(b, 8)], id=x)]  # x: another body than claimed
+    before = service.last_sequence
+    claimed, applied = decode(
+        service.claim_and_apply(encode((claims, orders))),
+        tuple[list[TransferOutcome], list[TransferOutcome]],
+    )
+    assert [o.error for o in claimed] == [None, None]
+    assert applied[0].transfer is not None and applied[0].transfer.order == orders[0]
+    assert applied[1].error == ErrorCode.TRANSFER_ID_CONFLICT
+    assert service.last_sequence == before + 1
+    service.close()
+    service = ShardService(0, 2, tmp_path)
+    (again, other) = decode(
+        service.claim_ids(encode([claims[0], pay(c, [(d, 9)], id=y)])), list[TransferOutcome]
+    )
+    assert again.error is None and other.error == ErrorCode.TRANSFER_ID_CONFLICT
+    assert [service.ledger.accounts[u].balance for u in (a, b)] == [93, 7]
     service.close()

@@ -17,14 +17,18 @@ from typing import Any
 
 import pytest
 
-from tests.support.orders import ids_on, pay, topup
+from tests.support.orders import account_specs, ids_on, pay, topup
 from tests.support.services import apply_orders, create_accounts
 from tokpay.actors.protocol import decode
 from tokpay.actors.replicated_service import STOP_EXIT_CODE
-from tokpay.actors.shard import ShardService
-from tokpay.ledger.errors import InvariantViolation
+from tokpay.actors.shard import STORE_WRITE_RECORDS, ShardService
+from tokpay.ledger.errors import ErrorCode, InvariantViolation
 from tokpay.ledger.limits import MAX_PAGE_SIZE
-from tokpay.store.shard_store import STORE_FILE, StoreError
+from tokpay.ledger.model import Decision, Prepare, Transfer
+from tokpay.ledger.shard_ledger import ShardLedger
+from tokpay.store.shard_store import STORE_FILE, ShardStore, StoreError
+
+T0 = 1_700_000_000_000_000
 
 SHARD = 0
 SHARD_COUNT = 2
@@ -35,10 +39,12 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
 
+    import tokpay.actors.shard
     from tests.support.orders import ids_on, pay, topup
     from tests.support.services import apply_orders, create_accounts
     from tokpay.actors.shard import ShardService
 
+    tokpay.actors.shard.STORE_WRITE_RECORDS = 2  # the failing write holds records 3 and 4
     data_dir = Path(sys.argv[1])
     service = ShardService(0, 2, data_dir)
     users = ids_on(0, 2, 4, "k")
@@ -48,7 +54,7 @@ CHILD = textwrap.dedent(
     real_write = service.store.write
 
     def failing_write(sequence, changes):
-        service.store.write = real_write  # fails once: this record only
+        service.store.write = real_write  # fails once: this write only
         raise OSError("store write lost (simulated kill after the log fsync)")
 
     service.store.write = failing_write
@@ -90,7 +96,7 @@ def test_killed_between_log_fsync_and_store_write_recovers_the_transfer_once(
     assert "not reached" not in child.stdout
 
     service = open_service(tmp_path)
-    # Three records made it to the store; the fourth is only in the log and is replayed.
+    # Two records made it to the store; the third and fourth only to the log, replayed.
     assert service.store.applied_sequence == service.last_sequence == 4
     users = ids_on(SHARD, SHARD_COUNT, 4, "k")
     crash = service.ledger.transfer("crash")
@@ -136,6 +142,7 @@ def write_some(data_dir: Path, *, close: bool = True) -> None:
         )
     service.write_snapshot()
     apply_orders(service, [pay(users[i], [(users[i - 2], 2)], id=f"late-{i}") for i in range(20)])
+    service.write_store()  # the late rows in the store's own WAL, not only in the log
     if close:
         service.close()
 
@@ -218,3 +225,87 @@ def test_a_torn_tail_of_the_stores_wal_is_replayed_from_the_log(tmp_path: Path) 
         assert history(killed, user) == history(clean, user)
     killed.close()
     clean.close()
+
+
+# -- the store written every STORE_WRITE_RECORDS records ----------------------------------
+
+
+def test_records_reach_the_store_in_groups_and_reads_never_miss_them(tmp_path: Path) -> None:
+    service = ShardService(0, 1, tmp_path)
+    a, b = ids_on(0, 1, 2, "w")
+    create_accounts(service, [a, b])
+    apply_orders(service, [topup(a, 10_000, id="top", shard_count=1)])
+    lags = []
+    for n in range(2 * STORE_WRITE_RECORDS + 3):
+        (outcome,) = apply_orders(service, [pay(a, [(b, 1)], id=f"w-{n}")])
+        assert outcome.transfer is not None and not outcome.replayed
+        lags.append(service.last_sequence - service.store.applied_sequence)
+        # Every transfer so far replays and binds its id, on disk or not yet.
+        (again,) = apply_orders(service, [pay(a, [(b, 1)], id=f"w-{n // 2}")])
+        assert again.replayed
+        (other,) = apply_orders(service, [pay(a, [(b, 2)], id=f"w-{n // 2}")])
+        assert other.error == ErrorCode.TRANSFER_ID_CONFLICT
+    assert max(lags) == STORE_WRITE_RECORDS - 1 and 0 in lags  # bounded, and written
+    expected = [("top", 10_000, 10_000)] + [
+        (f"w-{n}", -1, 10_000 - n - 1) for n in range(2 * STORE_WRITE_RECORDS + 3)
+    ]
+    assert history(service, a) == expected
+    service.close()
+    reopened = ShardService(0, 1, tmp_path)
+    assert reopened.store.applied_sequence == reopened.last_sequence
+    assert history(reopened, a) == expected
+    assert reopened.currency_sums() == {"USD": 0}
+    reopened.close()
+
+
+def test_a_backups_copy_holds_every_record_written_so_far(tmp_path: Path) -> None:
+    """A new backup keeps only the records after its attach: the copy it starts from must
+    hold every one before, written or not yet when the copy was asked for."""
+    service = ShardService(0, 1, tmp_path)
+    a, b = ids_on(0, 1, 2, "c")
+    create_accounts(service, [a, b])
+    apply_orders(service, [topup(a, 100, id="top", shard_count=1)])
+    apply_orders(service, [pay(a, [(b, 3)], id="c-1")])
+    assert service.store.applied_sequence < service.last_sequence
+    copy = tmp_path / "copy.sqlite"
+    assert service.export_state()(copy) == service.last_sequence
+    copied = ShardStore(tmp_path / "copied", 0, 1)
+    copied.close()
+    copy.replace(tmp_path / "copied" / "store.sqlite")
+    copied = ShardStore(tmp_path / "copied", 0, 1)
+    assert copied.transfer("c-1") is not None
+    assert {x.id: x.balance for x in copied.accounts()}[b] == 3
+    copied.close()
+    service.close()
+
+
+def test_holds_folded_over_several_records_reach_the_store_as_their_last_state(
+    tmp_path: Path,
+) -> None:
+    store = ShardStore(tmp_path, 0, 2)
+    ledger = ShardLedger(0, 2, disk=store)
+    payer = ids_on(0, 2, 1, "h")[0]
+    remote = ids_on(1, 2, 1, "r")[0]
+    ledger.create_accounts(account_specs([payer]), T0)
+    ledger.apply_orders([topup(payer, 100, id="top", shard_count=2)], T0)
+    order = pay(payer, [(remote, 10)], id="h-1")
+    other = pay(payer, [(remote, 20)], id="h-2")
+
+    def prepare(txid: str, body: Transfer) -> None:
+        (vote,), _, _ = ledger.prepare([Prepare(txid=txid, transfer=body)], T0)
+        assert vote.ok
+
+    prepare("tx-1", Transfer(order=order, created_at=T0))
+    store.write(1, ledger.take_pending())  # tx-1 held on disk
+    # In one window: tx-1 released then held again, tx-2 held then released.
+    ledger.decide([Decision("tx-1", False)])
+    prepare("tx-1", Transfer(order=order, created_at=T0 + 1))
+    prepare("tx-2", Transfer(order=other, created_at=T0))
+    ledger.decide([Decision("tx-2", False)])
+    store.write(4, ledger.take_pending())
+    held = {p.txid: p.transfer.created_at for p in store.prepared()}
+    assert held == {"tx-1": T0 + 1}
+    reloaded = ShardLedger(0, 2, disk=store)
+    reloaded.load(list(store.accounts()), list(store.prepared()))
+    assert reloaded.accounts[payer].held_debit == 10
+    store.close()

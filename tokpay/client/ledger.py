@@ -61,6 +61,10 @@ _RETRYABLE = (RayActorError, ActorUnavailableError, ActorDiedError)
 
 T = TypeVar("T")
 
+ShardWrite = tuple[bool, TransferOrder]
+"""One item of a shard's write batch: (True, order) claims the order's id there, (False,
+order) applies the order there."""
+
 
 class LedgerClient:
     """Asynchronous client on the direct channels, found through a ``Directory``.
@@ -95,15 +99,15 @@ class LedgerClient:
         self._read_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._write_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._misc_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
-        self._claim_channels = [self._channel(shard_group(s)) for s in range(shard_count)]
         self._coordinator_channel = self._channel(COORDINATOR_GROUP)
         # One connection per cross-shard batch in flight: a channel answers one call at a time.
         self._cross_channels = [
             self._channel(COORDINATOR_GROUP) for _ in range(MAX_INFLIGHT_CROSS_BATCHES)
         ]
         self._reads = [self._batcher(self._read_batch(s)) for s in range(shard_count)]
-        self._orders = [self._batcher(self._order_batch(s)) for s in range(shard_count)]
-        self._claims = [self._batcher(self._claim_batch(s)) for s in range(shard_count)]
+        # Claims of ids homed on a shard and orders on its accounts share one batch: one
+        # call and one log record per flush, not one of each.
+        self._writes = [self._batcher(self._write_batch(s)) for s in range(shard_count)]
         self._cross = self._batcher(self._cross_batch, MAX_INFLIGHT_CROSS_BATCHES)
         self._lookup_channels = [
             self._channel(COORDINATOR_GROUP) for _ in range(MAX_INFLIGHT_LOOKUP_BATCHES)
@@ -153,19 +157,20 @@ class LedgerClient:
 
         return send
 
-    def _order_batch(self, shard: int) -> Any:
+    def _write_batch(self, shard: int) -> Any:
         channel = self._write_channels[shard]
 
-        async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
-            return decode(await channel.call("apply_orders", encode(orders)), list[TransferOutcome])
-
-        return send
-
-    def _claim_batch(self, shard: int) -> Any:
-        channel = self._claim_channels[shard]
-
-        async def send(orders: list[TransferOrder]) -> list[TransferOutcome]:
-            return decode(await channel.call("claim_ids", encode(orders)), list[TransferOutcome])
+        async def send(writes: list[ShardWrite]) -> list[TransferOutcome]:
+            claims = [order for claim, order in writes if claim]
+            orders = [order for claim, order in writes if not claim]
+            raw = await channel.call("claim_and_apply", encode((claims, orders)))
+            claimed, applied = decode(raw, tuple[list[TransferOutcome], list[TransferOutcome]])
+            if (len(claimed), len(applied)) != (len(claims), len(orders)):
+                raise ValueError(
+                    f"{len(claimed)}+{len(applied)} outcomes for {len(claims)}+{len(orders)}"
+                )
+            answers = iter(claimed), iter(applied)
+            return [next(answers[0] if claim else answers[1]) for claim, _ in writes]
 
         return send
 
@@ -262,11 +267,11 @@ class LedgerClient:
         shards = {shard_of(a, self.shard_count) for a in order.accounts()}
         home = claim_home(order, shards, self.shard_count)
         if home is not None:
-            claim: TransferOutcome = await self._claims[home].submit(order)
+            claim: TransferOutcome = await self._writes[home].submit((True, order))
             if claim.error is not None:
                 return claim
         if len(shards) == 1:
-            result: TransferOutcome = await self._orders[shards.pop()].submit(order)
+            result: TransferOutcome = await self._writes[shards.pop()].submit((False, order))
         else:
             result = await self._cross.submit(order)
         return result

@@ -1,7 +1,7 @@
 """What one batch changed, as the shard's store will keep it (see ``tokpay.store``).
 
-The ledger fills a ``Changes`` while it applies a batch; its owner writes it to the
-store right after the batch's log record is durable.
+The ledger fills a ``Changes`` while it applies batches; its owner writes it to the
+store after their log records are durable (every few records, in one transaction).
 """
 
 from __future__ import annotations
@@ -59,13 +59,15 @@ class Mark(msgspec.Struct, array_like=True, frozen=True):
 
 @dataclass
 class Changes:
-    """What one log record changed in the store; written in one transaction."""
+    """What log records changed since the store was last written; written in one
+    transaction. Several records fold into one: an account or a hold keeps its latest
+    state, and a hold released and taken again under the same txid is taken."""
 
     accounts: dict[str, Account] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
     history: list[HistoryRow] = field(default_factory=list)
-    prepared: list[Prepared] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)
     marks: list[Mark] = field(default_factory=list)
 
     def __bool__(self) -> bool:

@@ -7,9 +7,9 @@ state returns exactly what the caller must log to replay it.
 
 Memory holds what the rules need on every order: accounts and prepared holds. What
 only grows with time (committed transfers, each account's history, the ids this shard
-has seen) lives in the shard's store on disk (``tokpay.store``); what a batch adds
-waits in ``pending`` until its owner writes it there, right after the batch's log
-record is durable. A ledger without a store keeps it all in ``pending`` (tests).
+has seen) lives in the shard's store on disk (``tokpay.store``); what batches add
+waits in ``pending`` until its owner writes it there, after their log records are
+durable. A ledger without a store keeps it all in ``pending`` (tests).
 """
 
 from __future__ import annotations
@@ -89,9 +89,11 @@ class ShardLedger:
         self.prepared: dict[str, Prepared] = {}
         self._prepared_transfer_ids: dict[str, str] = {}
         self.pending = Changes()
-        # Indexes over ``pending`` for the rules: transfers and marks not yet on disk.
+        # Indexes over ``pending`` for the rules and reads: transfers, marks and each
+        # account's history entries not yet on disk.
         self._pending_transfers: dict[str, Transfer] = {}
         self._pending_marks: dict[str, Mark] = {}
+        self._pending_history: dict[str, list[HistoryRow]] = {}
         # What the store held for the ids of the batch being judged, read in one query per
         # table (``_looked_up``); None outside a batch. Pending changes are checked first.
         self._batch_ids: frozenset[str] | None = None
@@ -155,8 +157,8 @@ class ShardLedger:
             raise LedgerError(ErrorCode.INVALID_CURSOR, "cursor does not belong to this history")
         # Entries numbered end, end-1, ...: the newest may still be pending, the rest on disk.
         found: dict[int, tuple[Transfer, int, int]] = {}
-        for row in self.pending.history:
-            if row.account == account_id and end - limit < row.n <= end:
+        for row in self._pending_history.get(account_id, ()):
+            if end - limit < row.n <= end:
                 found[row.n] = (
                     self._pending_transfers[row.transfer_id],
                     row.effect,
@@ -235,31 +237,51 @@ class ShardLedger:
 
         Returns the outcomes, the committed transfers and the refusals to remember.
         """
+        with self._looked_up(orders):
+            return self._apply(orders, now)
+
+    def claim_and_apply(
+        self, claims: list[TransferOrder], orders: list[TransferOrder], now: int
+    ) -> tuple[list[TransferOutcome], list[TransferOutcome], list[Transfer], list[Mark]]:
+        """``claim(claims)`` then ``apply_orders(orders)`` as one batch: the ids of both read
+        from the store together, and one list of marks (claims and refusals) to log with
+        the committed transfers, so the two cost one log record.
+
+        Returns the claims' outcomes, the orders' outcomes, the committed transfers and the
+        marks to log.
+        """
+        with self._looked_up([*claims, *orders]):
+            claimed_outcomes, claimed = self._claim(claims)
+            outcomes, committed, refused = self._apply(orders, now)
+        return claimed_outcomes, outcomes, committed, claimed + refused
+
+    def _apply(
+        self, orders: list[TransferOrder], now: int
+    ) -> tuple[list[TransferOutcome], list[Transfer], list[Mark]]:
         outcomes: list[TransferOutcome] = []
         committed: list[Transfer] = []
         refused: list[Mark] = []
-        with self._looked_up(orders):
-            for order in orders:
+        for order in orders:
+            try:
+                validate_order(order, self.shard_count)
+                existing = self._existing(order, now)
+                if existing is not None:
+                    outcomes.append(TransferOutcome(transfer=existing, replayed=True))
+                    continue
+                for account_id in order.accounts():
+                    self._require_here(account_id)
                 try:
-                    validate_order(order, self.shard_count)
-                    existing = self._existing(order, now)
-                    if existing is not None:
-                        outcomes.append(TransferOutcome(transfer=existing, replayed=True))
-                        continue
-                    for account_id in order.accounts():
-                        self._require_here(account_id)
-                    try:
-                        self._check_credits(order, order.credits)
-                        self._check_debit(order)
-                    except LedgerError as error:
-                        refused.extend(self._remember_refusal(order, error, now))
-                        raise
-                    transfer = Transfer(order=order, created_at=now)
-                    self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
-                    committed.append(transfer)
-                    outcomes.append(TransferOutcome(transfer=transfer))
+                    self._check_credits(order, order.credits)
+                    self._check_debit(order)
                 except LedgerError as error:
-                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+                    refused.extend(self._remember_refusal(order, error, now))
+                    raise
+                transfer = Transfer(order=order, created_at=now)
+                self._commit_legs(transfer, debit_here=True, credits_here=order.credits)
+                committed.append(transfer)
+                outcomes.append(TransferOutcome(transfer=transfer))
+            except LedgerError as error:
+                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, committed, refused
 
     def replay_transfers(self, transfers: list[Transfer]) -> None:
@@ -281,23 +303,26 @@ class ShardLedger:
         is an empty ``TransferOutcome`` to go ahead, or the refusal (an invalid body,
         or another body under the same id).
         """
+        with self._looked_up(orders):
+            return self._claim(orders)
+
+    def _claim(self, orders: list[TransferOrder]) -> tuple[list[TransferOutcome], list[Mark]]:
         outcomes: list[TransferOutcome] = []
         claimed: list[Mark] = []
-        with self._looked_up(orders):
-            for order in orders:
-                try:
-                    validate_order(order, self.shard_count)
-                    check(
-                        home_of(order.id, self.shard_count) == self.shard,
-                        f"{order.id!r} not homed here",
-                    )
-                    if self._binding(order) is None:
-                        mark = Mark(order.id, order_digest(order))
-                        self._mark(mark)
-                        claimed.append(mark)
-                    outcomes.append(TransferOutcome())
-                except LedgerError as error:
-                    outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
+        for order in orders:
+            try:
+                validate_order(order, self.shard_count)
+                check(
+                    home_of(order.id, self.shard_count) == self.shard,
+                    f"{order.id!r} not homed here",
+                )
+                if self._binding(order) is None:
+                    mark = Mark(order.id, order_digest(order))
+                    self._mark(mark)
+                    claimed.append(mark)
+                outcomes.append(TransferOutcome())
+            except LedgerError as error:
+                outcomes.append(TransferOutcome(error=error.code, detail=error.detail))
         return outcomes, claimed
 
     # -- two-phase commit participant ----------------------------------------------------
@@ -396,7 +421,9 @@ class ShardLedger:
                 continue
             del self.prepared[decision.txid]
             self._release(record)
-            self.pending.released.append(decision.txid)
+            # A hold taken since the store was last written never reached it: drop it there.
+            self.pending.prepared.pop(decision.txid, None)
+            self.pending.released.add(decision.txid)
             if decision.commit:
                 self._commit_legs(
                     record.transfer,
@@ -417,6 +444,7 @@ class ShardLedger:
         self.pending = Changes()
         self._pending_transfers = {}
         self._pending_marks = {}
+        self._pending_history = {}
         return changes
 
     def load(self, accounts: list[Account], prepared: list[Prepared]) -> None:
@@ -593,7 +621,8 @@ class ShardLedger:
             self.accounts[credit.account].held_credit += credit.amount
         self.prepared[record.txid] = record
         self._prepared_transfer_ids[order.id] = record.txid
-        self.pending.prepared.append(record)
+        self.pending.prepared[record.txid] = record
+        self.pending.released.discard(record.txid)
 
     def _release(self, record: Prepared) -> None:
         order = record.transfer.order
@@ -624,9 +653,9 @@ class ShardLedger:
     def _entry(self, account: Account, transfer_id: str, effect: int) -> None:
         account.balance += effect
         account.entries += 1
-        self.pending.history.append(
-            HistoryRow(account.id, account.entries, transfer_id, effect, account.balance)
-        )
+        row = HistoryRow(account.id, account.entries, transfer_id, effect, account.balance)
+        self.pending.history.append(row)
+        self._pending_history.setdefault(account.id, []).append(row)
         self.pending.accounts[account.id] = account
 
 

@@ -201,7 +201,7 @@ class ShardStore:
             if changes.prepared:
                 db.executemany(
                     "INSERT OR REPLACE INTO prepared VALUES (?, ?)",
-                    [(p.txid, _ENCODER.encode(p)) for p in changes.prepared],
+                    [(p.txid, _ENCODER.encode(p)) for p in changes.prepared.values()],
                 )
             if changes.released:
                 db.executemany(
