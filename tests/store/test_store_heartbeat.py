@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import tokpay.actors.shard as shard_module
+import tokpay.store.checkpointer as checkpointer_module
 from tests.support.services import apply_orders
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.changes import Changes, HistoryRow
@@ -100,7 +100,7 @@ def test_heartbeat_is_never_starved_by_a_checkpoint_or_a_copy(
     ids = build_store(tmp_path / "shard-0", TRANSFERS)
     built = time.perf_counter() - started
     # Only this test's checkpoint runs: the service's own checkpointer stays asleep.
-    monkeypatch.setattr(shard_module, "CHECKPOINT_SECONDS", 3600.0)
+    monkeypatch.setattr(checkpointer_module, "CHECKPOINT_SECONDS", 3600.0)
     service = ShardService(0, 1, tmp_path)
     assert service.store.transfers == TRANSFERS
     serial = iter(range(10**9))

@@ -31,7 +31,8 @@ class AccountsCreated(msgspec.Struct, tag="accounts"):
 class TransfersCommitted(msgspec.Struct, tag="transfers"):
     transfers: list[Transfer]
     refused: list[Mark] = []
-    """Refusals the ledger remembers (``REMEMBERED_REFUSALS``)."""
+    """Refusals the ledger remembers (``REMEMBERED_REFUSALS``), and the claims of ids whose
+    home is this shard that came in the same ``claim_and_apply`` batch."""
 
 
 class TxPrepared(msgspec.Struct, tag="prepared"):

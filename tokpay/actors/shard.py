@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -48,11 +47,11 @@ from tokpay.actors.protocol import (
 from tokpay.actors.replica_host import ReplicaHost, replica_root
 from tokpay.actors.replicated_service import STOP_EXIT_CODE, LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed
-from tokpay.actors.timing import CHECKPOINT_SECONDS
 from tokpay.ledger.errors import LedgerError
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Decision, Prepare, TransferOrder
 from tokpay.ledger.shard_ledger import ShardLedger
+from tokpay.store.checkpointer import Checkpointer
 from tokpay.store.shard_store import STORE_FILE, ShardStore
 from tokpay.wal._files import fsync_directory
 
@@ -339,54 +338,6 @@ class ShardService(ReplicatedService):
         self._checkpointer.stop()
         super().close()
         self.store.close()
-
-
-class Checkpointer:
-    """Makes a shard's store durable every ``CHECKPOINT_SECONDS`` (or when woken), on a
-    thread of its own; the owner's thread deletes the log segments it covers."""
-
-    def __init__(self, service: ShardService) -> None:
-        self._service = service
-        self._store = service.store
-        self._label = service.label
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _verify(self) -> None:
-        """Check the whole store once after open (O(store): never in the open itself)."""
-        started = time.perf_counter()
-        try:
-            verdict = self._store.verify()
-        except Exception as error:
-            verdict = repr(error)
-        if verdict != "ok":
-            self._service.stop_untrusted(f"store integrity check failed: {verdict}")
-        log.info("%s: store verified in %.2f s", self._label, time.perf_counter() - started)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        self._verify()
-        while not self._stopped.is_set():
-            self._wake.wait(CHECKPOINT_SECONDS)
-            self._wake.clear()
-            if self._stopped.is_set():
-                return
-            try:
-                self._store.checkpoint()
-            except OSError as error:
-                # A failed fsync: later ones may succeed over pages the kernel dropped.
-                self._service.stop_untrusted(f"store checkpoint fsync failed: {error!r}")
-            except Exception:
-                self._service.checkpoint_failed()
 
 
 def _bounded(count: int) -> int:
