@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import tokpay.store.checkpointer as checkpointer_module
+import tokpay.actors.checkpointer as checkpointer_module
 from tests.support.services import apply_orders
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.changes import Changes, HistoryRow

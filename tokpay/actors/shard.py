@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Unpack
 import ray
 
 from tokpay.actors.channel import ChannelServer, NotPrimary
+from tokpay.actors.checkpointer import Checkpointer
 from tokpay.actors.protocol import (
     FSYNC_BUCKETS,
     AccountsCreated,
@@ -51,7 +52,6 @@ from tokpay.ledger.errors import LedgerError
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Decision, Prepare, TransferOrder
 from tokpay.ledger.shard_ledger import ShardLedger
-from tokpay.store.checkpointer import Checkpointer
 from tokpay.store.shard_store import STORE_FILE, ShardStore
 from tokpay.wal._files import fsync_directory
 
