@@ -15,7 +15,8 @@ from tokpay.actors import placement as placement_module
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.naming import NODE_RESOURCE_PREFIX
 from tokpay.actors.placement import Placement
-from tokpay.actors.shard_map import ClusterState, Member, ShardMap
+from tokpay.actors.protocol import HeartbeatReport
+from tokpay.actors.shard_map import ClusterState, Group, Member, ShardMap
 
 NODES = ["n0", "n1", "n2"]
 
@@ -35,9 +36,13 @@ def nodes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return listed
 
 
-def placement_over(nodes: list[dict[str, Any]], entries: list[dict[str, Any]]) -> Placement:
+def placement_over(
+    nodes: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    groups: dict[str, Group] | None = None,
+) -> Placement:
     nodes[:] = entries
-    state = ClusterState(shard_count=2, fsync=False, nodes=NODES, groups={})
+    state = ClusterState(shard_count=2, fsync=False, nodes=NODES, groups=groups or {})
     placed = Placement(ShardMap(state), Liveness([]))
     asyncio.run(placed.refresh_nodes(force=True))
     return placed
@@ -63,4 +68,18 @@ def test_suspicion_runs_out(nodes: list[dict[str, Any]], monkeypatch: pytest.Mon
     assert placed.pick_node({"n0"}) is None
     later = placement_module.time.monotonic() + placement_module.SUSPECT_SECONDS + 1
     monkeypatch.setattr(placement_module.time, "monotonic", lambda: later)
+    assert placed.pick_node({"n0"}) == "n1"
+
+
+def test_a_node_whose_other_replicas_still_report_is_not_suspect(
+    nodes: list[dict[str, Any]],
+) -> None:
+    """One replica lost (or stalled) on a live node: its neighbours' reports clear it."""
+    lost, neighbour = Member(name="r1", node="n1"), Member(name="r2", node="n1")
+    groups = {"shard-0": Group(epoch=2, primary=lost), "shard-1": Group(epoch=2, primary=neighbour)}
+    placed = placement_over(nodes, table(n0="a", n1="b"), groups)
+    placed.mark_suspect(lost)
+    assert placed.pick_node({"n0"}) is None
+    report = HeartbeatReport(name="r2", epoch=2, role="primary", sequence=0, broken=False)
+    placed._liveness.heard(report)
     assert placed.pick_node({"n0"}) == "n1"

@@ -19,6 +19,8 @@ class Liveness:
         now = time.monotonic()
         self.started = now
         self.last_seen: dict[str, float] = {}
+        self.reported: dict[str, float] = {}
+        """When each replica last reported (``last_seen`` also holds creation grace)."""
         self.reports: dict[str, HeartbeatReport] = {}
         # After a restart nothing is known about leases granted just before: assume one
         # was granted now, and give every replica a fresh grace period to report.
@@ -29,6 +31,7 @@ class Liveness:
     def heard(self, report: HeartbeatReport) -> float:
         now = time.monotonic()
         self.last_seen[report.name] = now
+        self.reported[report.name] = now
         self.reports[report.name] = report
         return now
 
@@ -40,6 +43,7 @@ class Liveness:
         """A replica that was ended: keep nothing of it (one entry per replica ever made
         would otherwise pile up over months of rebuilds)."""
         self.last_seen.pop(name, None)
+        self.reported.pop(name, None)
         self.reports.pop(name, None)
 
     def dead(self, name: str) -> bool:

@@ -58,7 +58,7 @@ class Placement:
         self._map = shard_map
         self._liveness = liveness
         self._handles: dict[str, Any] = {}
-        # node -> (suspect until, the Ray node id it had when it became suspect)
+        # node -> (when it became suspect, the Ray node id it had then)
         self._suspect: dict[str, tuple[float, str | None]] = {}
         self._ray_ids: dict[str, set[str]] = {}
         self.live_nodes: set[str] = set(shard_map.state.nodes)
@@ -99,13 +99,25 @@ class Placement:
         return min(candidates, key=lambda n: load[n]) if candidates else None
 
     def _suspected(self, node: str, now: float) -> bool:
-        """Suspect for ``SUSPECT_SECONDS``, unless the node was started again since: Ray
-        lists it under a node id it did not have then (a dead node stays listed under its
-        old id until the GCS's health checks give up on it)."""
-        until, ray_id = self._suspect.get(node, (0.0, None))
-        if until < now:
+        """Suspect for ``SUSPECT_SECONDS``, unless it shows it is up: a replica on it
+        reported since (one replica lost, or stalled, on a live node), or it was started
+        again (Ray lists it under a node id it did not have then; a dead node stays
+        listed under its old id until the GCS's health checks give up on it)."""
+        since, ray_id = self._suspect.get(node, (0.0, None))
+        if since + SUSPECT_SECONDS < now:
             return False
-        return ray_id is None or self._ray_ids.get(node, set()) <= {ray_id}
+        if ray_id is not None and not self._ray_ids.get(node, set()) <= {ray_id}:
+            return False
+        reported = self._liveness.reported
+        return not any(reported.get(m.name, 0.0) > since for m in self._members_on(node))
+
+    def _members_on(self, node: str) -> list[Member]:
+        return [
+            m
+            for g in self._map.state.groups.values()
+            for m in (g.primary, g.backup, g.standby)
+            if m is not None and m.node == node
+        ]
 
     def mark_suspect(self, member: Member | None) -> None:
         if member is not None:
@@ -113,7 +125,7 @@ class Placement:
             # With two ids listed (a restart while the old one still shows), the newer
             # cannot be told apart here: suspect it all, as before.
             ray_id = next(iter(ids)) if len(ids) == 1 else None
-            self._suspect[member.node] = (time.monotonic() + SUSPECT_SECONDS, ray_id)
+            self._suspect[member.node] = (time.monotonic(), ray_id)
 
     def spawn(self, group: str, member: Member, epoch: int, role: str) -> Any:
         """Create replica ``member`` of ``group`` on its node; returns its actor handle."""
