@@ -20,7 +20,8 @@ import tokpay.actors.two_phase as two_phase_module
 from tests.support.audit import assert_books_balance, full_history, in_doubt
 from tests.support.orders import CURRENCY, account_specs, ids_on, pay, topup
 from tests.support.services import InProcessShards, apply_orders, create_accounts
-from tokpay.actors.coordinator import CoordinatorActor, CoordinatorService
+from tokpay.actors.coordinator import CoordinatorService
+from tokpay.actors.coordinator_actor import CoordinatorActor
 from tokpay.actors.deploy import LedgerHandles, connect_ledger, read_shard_count
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE
 from tokpay.actors.protocol import ShardStats, decode, encode

@@ -5,9 +5,11 @@ the coordinator durably logs only commit decisions, then tells every participant
 and answers the client once all of them applied it. A transaction the coordinator
 has no commit record of is aborted by recovery. PREPARE and COMMIT travel batched:
 one call per participant shard per incoming batch. Every wait on a shard while a client
-waits is bounded (``PREPARE_DEADLINE_SECONDS``), aborts are sent without waiting for
-them, and a shard that missed its deadline is left to a background probe, so one
-unreachable shard stalls only the transactions that touch it.
+waits is bounded: a silent shard by ``PREPARE_DEADLINE_SECONDS``, a reconfiguring one
+(and the coordinator's own broken log) by ``RECONFIGURE_WAIT_SECONDS`` per batch. Aborts
+are sent without waiting for them, and a shard that missed its deadline is left to a
+background probe, so one unreachable shard stalls only the transactions that touch it.
+The Ray actor around this state machine is ``coordinator_actor.CoordinatorActor``.
 """
 
 from __future__ import annotations
@@ -17,28 +19,19 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Unpack
 
-import ray
-
-from tokpay.actors.channel import ActorChannel, AsyncChannelServer, NotPrimary
-from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
-from tokpay.actors.naming import shard_group
+from tokpay.actors.channel import NotPrimary
 from tokpay.actors.protocol import (
-    ChannelAddress,
     CoordinatorCommit,
     CoordinatorDone,
     CoordinatorRecord,
-    ReplicaSpec,
-    ReplicaStatus,
     decode,
     encode,
 )
-from tokpay.actors.replica_host import ReplicaHost, replica_root
 from tokpay.actors.replicated_service import LogOptions, ReplicatedService
-from tokpay.actors.replication import ReplicationFailed, Role
+from tokpay.actors.replication import ReplicationFailed
 from tokpay.actors.timing import (
     PREPARE_DEADLINE_SECONDS,
     RECONFIGURE_WAIT_SECONDS,
@@ -254,11 +247,14 @@ class CoordinatorService(ReplicatedService):
         for tx in txs:
             for shard in tx.shards:
                 by_shard.setdefault(shard, []).append(tx)
-        # What the batch may spend waiting out reconfigurations, in all (timing.py).
+        # What the batch may spend waiting out reconfigurations, in all (timing.py); each
+        # wait on a shard still gets at least a silent shard's deadline.
         waits_until = time.monotonic() + RECONFIGURE_WAIT_SECONDS
-        await self._shards.prepare(
-            by_shard, self.log.epoch, max(PREPARE_DEADLINE_SECONDS, waits_until - time.monotonic())
-        )
+
+        def wait_left() -> float:
+            return max(PREPARE_DEADLINE_SECONDS, waits_until - time.monotonic())
+
+        await self._shards.prepare(by_shard, self.log.epoch, wait_left())
 
         commits: list[PendingTx] = []
         aborts: list[PendingTx] = []
@@ -296,7 +292,7 @@ class CoordinatorService(ReplicatedService):
         undelivered = await self._shards.deliver(
             [Decision(tx.txid, True, epoch) for tx in commits],
             {tx.txid: tx.shards for tx in commits},
-            max(PREPARE_DEADLINE_SECONDS, waits_until - time.monotonic()),
+            wait_left(),
         )
         done = [tx.txid for tx in commits if tx.txid not in undelivered]
         for tx in commits:
@@ -373,146 +369,3 @@ class CoordinatorService(ReplicatedService):
             with contextlib.suppress(ReplicationFailed):
                 self._append(CoordinatorDone(txids=done))
         return len(done)
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)  # type: ignore[call-overload]
-class CoordinatorActor:
-    """Async Ray shell around CoordinatorService; one copy, or one replica of two.
-
-    Shards are reached on their direct channels, found through ``directory``: by
-    actor name on a single node, through the controller's routes in a cluster.
-    """
-
-    def __init__(
-        self,
-        shard_count: int,
-        data_dir: str,
-        fsync: bool = True,
-        replica: ReplicaSpec | None = None,
-    ) -> None:
-        self._channels: dict[int, ActorChannel] = {}
-        # Lookups read on their own connections: a read never queues behind a prepare.
-        self._read_channels: dict[int, ActorChannel] = {}
-        self._shard_count = shard_count
-        self._directory: Directory = (
-            NamedActorDirectory(shard_count) if replica is None else ControllerDirectory()
-        )
-        self._sweeper: asyncio.Task[None] | None = None
-        root = replica_root(data_dir, "coordinator", replica)
-
-        def open_service(options: LogOptions) -> CoordinatorService:
-            return CoordinatorService(shard_count, root.parent, self._call, **options)
-
-        self._host = ReplicaHost(
-            "coordinator",
-            replica,
-            root,
-            open_service,
-            service_class=CoordinatorService,
-            fsync=fsync,
-        )
-        self._methods: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
-            "submit": self.submit,
-            "lookup": self.lookup,
-            "stats": self._encoded_stats,
-        }
-        """What the coordinator serves to clients on its channel."""
-        self._host_ip = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
-        self._channel_server = AsyncChannelServer(self._dispatch)
-        self._host.start_heartbeat()
-        if self._host.role is Role.PRIMARY:
-            # After a Ray restart nobody else calls start(): recovery and the in-doubt
-            # sweep must not wait for the next cross-shard transfer to begin.
-            ray.get_runtime_context().current_actor.start.remote()
-
-    async def _dispatch(self, method: str, payload: bytes) -> bytes:
-        served = self._methods.get(method)
-        if served is not None:
-            return await served(payload)
-        return self._host.serve_replication(method, payload)
-
-    async def _encoded_stats(self, payload: bytes) -> bytes:
-        return encode(await self.stats())
-
-    # -- reconfiguration (the controller) ----------------------------------------------------
-
-    async def promote(self, epoch: int) -> bool:
-        return self._host.promote(epoch)
-
-    async def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
-        sequence = self._host.attach_backup(epoch, address)
-        # Decisions held back while the log was broken can go out now.
-        await self.start()
-        return sequence
-
-    async def fence(self) -> bool:
-        self._host.fence()
-        return True
-
-    async def replica_status(self) -> ReplicaStatus:
-        return self._host.status()
-
-    async def ready(self) -> bool:
-        return True
-
-    # -- the service -------------------------------------------------------------------------
-
-    async def channel_address(self) -> ChannelAddress:
-        """Where gateways submit cross-shard batches (and a primary ships its records)."""
-        if self._host.role is Role.PRIMARY:
-            await self.start()
-        return await self._channel_server.start(self._host_ip)
-
-    async def _call(self, shard: int, method: str, payload: bytes) -> Any:
-        """One request to a participant shard. Votes, decisions and reads give up on a
-        silent shard after ``PREPARE_DEADLINE_SECONDS`` but wait out a reconfiguring one."""
-        channels = self._read_channels if method == "balances" else self._channels
-        channel = channels.get(shard)
-        if channel is None:
-            directory = self._directory
-            group = shard_group(shard)
-
-            async def address() -> ChannelAddress:
-                return await directory.address(group)
-
-            channel = channels[shard] = ActorChannel(address)
-        if method == "in_doubt":
-            return decode(await channel.call(method, payload), list[str])
-        return await channel.call(
-            method, payload, quiet=PREPARE_DEADLINE_SECONDS, budget=RECONFIGURE_WAIT_SECONDS
-        )
-
-    async def start(self) -> dict[str, int]:
-        service = self._host.primary()
-        await service.ensure_recovered()
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(service.sweep_forever())
-        return {"pending_commits": len(service.pending_commits)}
-
-    async def submit(self, payload: bytes) -> bytes:
-        service = self._host.primary()
-        if self._sweeper is None:
-            await self.start()
-        return await service.submit(payload)
-
-    async def lookup(self, payload: bytes) -> bytes:
-        # Under the lease, checked again after the reads: a deposed coordinator no longer
-        # knows every delivery in flight, so it must not answer (docs/ARCHITECTURE.md).
-        answer = await self._host.leased().lookup(payload)
-        self._host.check_lease_after_read()
-        return answer
-
-    async def resolve_in_doubt(self) -> dict[str, int]:
-        return await self._host.primary().resolve_in_doubt()
-
-    async def shard_count(self) -> int:
-        return self._shard_count
-
-    async def stats(self) -> dict[str, int]:
-        service = self._host.primary()
-        return {
-            "committed": service.committed,
-            "aborted": service.aborted,
-            "pending_commits": len(service.pending_commits),
-            "unreachable_shards": service.unreachable_shards,
-        }

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from tokpay.actors.coordinator import CoordinatorActor
+from tokpay.actors.coordinator_actor import CoordinatorActor
 from tokpay.actors.naming import COORDINATOR_NAME, NAMESPACE, shard_actor_name
 from tokpay.actors.shard import ShardActor
 

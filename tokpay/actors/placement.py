@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from tokpay.actors.coordinator import CoordinatorActor
+from tokpay.actors.coordinator_actor import CoordinatorActor
 from tokpay.actors.copies import CopyView, copies_on_disk, delete_old_copies
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource

@@ -244,7 +244,7 @@ async def prepare_on(
     group: list[PendingTx],
     epoch: int,
     unreachable: Unreachable,
-    wait: float = PREPARE_DEADLINE_SECONDS,
+    wait: float,
 ) -> None:
     """PREPARE a group of transactions on one shard; records each vote on its transaction.
 
