@@ -200,8 +200,9 @@ def victim_pid_single(data_dir: Path, victim: int) -> int:
     return pid
 
 
-def cluster_status(cluster_dir: Path) -> Any:
-    """The controller's status of the cluster in ``cluster_dir`` (joins its Ray)."""
+def cluster_status(cluster_dir: Path) -> tuple[Any, Any]:
+    """(the ``ray`` module joined to the cluster in ``cluster_dir``, its controller's
+    status)."""
     from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
     from tokpay.cluster.deploy import join
     from tokpay.cluster.local import LocalCluster

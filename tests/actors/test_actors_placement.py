@@ -40,10 +40,11 @@ def placement_over(
     nodes: list[dict[str, Any]],
     entries: list[dict[str, Any]],
     groups: dict[str, Group] | None = None,
+    liveness: Liveness | None = None,
 ) -> Placement:
     nodes[:] = entries
     state = ClusterState(shard_count=2, fsync=False, nodes=NODES, groups=groups or {})
-    placed = Placement(ShardMap(state), Liveness([]))
+    placed = Placement(ShardMap(state), liveness or Liveness([]))
     asyncio.run(placed.refresh_nodes(force=True))
     return placed
 
@@ -77,9 +78,9 @@ def test_a_node_whose_other_replicas_still_report_is_not_suspect(
     """One replica lost (or stalled) on a live node: its neighbours' reports clear it."""
     lost, neighbour = Member(name="r1", node="n1"), Member(name="r2", node="n1")
     groups = {"shard-0": Group(epoch=2, primary=lost), "shard-1": Group(epoch=2, primary=neighbour)}
-    placed = placement_over(nodes, table(n0="a", n1="b"), groups)
+    liveness = Liveness([])
+    placed = placement_over(nodes, table(n0="a", n1="b"), groups, liveness)
     placed.mark_suspect(lost)
     assert placed.pick_node({"n0"}) is None
-    report = HeartbeatReport(name="r2", epoch=2, role="primary", sequence=0, broken=False)
-    placed._liveness.heard(report)
+    liveness.heard(HeartbeatReport(name="r2", epoch=2, role="primary", sequence=0, broken=False))
     assert placed.pick_node({"n0"}) == "n1"
