@@ -413,6 +413,8 @@ class ShardActor:
 
     def _dispatch(self, method: str, payload: bytes) -> bytes:
         host = self._host
+        if method == "lease":
+            return host.serve_replication(method, payload)  # its own lock, never the shard's
         with host.lock:
             entry = SHARD_METHODS.get(method)
             if entry is None:
@@ -436,9 +438,9 @@ class ShardActor:
         """Any of ``SHARD_METHODS`` (or a replication frame), as on the channel."""
         return self._dispatch(method, payload)
 
-    def promote(self, epoch: int) -> bool:
+    def promote(self, epoch: int, hold: float = 0.0) -> bool:
         with self._host.lock:
-            return self._host.promote(epoch)
+            return self._host.promote(epoch, hold)
 
     def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
         with self._host.lock:
