@@ -246,9 +246,9 @@ class DrillLoad:
     async def resolve(self, transfer_ids: list[str]) -> None:
         """Ask the ledger whether each of ``transfer_ids`` (never answered) committed, and
         put its answer in the history; one it will not answer stays unresolved."""
-        async with self.client() as http:
+        deadline = time.monotonic() + SETTLE_SECONDS  # for them all: a dead gateway
+        async with self.client() as http:  # must not cost SETTLE_SECONDS per id
             for transfer_id in transfer_ids:
-                deadline = time.monotonic() + SETTLE_SECONDS
                 while time.monotonic() < deadline:
                     try:
                         response = await http.get(f"/v1/transfers/{transfer_id}")
