@@ -6,7 +6,7 @@ primary, under its lease, with replication intact) and handles everything a repl
 does for the cluster: follow its primary's records as a backup, receive a chunked
 install, be promoted, attach a new backup, fence itself when a newer epoch exists,
 report to the controller every ``HEARTBEAT_SECONDS`` and hand its routes to clients.
-A primary holds its lease from its backup (``LeaseKeeper``), which grants it on its
+A primary holds its lease from its backup (``keep_lease``), which grants it on its
 channel (``lease``) and waits its last grant out once promoted: reads and writes go on
 while the controller, or the whole head machine, is away.
 
@@ -56,7 +56,6 @@ from tokpay.actors.replication import (
     InstallReceiver,
     Lease,
     LeaseGrants,
-    LeaseKeeper,
     Role,
     send_state,
 )
@@ -143,7 +142,7 @@ class ReplicaHost(Generic[S]):
         self._proof = ProofKeeper(root, spec.group, spec.name, fsync=fsync) if spec else None
         self._prove_role()
         self._heartbeat: Heartbeat | None = None
-        self._lease_keeper: LeaseKeeper | None = None
+        self._lease_keeper: Heartbeat | None = None
 
     def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
         return LogOptions(
@@ -164,10 +163,14 @@ class ReplicaHost(Generic[S]):
     def keep_lease(self) -> None:
         """Ask the backup for the lease, whenever this copy is a primary, from now on."""
         if self._lease_keeper is None:
-            self._lease_keeper = LeaseKeeper(self._ask_for_lease, self.lease)
+            self._lease_keeper = Heartbeat(self._ask_for_lease, self._on_lease_answer)
+
+    def _on_lease_answer(self, asked_at: float, granted: bool) -> None:
+        if granted:
+            self.lease.extend_from(asked_at)
 
     def _ask_for_lease(self) -> bool:
-        """One lease ask to this primary's backup (on the lease keeper's thread)."""
+        """One lease ask to this primary's backup (on the lease thread): granted or not."""
         service = self.service
         if self.role is not Role.PRIMARY or service is None:
             self._lease_ask.close()

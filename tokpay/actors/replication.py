@@ -10,7 +10,7 @@ Fencing is by epoch. A backup accepts records of exactly its own epoch, and a
 promoted backup accepts none, so a primary that the controller has replaced can no
 longer make anything durable on two machines, hence can acknowledge nothing. Reads
 are fenced by a lease the primary holds from its backup (``Lease``, ``LeaseGrants``,
-``LeaseKeeper``; PacificA's rule): the backup waits its own last grant out before it
+``BackupLeaseAsk``; PacificA's rule): the backup waits its own last grant out before it
 serves as a primary, so the controller is off the data path.
 """
 
@@ -309,36 +309,6 @@ class LeaseGrants:
         return 0.0 if last is None else last + LEASE_SECONDS + LEASE_MARGIN_SECONDS
 
 
-class LeaseKeeper:
-    """A primary's thread that asks its backup for the lease every ``HEARTBEAT_SECONDS``.
-
-    ``ask`` returns True when the backup granted; the lease then runs from the moment
-    the ask was sent. It runs on a thread of its own, apart from the apply path and the
-    controller's heartbeat, so neither a busy shard nor a lost head stops it.
-    """
-
-    def __init__(self, ask: Callable[[], bool], lease: Lease) -> None:
-        self._ask = ask
-        self._lease = lease
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name="lease", daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            asked_at = time.monotonic()
-            try:
-                granted = self._ask()
-            except Exception as error:
-                log.debug("lease ask failed: %r", error)
-                granted = False
-            if granted:
-                self._lease.extend_from(asked_at)
-            self._stop.wait(HEARTBEAT_SECONDS)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class BackupLeaseAsk:
     """The primary's connection for lease asks, kept apart from the shipping one (which
     the apply path holds under its lock) and re-made when the backup changes."""
@@ -367,10 +337,12 @@ class BackupLeaseAsk:
 
 
 class Heartbeat:
-    """Reports this replica to the controller every HEARTBEAT_SECONDS, on its own thread.
+    """Calls ``report`` every HEARTBEAT_SECONDS on a thread of its own and hands each answer,
+    with the moment it was asked, to ``on_answer``; a failed call changes nothing.
 
-    ``report`` returns the controller's answer; ``on_answer`` applies it (routes, fencing).
-    A failed report changes nothing: the lease comes from the backup, not from here.
+    Two run in every cluster replica: its report to the controller (routes, fencing), and a
+    primary's lease ask to its backup. Apart from the apply path, neither a busy shard nor
+    a lost head stops the other.
     """
 
     def __init__(
