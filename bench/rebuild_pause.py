@@ -56,17 +56,12 @@ def host_for(root: Path, role: str, epoch: int) -> ReplicaHost[ShardService]:
 
 
 class Backup:
-    """A backup host behind its channel; every frame is served under the host's lock."""
+    """A backup host behind its channel, served as a shard actor serves it (every frame
+    but lease asks under the host's lock)."""
 
     def __init__(self, root: Path, epoch: int) -> None:
         self.host = host_for(root, "backup", epoch)
-        self.server = ChannelServer(self._dispatch)
-
-    def _dispatch(self, method: str, payload: bytes) -> bytes:
-        if method == "lease":
-            return self.host.serve_replication(method, payload)  # its own lock, as a shard's
-        with self.host.lock:
-            return self.host.serve_replication(method, payload)
+        self.server = ChannelServer(self.host.serve_locked)
 
     def installed(self) -> bool:
         return self.host.status().installed

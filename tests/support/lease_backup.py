@@ -1,8 +1,7 @@
 """A shard backup in a process of its own, for tests that stop it (SIGSTOP) for real.
 
 ``python -m tests.support.lease_backup ROOT EPOCH`` opens a backup replica host over
-ROOT behind a channel, as ``ShardActor`` runs one (lease asks are answered without the
-host's lock), prints its channel address as one JSON line and serves until its stdin
+ROOT behind a channel, as ``ShardActor`` runs one (``ReplicaHost.serve_locked``), prints its channel address as one JSON line and serves until its stdin
 closes.
 """
 
@@ -12,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from tokpay.actors.channel import ChannelServer
 from tokpay.actors.protocol import ReplicaSpec
 from tokpay.actors.replica_host import ReplicaHost
 from tokpay.actors.shard import ShardService
@@ -21,8 +21,6 @@ SHARD_COUNT = 2
 
 
 def main(root: Path, epoch: int) -> None:
-    from tokpay.actors.channel import ChannelServer
-
     host = ReplicaHost(
         f"backup {root.name}",
         ReplicaSpec(name=root.name, epoch=epoch, role="backup"),
@@ -31,14 +29,7 @@ def main(root: Path, epoch: int) -> None:
         service_class=ShardService,
         fsync=True,
     )
-
-    def dispatch(method: str, payload: bytes) -> bytes:
-        if method == "lease":
-            return host.serve_replication(method, payload)
-        with host.lock:
-            return host.serve_replication(method, payload)
-
-    server = ChannelServer(dispatch)
+    server = ChannelServer(host.serve_locked)
     address, port, token = server.address
     print(json.dumps([address, port, token.hex()]), flush=True)
     sys.stdin.read()

@@ -1,10 +1,10 @@
 """The controller of a replicated cluster: one detached, named, restartable Ray actor.
 
 It answers replicas' heartbeats (telling replaced replicas to fence themselves,
-handing everyone the routes; leases come from the backups, not from here), and runs the monitor
-that notices lost replicas and starts a reconfiguration. The parts live beside it:
+handing everyone the routes; leases come from the backups, not from here), and runs
+the monitor that notices lost replicas and starts a reconfiguration. The parts live beside it:
 ``shard_map`` (the state and its persistence in the GCS), ``liveness`` (heartbeats
-and leases as the controller sees them), ``placement`` (nodes and replica processes)
+and reports as the controller sees them), ``placement`` (nodes and replica processes)
 and ``failover`` (promotion and backup rebuilds). Intervals are in ``timing``.
 """
 

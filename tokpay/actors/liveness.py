@@ -22,12 +22,11 @@ class Liveness:
         """When each replica last reported (``last_seen`` also holds creation grace)."""
         self.reports: dict[str, HeartbeatReport] = {}
 
-    def heard(self, report: HeartbeatReport) -> float:
+    def heard(self, report: HeartbeatReport) -> None:
         now = time.monotonic()
         self.last_seen[report.name] = now
         self.reported[report.name] = now
         self.reports[report.name] = report
-        return now
 
     def expect(self, name: str, within: float) -> None:
         """A replica being created: not counted lost for ``within`` seconds."""

@@ -211,6 +211,14 @@ class ReplicaHost(Generic[S]):
 
     # -- what the cluster asks of a replica on its channel ----------------------------------------
 
+    def serve_locked(self, method: str, payload: bytes) -> bytes:
+        """``serve_replication`` for an actor whose calls run on threads (a shard): under
+        ``lock``, except ``lease``, which must not wait behind a batch being applied."""
+        if method == "lease":
+            return self.serve_replication(method, payload)
+        with self.lock:
+            return self.serve_replication(method, payload)
+
     def serve_replication(self, method: str, payload: bytes) -> bytes:
         """``replicate``, ``lease``, the install frames and ``routes``; anything else is
         refused. ``lease`` needs no lock (``LeaseGrants`` has its own)."""

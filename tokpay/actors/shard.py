@@ -413,13 +413,11 @@ class ShardActor:
 
     def _dispatch(self, method: str, payload: bytes) -> bytes:
         host = self._host
-        if method == "lease":
-            return host.serve_replication(method, payload)  # its own lock, never the shard's
+        entry = SHARD_METHODS.get(method)
+        if entry is None:
+            return host.serve_locked(method, payload)  # replication frames, lease asks
         with host.lock:
-            entry = SHARD_METHODS.get(method)
-            if entry is None:
-                result = host.serve_replication(method, payload)
-            elif entry.access is Access.WRITE:
+            if entry.access is Access.WRITE:
                 result = entry.run(host.leased(), payload)
             else:
                 result = entry.run(host.readable(), payload)

@@ -20,9 +20,9 @@ from tokpay.cluster.nodes import LOOPBACK
 
 GATEWAY_SERVICE = "gateway"
 FACTORY = "tokpay.cluster.gateway_app:app_from_environment"
+"""The netns gateway's app (named, not imported: that module imports Ray)."""
 GCS_RECONNECT_TIMEOUT_S = "600"
 """Default seconds a gateway waits for a restarted GCS (as the nodes do, common.sh)."""
-"""The netns gateway's app (named, not imported: that module imports Ray)."""
 READY_TIMEOUT_SECONDS = 300.0
 
 
