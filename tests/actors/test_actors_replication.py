@@ -43,7 +43,8 @@ class BackupHarness:
         self.server = ChannelServer(self.dispatch)
 
     def dispatch(self, method: str, payload: bytes) -> bytes:
-        return self.host.serve_locked(method, payload)
+        with self.host.lock:
+            return self.host.serve_replication(method, payload)
 
     @property
     def service(self) -> ShardService | None:
