@@ -5,7 +5,7 @@ One process, no Ray, real files and fsync: a primary ``ReplicaHost`` with a
 them. The bench builds the primary's history (a single copy, then reopened as a
 replicated primary and given a first backup), starts a writer thread that submits
 batches of ``--writer-batch`` orders through the host as the actor does (under the
-host's lock, through ``leased()``, with a heartbeat thread granting the lease), measures
+host's lock, through ``leased()``, the lease asked of its backup as in a cluster), measures
 the writer's latency for ``--phase-seconds`` with nothing else going on, then attaches
 a new backup at the next epoch (a fresh directory: the primary copies its store and
 streams it on a thread) and measures again during that rebuild and after it. At the end
@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokpay.actors.channel import ChannelServer, NotPrimary
-from tokpay.actors.protocol import HeartbeatAnswer, ReplicaSpec, encode
+from tokpay.actors.protocol import ReplicaSpec, encode
 from tokpay.actors.replica_host import ReplicaHost
 from tokpay.actors.replicated_service import LogOptions
-from tokpay.actors.replication import Heartbeat
 from tokpay.actors.shard import ShardService
 from tokpay.ledger.limits import MAX_BATCH
 from tokpay.ledger.model import AccountSpec, Credit, TransferKind, TransferOrder
@@ -57,15 +56,12 @@ def host_for(root: Path, role: str, epoch: int) -> ReplicaHost[ShardService]:
 
 
 class Backup:
-    """A backup host behind its channel; every frame is served under the host's lock."""
+    """A backup host behind its channel, served as a shard actor serves it (every frame
+    but lease asks under the host's lock)."""
 
     def __init__(self, root: Path, epoch: int) -> None:
         self.host = host_for(root, "backup", epoch)
-        self.server = ChannelServer(self._dispatch)
-
-    def _dispatch(self, method: str, payload: bytes) -> bytes:
-        with self.host.lock:
-            return self.host.serve_replication(method, payload)
+        self.server = ChannelServer(self.host.serve_locked)
 
     def installed(self) -> bool:
         return self.host.status().installed
@@ -251,14 +247,6 @@ def check_equal(primary: ReplicaHost[ShardService], backup: Backup) -> dict[str,
     }
 
 
-def grant_leases(host: ReplicaHost[ShardService]) -> Heartbeat:
-    """The controller's part: a heartbeat thread whose every report is answered with a lease
-    (a starved heartbeat lets the lease run out, and the writer sees ``NotPrimary``)."""
-    return Heartbeat(
-        lambda: HeartbeatAnswer(epoch=host.epoch, lease=True), lambda at, a: host.on_answer(at, a)
-    )
-
-
 def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, object]:
     work = Workload(args.accounts, seed=1)
     print(f"building up to {args.transfers:,} transfers (at most {args.build_seconds:.0f} s)")
@@ -267,7 +255,7 @@ def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, object]:
     built_s = time.monotonic() - built_at
     print(f"built {reached:,} transfers in {built_s:.0f} s; opening as a replicated primary")
     primary = host_for(work_dir / "primary", "primary", 1)
-    heartbeat = grant_leases(primary)
+    primary.keep_lease()  # from its backup, as in a cluster
     _first, first = rebuild(primary, work_dir / "backup-1", 2)
     print(f"first backup installed in {first['installed_after_s']:.1f} s (no writer yet)")
     writer = Writer(primary, work, args.writer_batch)
@@ -283,7 +271,6 @@ def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, object]:
     t_end = time.monotonic()
     writer.stop()
     thread.join()
-    heartbeat.stop()
     print("checking the new backup against the primary")
     end = check_equal(primary, second_backup)
     return {

@@ -44,7 +44,7 @@ def placement_over(
 ) -> Placement:
     nodes[:] = entries
     state = ClusterState(shard_count=2, fsync=False, nodes=NODES, groups=groups or {})
-    placed = Placement(ShardMap(state), liveness or Liveness([]))
+    placed = Placement(ShardMap(state), liveness or Liveness())
     asyncio.run(placed.refresh_nodes(force=True))
     return placed
 
@@ -78,7 +78,7 @@ def test_a_node_whose_other_replicas_still_report_is_not_suspect(
     """One replica lost (or stalled) on a live node: its neighbours' reports clear it."""
     lost, neighbour = Member(name="r1", node="n1"), Member(name="r2", node="n1")
     groups = {"shard-0": Group(epoch=2, primary=lost), "shard-1": Group(epoch=2, primary=neighbour)}
-    liveness = Liveness([])
+    liveness = Liveness()
     placed = placement_over(nodes, table(n0="a", n1="b"), groups, liveness)
     placed.mark_suspect(lost)
     assert placed.pick_node({"n0"}) is None

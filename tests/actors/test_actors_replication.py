@@ -43,8 +43,7 @@ class BackupHarness:
         self.server = ChannelServer(self.dispatch)
 
     def dispatch(self, method: str, payload: bytes) -> bytes:
-        with self.host.lock:
-            return self.host.serve_replication(method, payload)
+        return self.host.serve_locked(method, payload)
 
     @property
     def service(self) -> ShardService | None:

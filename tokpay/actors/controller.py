@@ -1,10 +1,10 @@
 """The controller of a replicated cluster: one detached, named, restartable Ray actor.
 
-It answers replicas' heartbeats (granting leases to primaries, telling replaced
-replicas to fence themselves, handing everyone the routes), and runs the monitor
-that notices lost replicas and starts a reconfiguration. The parts live beside it:
+It answers replicas' heartbeats (telling replaced replicas to fence themselves,
+handing everyone the routes; leases come from the backups, not from here), and runs
+the monitor that notices lost replicas and starts a reconfiguration. The parts live beside it:
 ``shard_map`` (the state and its persistence in the GCS), ``liveness`` (heartbeats
-and leases as the controller sees them), ``placement`` (nodes and replica processes)
+and reports as the controller sees them), ``placement`` (nodes and replica processes)
 and ``failover`` (promotion and backup rebuilds). Intervals are in ``timing``.
 """
 
@@ -49,7 +49,7 @@ class Controller:
     def __init__(self, shard_count: int, nodes: list[str], fsync: bool = True) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self._map = ShardMap.load(shard_count, nodes, fsync)
-        self._liveness = Liveness(list(self._map.groups))
+        self._liveness = Liveness()
         self._placement = Placement(self._map, self._liveness)
         self._reconfigure = Reconfiguration(self._map, self._liveness, self._placement)
         self._busy: set[str] = set()
@@ -81,7 +81,6 @@ class Controller:
             for index, group in enumerate(self._map.shard_of):
                 primary = self._map.new_member(group, nodes[index % len(nodes)])
                 state.groups[group] = Group(epoch=1, primary=primary)
-                self._liveness.last_grant[group] = time.monotonic()
             await self._map.save()
             await asyncio.gather(*(self._reconfigure.create_primary(g) for g in state.groups))
         deadline = time.monotonic() + REPLICA_CREATE_TIMEOUT_SECONDS * 2
@@ -96,15 +95,12 @@ class Controller:
     # -- what replicas and clients call ------------------------------------------------------
 
     async def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
-        now = self._liveness.heard(report)
+        self._liveness.heard(report)
         routes = msgspec.msgpack.encode(self._map.routes())
-        for group, g in self._map.groups.items():
-            if g.primary is not None and g.primary.name == report.name:
-                if group in self._liveness.revoking:
-                    return HeartbeatAnswer(epoch=g.epoch, routes=routes)
-                self._liveness.last_grant[group] = now
-                return HeartbeatAnswer(epoch=g.epoch, lease=True, routes=routes)
-            if any(m is not None and m.name == report.name for m in (g.backup, g.standby)):
+        for g in self._map.groups.values():
+            if any(
+                m is not None and m.name == report.name for m in (g.primary, g.backup, g.standby)
+            ):
                 return HeartbeatAnswer(epoch=g.epoch, routes=routes)
         # Not in the map: replaced by a newer epoch. Stop serving anything.
         return HeartbeatAnswer(epoch=0, fence=True)

@@ -86,8 +86,8 @@ class CoordinatorActor:
 
     # -- reconfiguration (the controller) ----------------------------------------------------
 
-    async def promote(self, epoch: int) -> bool:
-        return self._host.promote(epoch)
+    async def promote(self, epoch: int, hold: float = 0.0) -> bool:
+        return self._host.promote(epoch, hold)
 
     async def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
         sequence = self._host.attach_backup(epoch, address)

@@ -3,9 +3,9 @@
 - Backup lost: new epoch, a new backup on another live node, installed from the
   primary's snapshot while the primary keeps its state; writes resume when it is in
   sync (acknowledged means durable on two machines).
-- Primary lost: stop granting its lease, wait the lease out, bump the epoch, promote
-  the copy that holds every acknowledged record (which then refuses the old epoch's
-  records), route clients to it, and build it a new backup.
+- Primary lost: bump the epoch, promote the copy that holds every acknowledged record
+  (which then refuses the old epoch's records and serves nothing until the lease it
+  granted the old primary is over), route clients to it, and build it a new backup.
 
 Every change to the map is saved before it is acted on. Fencing never relies on Ray
 saying a node is gone: a "dead" primary may still be running, and it is the epoch and
@@ -15,6 +15,7 @@ the lease that keep it harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -25,6 +26,8 @@ from tokpay.actors.placement import Placement
 from tokpay.actors.shard_map import Group, Member, ShardMap
 from tokpay.actors.timing import (
     CONTROLLER_CALL_TIMEOUT_SECONDS,
+    LEASE_MARGIN_SECONDS,
+    LEASE_SECONDS,
     NO_CANDIDATE_WAIT_SECONDS,
     REPLICA_CREATE_TIMEOUT_SECONDS,
 )
@@ -103,9 +106,10 @@ class Reconfiguration:
         if choice.copy is not None:
             return choice
         placement = self._placement
-        # Reading a directory must not race its replica: the old primary (its lease is
-        # over, it is replaced either way) and the members that did not answer are
-        # ended first (after a restart none runs); the scan skips what still has a
+        # Reading a directory must not race its replica: the old primary (replaced either
+        # way) and the members that did not answer are ended first; the copy then started
+        # as primary waits a whole lease before serving (ReplicaHost), so any lease those
+        # granted is over by then (after a restart none runs); the scan skips what still has a
         # directory open.
         answered = {c.proof.member for c in live}
         for member in (g.primary, g.backup, g.standby):
@@ -127,9 +131,17 @@ class Reconfiguration:
         backup, else start a replica on its node that reopens its directory."""
         if copy.live:
             chosen = next(m for m in (g.backup, g.standby) if m and m.name == copy.proof.member)
+            # Any other copy may have granted the old primary its lease: it grants nothing
+            # more once fenced, and the promoted copy waits a whole lease beyond that.
+            hold = 0.0
+            for other in (g.backup, g.standby):
+                if other is not None and other.name != chosen.name:
+                    with contextlib.suppress(Exception):
+                        await self._ask(other, "fence")
+                    hold = LEASE_SECONDS + LEASE_MARGIN_SECONDS
             self._save_primary(g, chosen, epoch)
             await self._map.save()
-            if not await self._ask(chosen, "promote", epoch):
+            if not await self._ask(chosen, "promote", epoch, hold):
                 raise RuntimeError(f"{chosen.name} refused promotion to epoch {epoch}")
             return chosen
         # A fenced replica may still run on that directory: end it first.
@@ -150,37 +162,32 @@ class Reconfiguration:
     async def fail_over(self, group: str) -> None:
         g = self._map.groups[group]
         old = g.primary
-        revoking = self._liveness.revoking
-        revoking.add(group)
-        try:
-            # The old primary may still be running: its lease must run out first.
-            await asyncio.sleep(max(0.0, self._liveness.lease_over_at(group) - time.monotonic()))
-            choice = await self.choose(group, g)
-            if choice.copy is None:
-                self.down[group] = choice.reason
-                log.critical("%s", choice.reason)
-                await asyncio.sleep(DOWN_RETRY_SECONDS)
-                return
-            log.warning("%s", choice.reason)
-            others = [m for m in (g.backup, g.standby) if m is not None]
-            epoch = g.epoch + 1
-            chosen = await self._take_over(group, g, choice.copy, epoch)
-            self._placement.mark_suspect(old)
-            g.address = await self._ask(chosen, "channel_address")
-            await self._map.save()
-            self.down.pop(group, None)
-            self.failovers += 1
-            log.warning(
-                "%s: primary %s on %s lost; %s on %s promoted at epoch %d",
-                group,
-                old and old.name,
-                old and old.node,
-                chosen.name,
-                chosen.node,
-                epoch,
-            )
-        finally:
-            revoking.discard(group)
+        # The old primary may still be running: the copy promoted waits out the lease it
+        # granted (ReplicaHost.promote), or starts after it (a copy from disk).
+        choice = await self.choose(group, g)
+        if choice.copy is None:
+            self.down[group] = choice.reason
+            log.critical("%s", choice.reason)
+            await asyncio.sleep(DOWN_RETRY_SECONDS)
+            return
+        log.warning("%s", choice.reason)
+        others = [m for m in (g.backup, g.standby) if m is not None]
+        epoch = g.epoch + 1
+        chosen = await self._take_over(group, g, choice.copy, epoch)
+        self._placement.mark_suspect(old)
+        g.address = await self._ask(chosen, "channel_address")
+        await self._map.save()
+        self.down.pop(group, None)
+        self.failovers += 1
+        log.warning(
+            "%s: primary %s on %s lost; %s on %s promoted at epoch %d",
+            group,
+            old and old.name,
+            old and old.node,
+            chosen.name,
+            chosen.node,
+            epoch,
+        )
         self._placement.retire(old)
         for member in others:
             if member.name != chosen.name:

@@ -1,9 +1,8 @@
-"""What the controller knows of each replica's health: last heartbeat, last report, leases.
+"""What the controller knows of each replica's health: last heartbeat and last report.
 
-A replica silent for ``DEAD_AFTER_SECONDS`` is lost. A primary's lease, as the
-controller sees it, runs from its last grant; a failover waits it out (plus a margin)
-before promoting. When the controller itself stalls (GC, a slow GCS call), nobody's
-silence during the stall counts against them.
+A replica silent for ``DEAD_AFTER_SECONDS`` is lost. When the controller itself stalls
+(GC, a slow GCS call), nobody's silence during the stall counts against them. (Leases
+are not the controller's: a primary holds its lease from its backup.)
 """
 
 from __future__ import annotations
@@ -11,29 +10,23 @@ from __future__ import annotations
 import time
 
 from tokpay.actors.protocol import HeartbeatReport
-from tokpay.actors.timing import DEAD_AFTER_SECONDS, LEASE_MARGIN_SECONDS, LEASE_SECONDS
+from tokpay.actors.timing import DEAD_AFTER_SECONDS
 
 
 class Liveness:
-    def __init__(self, groups: list[str]) -> None:
+    def __init__(self) -> None:
         now = time.monotonic()
         self.started = now
         self.last_seen: dict[str, float] = {}
         self.reported: dict[str, float] = {}
         """When each replica last reported (``last_seen`` also holds creation grace)."""
         self.reports: dict[str, HeartbeatReport] = {}
-        # After a restart nothing is known about leases granted just before: assume one
-        # was granted now, and give every replica a fresh grace period to report.
-        self.last_grant: dict[str, float] = dict.fromkeys(groups, now)
-        self.revoking: set[str] = set()
-        """Groups whose primary gets no lease renewal: a failover is waiting it out."""
 
-    def heard(self, report: HeartbeatReport) -> float:
+    def heard(self, report: HeartbeatReport) -> None:
         now = time.monotonic()
         self.last_seen[report.name] = now
         self.reported[report.name] = now
         self.reports[report.name] = report
-        return now
 
     def expect(self, name: str, within: float) -> None:
         """A replica being created: not counted lost for ``within`` seconds."""
@@ -54,8 +47,3 @@ class Liveness:
         """The controller stalled this long: extend every grace period by as much."""
         for name in self.last_seen:
             self.last_seen[name] += stalled
-
-    def lease_over_at(self, group: str) -> float:
-        """When the lease last granted to ``group``'s primary has surely run out."""
-        granted = self.last_grant.get(group, self.started)
-        return granted + LEASE_SECONDS + LEASE_MARGIN_SECONDS

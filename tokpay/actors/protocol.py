@@ -152,7 +152,6 @@ class HeartbeatReport(ReplicaSpec, frozen=True, kw_only=True):
 
 class HeartbeatAnswer(msgspec.Struct, frozen=True):
     epoch: int
-    lease: bool = False
     fence: bool = False
     routes: bytes = b""
     """The controller's routes (encoded ``dict[str, Route]``): every replica can tell a

@@ -6,6 +6,9 @@ primary, under its lease, with replication intact) and handles everything a repl
 does for the cluster: follow its primary's records as a backup, receive a chunked
 install, be promoted, attach a new backup, fence itself when a newer epoch exists,
 report to the controller every ``HEARTBEAT_SECONDS`` and hand its routes to clients.
+A primary holds its lease from its backup (``keep_lease``), which grants it on its
+channel (``lease``) and waits its last grant out once promoted: reads and writes go on
+while the controller, or the whole head machine, is away.
 
 In the single-node default there is no controller: the one copy is a primary forever,
 with a lease that never runs out, at ``SINGLE_NODE_EPOCH``.
@@ -48,13 +51,15 @@ from tokpay.actors.replicated_service import (
 )
 from tokpay.actors.replication import (
     INSTALL_METHODS,
+    BackupLeaseAsk,
     Heartbeat,
     InstallReceiver,
     Lease,
+    LeaseGrants,
     Role,
     send_state,
 )
-from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS
+from tokpay.actors.timing import HEARTBEAT_TIMEOUT_SECONDS, LEASE_MARGIN_SECONDS, LEASE_SECONDS
 from tokpay.wal import LogRecord, SequenceGap, WriteAheadLog
 from tokpay.wal.distrust import distrust
 
@@ -125,12 +130,19 @@ class ReplicaHost(Generic[S]):
         else:
             self.role, self.epoch = Role(spec.role), spec.epoch
             self.lease = Lease(forever=False)
-            # A primary is created only with the cluster: later primaries are promoted backups.
+            # A primary started on a directory (a new cluster, or a copy brought back from
+            # its disk) may replace a backup that granted a lease until its process was
+            # ended: it serves nothing until such a grant has surely run out.
             primary = self.role is Role.PRIMARY
+            if primary:
+                self.lease.hold_until(time.monotonic() + LEASE_SECONDS + LEASE_MARGIN_SECONDS)
             self.service = open_service(self._options(spec.epoch, True, 0)) if primary else None
+        self._grants = LeaseGrants()
+        self._lease_ask = BackupLeaseAsk()
         self._proof = ProofKeeper(root, spec.group, spec.name, fsync=fsync) if spec else None
         self._prove_role()
         self._heartbeat: Heartbeat | None = None
+        self._lease_keeper: Heartbeat | None = None
 
     def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
         return LogOptions(
@@ -142,9 +154,29 @@ class ReplicaHost(Generic[S]):
         )
 
     def start_heartbeat(self) -> None:
-        """Report to the controller from now on (a cluster replica only)."""
+        """Report to the controller, and (as a primary) ask the backup for the lease, from
+        now on (a cluster replica only)."""
         if self.spec is not None and self._heartbeat is None:
             self._heartbeat = _controller_heartbeat(self.report, self.on_answer)
+            self.keep_lease()
+
+    def keep_lease(self) -> None:
+        """Ask the backup for the lease, whenever this copy is a primary, from now on."""
+        if self._lease_keeper is None:
+            self._lease_keeper = Heartbeat(self._ask_for_lease, self._on_lease_answer)
+
+    def _on_lease_answer(self, asked_at: float, granted: bool) -> None:
+        if granted:
+            self.lease.extend_from(asked_at)
+
+    def _ask_for_lease(self) -> bool:
+        """One lease ask to this primary's backup (on the lease thread): granted or not."""
+        service = self.service
+        if self.role is not Role.PRIMARY or service is None:
+            self._lease_ask.close()
+            return False
+        backup = service.log.backup
+        return self._lease_ask.ask(backup.address if backup else None, self.epoch)
 
     # -- may this copy serve? --------------------------------------------------------------------
 
@@ -162,7 +194,7 @@ class ReplicaHost(Generic[S]):
         """
         service = self.primary()
         if not self.lease.valid():
-            raise NotPrimary(f"{self.label}: no lease from the controller")
+            raise NotPrimary(f"{self.label}: no lease from its backup")
         return service
 
     def readable(self) -> S:
@@ -179,8 +211,19 @@ class ReplicaHost(Generic[S]):
 
     # -- what the cluster asks of a replica on its channel ----------------------------------------
 
+    def serve_locked(self, method: str, payload: bytes) -> bytes:
+        """``serve_replication`` for an actor whose calls run on threads (a shard): under
+        ``lock``, except ``lease``, which must not wait behind a batch being applied."""
+        if method == "lease":
+            return self.serve_replication(method, payload)
+        with self.lock:
+            return self.serve_replication(method, payload)
+
     def serve_replication(self, method: str, payload: bytes) -> bytes:
-        """``replicate``, the install frames and ``routes``; anything else is refused."""
+        """``replicate``, ``lease``, the install frames and ``routes``; anything else is
+        refused. ``lease`` needs no lock (``LeaseGrants`` has its own)."""
+        if method == "lease":
+            return self.grant_lease(decode(payload, int))
         if method == "replicate":
             if self.service is None and self._early_log is not None:
                 return self._keep_early(payload)
@@ -205,6 +248,15 @@ class ReplicaHost(Generic[S]):
                 raise NotPrimary("fenced: this replica's routes are stale")
             return self._routes
         raise ValueError(f"{method!r} is not served on the channel")
+
+    def grant_lease(self, epoch: int) -> bytes:
+        """Grant the lease to this backup's primary of ``epoch``: a promise not to serve as
+        a primary until it has run out (kept by ``promote`` through ``LeaseGrants.close``)."""
+        if self.role is not Role.BACKUP or epoch != self.epoch or not self._grants.grant():
+            raise NotPrimary(
+                f"{self.label}: no lease for epoch {epoch} ({self.role} at {self.epoch})"
+            )
+        return b""
 
     def _backup(self) -> S:
         self._require_backup()
@@ -305,10 +357,16 @@ class ReplicaHost(Generic[S]):
 
     # -- reconfiguration (called by the controller) -------------------------------------------------
 
-    def promote(self, epoch: int) -> bool:
-        """Backup -> primary at ``epoch``; records of any older epoch are refused from now."""
+    def promote(self, epoch: int, hold: float = 0.0) -> bool:
+        """Backup -> primary at ``epoch``; records of any older epoch are refused from now.
+
+        It grants no lease from now on and serves nothing until the last one it granted
+        is over, nor for ``hold`` seconds (another copy that granted leases was fenced
+        just before).
+        """
         if self.role is not Role.BACKUP or self.service is None or epoch <= self.epoch:
             return False
+        self.lease.hold_until(max(self._grants.close(), time.monotonic() + hold))
         self.epoch = epoch
         self.service.log.detach(epoch)
         self.role = Role.PRIMARY
@@ -378,6 +436,7 @@ class ReplicaHost(Generic[S]):
     def fence(self) -> None:
         """Stop serving anything: a newer epoch exists elsewhere."""
         self.lease.revoke()
+        self._grants.close()
         with self.lock:
             if self.role is not Role.FENCED:
                 log.warning("%s: fenced at epoch %d", self.label, self.epoch)
@@ -420,8 +479,6 @@ class ReplicaHost(Generic[S]):
             self._routes = answer.routes
         if answer.fence:
             self.fence()
-        elif answer.lease and self.role is Role.PRIMARY:
-            self.lease.extend_from(asked_at)
 
     def status(self) -> ReplicaStatus:
         service = self.service

@@ -9,8 +9,9 @@ before the local write starts.
 Fencing is by epoch. A backup accepts records of exactly its own epoch, and a
 promoted backup accepts none, so a primary that the controller has replaced can no
 longer make anything durable on two machines, hence can acknowledge nothing. Reads
-are fenced by a lease (see ``Lease``) that the controller waits out before it
-promotes a backup.
+are fenced by a lease the primary holds from its backup (``Lease``, ``LeaseGrants``,
+``BackupLeaseAsk``; PacificA's rule): the backup waits its own last grant out before it
+serves as a primary, so the controller is off the data path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from tokpay.actors.protocol import ChannelAddress, InstallBegin, ShippedRecord, 
 from tokpay.actors.timing import (
     HEARTBEAT_SECONDS,
     INSTALL_TIMEOUT_SECONDS,
+    LEASE_ASK_TIMEOUT_SECONDS,
+    LEASE_MARGIN_SECONDS,
     LEASE_SECONDS,
     SHIP_TIMEOUT_SECONDS,
 )
@@ -128,10 +131,10 @@ def send_state(epoch: int, address: ChannelAddress, copy: Path, sequence: int) -
 class BackupLink:
     """A blocking connection from a primary to its backup's channel."""
 
-    def __init__(self, address: ChannelAddress) -> None:
+    def __init__(self, address: ChannelAddress, timeout: float = SHIP_TIMEOUT_SECONDS) -> None:
         host, port, token = address
         self.address = address
-        self._sock = socket.create_connection((host, port), timeout=SHIP_TIMEOUT_SECONDS)
+        self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.sendall(frame(token))
 
@@ -253,31 +256,93 @@ class ReplicatedLog:
 
 
 class Lease:
-    """A primary serves reads only while it holds a lease from the controller.
+    """A primary serves only while it holds a lease from its backup.
 
-    The primary notes the time *before* asking; the controller notes its grant after
-    receiving the request, so the primary's lease always ends before the controller's
-    view of it does, and the controller waits its own view out before promoting.
+    The primary notes the time *before* it asks; the backup notes its grant *after* the
+    ask arrived and, once promoted, serves nothing until that grant + ``LEASE_SECONDS`` +
+    ``LEASE_MARGIN_SECONDS`` has passed on its own clock (``LeaseGrants.close``), so the
+    old primary's lease always ends first (docs/ARCHITECTURE.md, "Why an old primary
+    cannot act"). ``not_before`` holds a new primary back until then.
     """
 
     def __init__(self, *, forever: bool) -> None:
         self._until = float("inf") if forever else 0.0
+        self._not_before = 0.0
 
     def valid(self) -> bool:
-        return time.monotonic() < self._until
+        now = time.monotonic()
+        return self._not_before <= now < self._until
 
     def extend_from(self, asked_at: float) -> None:
         self._until = max(self._until, asked_at + LEASE_SECONDS)
+
+    def hold_until(self, moment: float) -> None:
+        """Serve nothing before ``moment`` (a lease another primary may still hold)."""
+        self._not_before = max(self._not_before, moment)
 
     def revoke(self) -> None:
         self._until = 0.0
 
 
-class Heartbeat:
-    """Reports this replica to the controller every HEARTBEAT_SECONDS, on its own thread.
+class LeaseGrants:
+    """A backup's side of its primary's lease: each grant is a promise not to serve as a
+    primary until it has run out. ``close`` ends granting for good (promotion, fencing)
+    and says when the last grant is over."""
 
-    ``report`` returns the controller's answer; ``on_answer`` applies it. A failed
-    report leaves the lease to run out by itself.
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._open = True
+
+    def grant(self) -> bool:
+        with self._lock:
+            if not self._open:
+                return False
+            self._last = time.monotonic()
+            return True
+
+    def close(self) -> float:
+        """Grant nothing more; the moment (monotonic) the last grant has surely ended."""
+        with self._lock:
+            self._open = False
+            last = self._last
+        return 0.0 if last is None else last + LEASE_SECONDS + LEASE_MARGIN_SECONDS
+
+
+class BackupLeaseAsk:
+    """The primary's connection for lease asks, kept apart from the shipping one (which
+    the apply path holds under its lock) and re-made when the backup changes."""
+
+    def __init__(self) -> None:
+        self._link: BackupLink | None = None
+
+    def ask(self, address: ChannelAddress | None, epoch: int) -> bool:
+        if address is None:
+            self.close()
+            return False
+        try:
+            if self._link is None or self._link.address != address:
+                self.close()
+                self._link = BackupLink(address, timeout=LEASE_ASK_TIMEOUT_SECONDS)
+            self._link.call("lease", encode(epoch), LEASE_ASK_TIMEOUT_SECONDS)
+        except (OSError, ReplicationFailed, msgspec.DecodeError, ConnectionError):
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+
+class Heartbeat:
+    """Calls ``report`` every HEARTBEAT_SECONDS on a thread of its own and hands each answer,
+    with the moment it was asked, to ``on_answer``; a failed call changes nothing.
+
+    Two run in every cluster replica: its report to the controller (routes, fencing), and a
+    primary's lease ask to its backup. Apart from the apply path, neither a busy shard nor
+    a lost head stops the other.
     """
 
     def __init__(

@@ -413,11 +413,11 @@ class ShardActor:
 
     def _dispatch(self, method: str, payload: bytes) -> bytes:
         host = self._host
+        entry = SHARD_METHODS.get(method)
+        if entry is None:
+            return host.serve_locked(method, payload)  # replication frames, lease asks
         with host.lock:
-            entry = SHARD_METHODS.get(method)
-            if entry is None:
-                result = host.serve_replication(method, payload)
-            elif entry.access is Access.WRITE:
+            if entry.access is Access.WRITE:
                 result = entry.run(host.leased(), payload)
             else:
                 result = entry.run(host.readable(), payload)
@@ -436,9 +436,9 @@ class ShardActor:
         """Any of ``SHARD_METHODS`` (or a replication frame), as on the channel."""
         return self._dispatch(method, payload)
 
-    def promote(self, epoch: int) -> bool:
+    def promote(self, epoch: int, hold: float = 0.0) -> bool:
         with self._host.lock:
-            return self._host.promote(epoch)
+            return self._host.promote(epoch, hold)
 
     def attach_backup(self, epoch: int, address: ChannelAddress) -> int:
         with self._host.lock:

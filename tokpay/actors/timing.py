@@ -17,16 +17,21 @@ from __future__ import annotations
 # -- replicas and the controller ------------------------------------------------------------
 
 HEARTBEAT_SECONDS = 0.2
-"""How often every replica reports to the controller (a primary's report renews its lease)."""
+"""How often every replica reports to the controller, and a primary asks its backup to
+renew its lease."""
 
 HEARTBEAT_TIMEOUT_SECONDS = 0.5
 """How long a replica waits for the controller's answer to one report."""
 
 LEASE_SECONDS = 1.0
-"""How long a primary may serve after it asked the controller for its lease."""
+"""How long a primary may serve after it asked its backup for its lease."""
 
 LEASE_MARGIN_SECONDS = 0.2
-"""Added to the lease before promoting: clock-rate differences and scheduling."""
+"""Added to its last grant by a backup before it serves as a primary: clock-rate
+differences and scheduling."""
+
+LEASE_ASK_TIMEOUT_SECONDS = 0.5
+"""How long a primary waits for its backup's answer to one lease ask."""
 
 DEAD_AFTER_SECONDS = 0.8
 """A replica silent this long is treated as lost."""
@@ -151,8 +156,12 @@ _require(
     "a replica is declared lost only after three missed heartbeats",
 )
 _require(
-    HEARTBEAT_TIMEOUT_SECONDS < LEASE_SECONDS,
-    "a report can come back while the lease it renews still holds",
+    LEASE_ASK_TIMEOUT_SECONDS + HEARTBEAT_SECONDS < LEASE_SECONDS,
+    "a lease ask that times out is followed by another while the lease still holds",
+)
+_require(
+    LEASE_MARGIN_SECONDS >= 0.1 * LEASE_SECONDS,
+    "the margin covers clock rates that differ by up to 5 % between two machines",
 )
 _require(
     HEARTBEAT_SECONDS * 2 <= LEASE_SECONDS,
@@ -163,7 +172,6 @@ _require(
     "the controller notices its own stall before it would count a replica lost",
 )
 _require(MONITOR_SECONDS < HEARTBEAT_SECONDS, "the monitor looks more often than replicas report")
-_require(LEASE_MARGIN_SECONDS > 0, "the controller waits a margin beyond the lease")
 _require(
     SHIP_TIMEOUT_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
     "a client outlasts a primary giving up on its backup",

@@ -18,7 +18,7 @@ from tokpay.cluster.errors import ClusterError
 from tokpay.cluster.local import LocalCluster
 from tokpay.testing.drill import HistoryOptions, drill_cluster
 from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryFull
-from tokpay.testing.nemesis import TARGETS, wait_cluster_healthy
+from tokpay.testing.nemesis import HEAD_RESTART_DELAY_SECONDS, TARGETS, wait_cluster_healthy
 from tokpay.testing.partition import PARTITION_TARGETS, require_netns
 from tokpay.testing.powercut import RESTART_TARGETS
 from tokpay.testing.report import DrillReport, print_report, print_summary
@@ -43,6 +43,14 @@ def drill(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     before: Annotated[float, typer.Option(help="Seconds of load before the kill.")] = 5.0,
     after: Annotated[float, typer.Option(help="Seconds of load after the kill.")] = 10.0,
+    down: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds a killed head stays down before it is started again (the load "
+            "goes on meanwhile, and for at least this long).",
+        ),
+    ] = HEAD_RESTART_DELAY_SECONDS,
     report_json: Annotated[
         Path | None, typer.Option(help="Also write every drill's report here (JSON).")
     ] = None,
@@ -125,7 +133,7 @@ def drill(
         what = chosen if chosen in PARTITION_TARGETS else f"kill the {chosen}"
         console.rule(f"Drill {run}/{repeat}: {what}")
         try:
-            report = _drill_with_progress(cluster, chosen, before, after, history)
+            report = _drill_with_progress(cluster, chosen, before, after, history, down)
         except HistoryFull as full:
             console.print(f"[red]Drill stopped: {full} (raise --history-cap-mb)[/red]")
             raise typer.Exit(1) from full
@@ -143,7 +151,12 @@ def drill(
 
 
 def _drill_with_progress(
-    cluster: LocalCluster, target: str, before: float, after: float, history: HistoryOptions
+    cluster: LocalCluster,
+    target: str,
+    before: float,
+    after: float,
+    history: HistoryOptions,
+    head_down: float,
 ) -> DrillReport:
     started = time.monotonic()
     with Live(console=console, refresh_per_second=LIVE_REFRESH_PER_SECOND) as live:
@@ -163,4 +176,5 @@ def _drill_with_progress(
             after_seconds=after,
             progress=show,
             history=history,
+            head_down=head_down,
         )

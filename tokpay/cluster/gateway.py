@@ -7,6 +7,7 @@ fork their workers, and a fork of a Ray driver is not a working driver.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from tokpay.cluster.nodes import LOOPBACK
 GATEWAY_SERVICE = "gateway"
 FACTORY = "tokpay.cluster.gateway_app:app_from_environment"
 """The netns gateway's app (named, not imported: that module imports Ray)."""
+GCS_RECONNECT_TIMEOUT_S = "600"
+"""Default seconds a gateway waits for a restarted GCS (as the nodes do, common.sh)."""
 READY_TIMEOUT_SECONDS = 300.0
 
 
@@ -73,6 +76,12 @@ def start_cluster_gateway(cluster: LocalCluster) -> None:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         # What `tokpay gateway` tells its server's workers (the netns argv skips it).
         "TOKPAY_BIND_HOST": LOOPBACK,
+        # The gateway is a Ray driver: like the nodes (cluster/scripts/common.sh), it waits
+        # this long for a restarted GCS instead of Ray's 60 s, then exits. It serves from
+        # the replicas' channels meanwhile: a head down for minutes must not end it.
+        "RAY_gcs_rpc_server_reconnect_timeout_s": os.environ.get(
+            "TOKPAY_GCS_RECONNECT_TIMEOUT_S", GCS_RECONNECT_TIMEOUT_S
+        ),
     }
     if cluster.netns:
         argv = netns_gateway_argv(port, workers)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokpay.cluster.local import LocalCluster
 from tokpay.testing import outage
@@ -25,6 +26,7 @@ from tokpay.testing.audit import audit_ledger, read_histories
 from tokpay.testing.history import HISTORY_CAP_BYTES, HistoryWriter, read_history
 from tokpay.testing.history_check import check_history
 from tokpay.testing.nemesis import (
+    HEAD_RESTART_DELAY_SECONDS,
     choose_victim,
     cluster_status_subprocess,
     kill_and_recover,
@@ -122,6 +124,7 @@ async def run_drill(
     report.errors = dict(load.errors)
     report.write_resume_seconds = outage.resume_seconds(load.acks, killed_at)
     report.write_outage_seconds = outage.outage_seconds(load.acks, killed_at, ended)
+    report.route_outages = outage.route_outages(load.acks, killed_at, ended)
     resumed_at = killed_at + (report.write_resume_seconds or 0.0)
     report.rates = outage.phase_rates(
         load.reads,
@@ -188,15 +191,18 @@ def drill_cluster(
     after_seconds: float,
     progress: Progress | None = None,
     history: HistoryOptions | None = None,
+    head_down: float = HEAD_RESTART_DELAY_SECONDS,
 ) -> DrillReport:
     """One drill on a running local cluster: wait until it is healthy, choose a victim
-    for ``target``, and run the drill against its gateway."""
+    for ``target``, and run the drill against its gateway. A head that is killed stays
+    down ``head_down`` seconds before it is started again (the load goes on meanwhile)."""
     data_dir = cluster.data_dir
     url = f"http://127.0.0.1:{int(cluster.settings['port'])}"
     wait_cluster_healthy(data_dir)
     status = cluster_status_subprocess(data_dir)
     timings: dict[str, float] = {}
     resume_wait = RESUME_WAIT_SECONDS
+    victim_node: str | None = None
     if target in RESTART_TARGETS:
         nodes = choose_pair(status)[1] if target == "pair" else []
         kill, recover = restart_kill(cluster, target, nodes, timings), lambda: None
@@ -206,7 +212,12 @@ def drill_cluster(
         kill, recover = partition_kill(cluster, target, status)
     else:
         kind, name = choose_victim(target, status)
-        kill, recover = kill_and_recover(cluster, kind, name)
+        kill, recover = kill_and_recover(cluster, kind, name, head_down=head_down)
+        if kind == "node":
+            victim_node = name
+            if cluster.nodes[name]["role"] == "head":
+                after_seconds = max(after_seconds, head_down + AFTER_RESUME_SECONDS)
+                resume_wait = max(resume_wait, head_down + RESUME_WAIT_SECONDS)
     report = asyncio.run(
         run_drill(
             url,
@@ -222,4 +233,19 @@ def drill_cluster(
         )
     )
     report.restart_seconds = timings.get("restart")
+    if victim_node is not None:
+        report.victim_routes = routes_on_node(status, victim_node)
     return report
+
+
+def routes_on_node(status: dict[str, Any], node: str) -> list[str]:
+    """The drill's routes with a copy on ``node``, from ``cluster status --json``: each
+    shard whose primary or backup is there, and ``2pc`` when any group has one."""
+    routes = []
+    for g in status["groups"]:
+        copies = [g[role]["node"] for role in ("primary", "backup") if g.get(role)]
+        if node in copies:
+            routes.append("2pc" if g["group"] == "coordinator" else g["group"])
+    if routes and "2pc" not in routes:
+        routes.append("2pc")
+    return sorted(routes)

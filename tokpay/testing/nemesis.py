@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,12 +75,14 @@ def choose_victim(target: str, status: dict[str, Any]) -> tuple[str, str]:
 
 
 def kill_and_recover(
-    cluster: LocalCluster, kind: str, name: str
+    cluster: LocalCluster, kind: str, name: str, *, head_down: float = HEAD_RESTART_DELAY_SECONDS
 ) -> tuple[Callable[[], str], Callable[[], None]]:
-    """(kill, recover) for a drill. ``kill`` SIGKILLs the victim and restarts the head
-    and the gateway at once (a supervisor would); ``recover`` restarts other nodes only
-    after the load (the ledger must fail over without them)."""
-    restarted: list[str] = []
+    """(kill, recover) for a drill. ``kill`` SIGKILLs the victim and restarts the gateway
+    at once and the head ``head_down`` seconds later (a supervisor would), in the
+    background while the load goes on; ``recover`` restarts other nodes only after the
+    load (the ledger must fail over without them)."""
+    restarted: list[threading.Timer] = []
+    failed: list[Exception] = []
 
     def kill() -> str:
         if kind == "service":
@@ -91,13 +94,24 @@ def kill_and_recover(
         pid = cluster.nodes[name]["pid"]
         cluster.kill_node(name)
         if cluster.nodes[name]["role"] == "head":
-            time.sleep(HEAD_RESTART_DELAY_SECONDS)
-            cluster.start_node(name)
-            restarted.append(name)
+            restarter = threading.Timer(head_down, restart_head)
+            restarter.start()
+            restarted.append(restarter)
+            return f"node {name} (session {pid}; back after {head_down:.0f} s)"
         return f"node {name} (session {pid})"
 
+    def restart_head() -> None:
+        try:
+            cluster.start_node(name)
+        except Exception as error:  # raised again by recover(), on the drill's thread
+            failed.append(error)
+
     def recover() -> None:
-        if kind == "node" and name not in restarted:
+        for restarter in restarted:
+            restarter.join()
+        if failed:
+            raise failed[0]
+        if kind == "node" and not restarted:
             cluster.start_node(name)
 
     return kill, recover

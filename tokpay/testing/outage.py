@@ -41,15 +41,23 @@ def outage_seconds(acks: list[Acknowledgement], killed_at: float, ended_at: floa
     from the last one to the end of the load. An outage that starts late (a lease
     running out a second after the head dies) is caught too.
     """
+    return max((gap for gap, _ in route_outages(acks, killed_at, ended_at).values()), default=0.0)
+
+
+def route_outages(
+    acks: list[Acknowledgement], killed_at: float, ended_at: float
+) -> dict[str, tuple[float, float]]:
+    """Per route, the longest time it went without an acknowledged write after the kill
+    (as ``outage_seconds`` counts it), and when that gap began (seconds after the kill)."""
     times: dict[str, list[float]] = {}
     for route, _, acked in acks:
         if acked >= killed_at:
             times.setdefault(route, []).append(acked)
-    routes = {route for route, _, _ in acks}
-    worst = 0.0
-    for route in routes:
+    worst: dict[str, tuple[float, float]] = {}
+    for route in sorted({route for route, _, _ in acks}):
         points = [killed_at, *sorted(times.get(route, [])), ended_at]
-        worst = max(worst, *(b - a for a, b in itertools.pairwise(points)))
+        gap, began = max((b - a, a - killed_at) for a, b in itertools.pairwise(points))
+        worst[route] = (gap, began)
     return worst
 
 

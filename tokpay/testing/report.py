@@ -38,6 +38,11 @@ class DrillReport:
     """From the kill until every route took a write again (None: never)."""
     write_outage_seconds: float | None = None
     """The longest time any route went without an acknowledged write after the kill."""
+    route_outages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """The same per route (``shard-N``, ``2pc``): (seconds, when it began after the kill)."""
+    victim_routes: list[str] = field(default_factory=list)
+    """Routes with a copy on the node killed (its shard's primary or backup; ``2pc`` when
+    the coordinator or any shard had one): the others should not notice the kill."""
     rates: dict[str, Rates] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     """Retried errors by kind (status code or exception name)."""
@@ -127,6 +132,15 @@ def print_report(console: Console, report: DrillReport) -> None:
         "longest write outage after the kill (any shard)",
         "-" if outage is None else f"{outage:.2f} s",
     )
+    if report.route_outages:
+        table.add_row(
+            "longest write outage per route (* a copy on the node killed; when it began)",
+            ", ".join(
+                f"{route}{'*' if route in report.victim_routes else ''} {seconds:.2f} s "
+                f"(from +{began:.1f} s)"
+                for route, (seconds, began) in report.route_outages.items()
+            ),
+        )
     if report.restart_seconds is not None:
         table.add_row("from `cluster up` to serving", f"{report.restart_seconds:.1f} s")
     for phase, rates in report.rates.items():

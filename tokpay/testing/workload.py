@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from tokpay.ledger.routing import shard_of
+from tokpay.ledger.shard_ledger import home_of
 from tokpay.testing.history import (
     HistoryFull,
     HistoryWriter,
@@ -54,8 +55,8 @@ class DrillLoad:
         self.shard_count = shard_count
         self.headers = headers
         run = secrets.token_hex(3)
-        self.payers = [f"drill-{run}-p{i}" for i in range(PAYERS)]
-        self.sinks = [f"drill-{run}-s{i}" for i in range(SINKS)]
+        self.payers = _spread(f"drill-{run}-p", PAYERS, shard_count)
+        self.sinks = _spread(f"drill-{run}-s", SINKS, shard_count)
         self.sent: dict[str, dict[str, Any]] = {}
         self.acked: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, int] = {}
@@ -161,15 +162,34 @@ class DrillLoad:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     async def writer(self, worker: int) -> None:
+        """Transfers of one route, one at a time, each retried until it settles.
+
+        The first ``2 * shard_count`` writers (at most half; all of them on one shard) each keep to one shard: their
+        payers, payees and ids (homed there, ``home_of``) are all on it, so that route
+        depends on that shard alone and a stall elsewhere cannot hold its writers. The
+        others pay across shards (2PC).
+        """
         rng = random.Random(worker)
-        targets = self.accounts
+        single = WRITERS if self.shard_count == 1 else min(WRITERS // 2, 2 * self.shard_count)
+        shard = worker % self.shard_count if worker < single else None
+        payers, targets = self.payers, self.accounts
+        if shard is not None:
+            payers = [a for a in payers if shard_of(a, self.shard_count) == shard]
+            targets = [a for a in targets if shard_of(a, self.shard_count) == shard]
         async with self.client() as http:
             n = 0
             while not self._stop.is_set():
                 n += 1
-                payer = rng.choice(self.payers)
-                payees = rng.sample([a for a in targets if a != payer], rng.randint(1, 3))
-                transfer_id = f"{payer}-w{worker}-{n}"
+                payer = rng.choice(payers)
+                others = [a for a in targets if a != payer]
+                if shard is None:
+                    payees = rng.sample(others, rng.randint(1, 3))
+                    if all(shard_of(p, self.shard_count) == shard_of(payer, self.shard_count)
+                           for p in payees):  # fmt: skip
+                        continue
+                else:
+                    payees = rng.sample(others, min(len(others), rng.randint(1, 3)))
+                transfer_id = _homed(f"{payer}-w{worker}-{n}", shard, self.shard_count)
                 body: dict[str, Any] = {
                     "id": transfer_id,
                     "from": payer,
@@ -246,9 +266,9 @@ class DrillLoad:
     async def resolve(self, transfer_ids: list[str]) -> None:
         """Ask the ledger whether each of ``transfer_ids`` (never answered) committed, and
         put its answer in the history; one it will not answer stays unresolved."""
-        async with self.client() as http:
+        deadline = time.monotonic() + SETTLE_SECONDS  # for them all: a dead gateway
+        async with self.client() as http:  # must not cost SETTLE_SECONDS per id
             for transfer_id in transfer_ids:
-                deadline = time.monotonic() + SETTLE_SECONDS
                 while time.monotonic() < deadline:
                     try:
                         response = await http.get(f"/v1/transfers/{transfer_id}")
@@ -267,3 +287,29 @@ def _problem(response: httpx.Response) -> str:
         return str(response.json().get("code", ""))
     except ValueError:
         return ""
+
+
+def _spread(prefix: str, count: int, shard_count: int) -> list[str]:
+    """``count`` account ids starting with ``prefix``, as evenly over the shards as can
+    be (at least two per shard), so every shard's route has payers and payees."""
+    per_shard = max(2, -(-count // shard_count))
+    chosen: dict[int, list[str]] = {shard: [] for shard in range(shard_count)}
+    n = 0
+    while any(len(ids) < per_shard for ids in chosen.values()):
+        candidate = f"{prefix}{n}"
+        n += 1
+        ids = chosen[shard_of(candidate, shard_count)]
+        if len(ids) < per_shard:
+            ids.append(candidate)
+    return [account for ids in chosen.values() for account in ids]
+
+
+def _homed(base: str, shard: int | None, shard_count: int) -> str:
+    """``base``, or ``base`` with a suffix, so its home (``home_of``) is ``shard``."""
+    if shard is None:
+        return base
+    candidate, n = base, 0
+    while home_of(candidate, shard_count) != shard:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
