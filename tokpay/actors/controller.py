@@ -173,8 +173,11 @@ class Controller:
         if g.primary is None:
             return
         if dead(g.primary.name):
+            self._note_silent(group, g.primary)
             self._launch(group, self._reconfigure.fail_over(group))
         elif g.backup is None or dead(g.backup.name):
+            if g.backup is not None:
+                self._note_silent(group, g.backup)
             self._launch(group, self._reconfigure.replace_backup(group, lost=True))
         elif not g.backup_ready:
             self._launch(group, self._reconfigure.replace_backup(group, lost=False))
@@ -184,6 +187,15 @@ class Controller:
                 # The primary could not reach its backup: replace it, but the backup's
                 # node may well be fine.
                 self._launch(group, self._reconfigure.replace_backup(group, lost=False))
+
+    def _note_silent(self, group: str, member: Member) -> None:
+        log.warning(
+            "%s: %s on %s silent for %.2f s: lost",
+            group,
+            member.name,
+            member.node,
+            self._liveness.silent(member.name),
+        )
 
     def _launch(self, group: str, work: Coroutine[Any, Any, None]) -> None:
         self._busy.add(group)

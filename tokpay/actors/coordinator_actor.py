@@ -19,7 +19,7 @@ from tokpay.actors.coordinator import CoordinatorService
 from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
 from tokpay.actors.naming import shard_group
 from tokpay.actors.protocol import ChannelAddress, ReplicaSpec, ReplicaStatus, decode, encode
-from tokpay.actors.replica_host import ReplicaHost, replica_root
+from tokpay.actors.replica_host import ReplicaHost, delete_old_copies_here, replica_root
 from tokpay.actors.replicated_service import LogOptions
 from tokpay.actors.replication import Role
 from tokpay.actors.timing import PREPARE_DEADLINE_SECONDS, RECONFIGURE_WAIT_SECONDS
@@ -104,6 +104,10 @@ class CoordinatorActor:
 
     async def ready(self) -> bool:
         return True
+
+    async def delete_old_copies(self, group: str, keep: list[str], epoch: int) -> list[str]:
+        """This node's copies of ``group`` from before ``epoch``, deleted (any group's)."""
+        return await asyncio.to_thread(delete_old_copies_here, group, keep, epoch)
 
     # -- the service -------------------------------------------------------------------------
 

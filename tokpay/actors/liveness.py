@@ -39,9 +39,12 @@ class Liveness:
         self.reported.pop(name, None)
         self.reports.pop(name, None)
 
+    def silent(self, name: str) -> float:
+        """How long ``name`` has not been heard from (its grace period counted as heard)."""
+        return time.monotonic() - self.last_seen.get(name, self.started)
+
     def dead(self, name: str) -> bool:
-        seen = self.last_seen.get(name, self.started)
-        return time.monotonic() - seen > DEAD_AFTER_SECONDS
+        return self.silent(name) > DEAD_AFTER_SECONDS
 
     def forgive(self, stalled: float) -> None:
         """The controller stalled this long: extend every grace period by as much."""

@@ -190,10 +190,10 @@ class Placement:
             if not still():
                 return
             for node in sorted(self.live_nodes):
-                call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
                 try:
                     deleted = await asyncio.wait_for(
-                        call.remote(group, sorted(keep), epoch), CONTROLLER_CALL_TIMEOUT_SECONDS
+                        await self._delete_on(node, group, sorted(keep), epoch),
+                        CONTROLLER_CALL_TIMEOUT_SECONDS,
                     )
                 except Exception as error:
                     log.info("deleting old copies of %s on %s failed: %r", group, node, error)
@@ -202,6 +202,17 @@ class Placement:
                     log.info("%s: deleted old copies %s on %s", group, deleted, node)
 
         asyncio.get_running_loop().create_task(delete())
+
+    async def _delete_on(self, node: str, group: str, keep: list[str], epoch: int) -> Any:
+        """The deletion of ``group``'s old copies on ``node``, asked of a live replica
+        there when there is one (no Ray worker process to start), else a Ray task."""
+        for g in self._map.groups.values():
+            for member in (g.primary, g.backup, g.standby):
+                if member and member.node == node and not self._liveness.dead(member.name):
+                    handle = await self.handle(member)
+                    return handle.delete_old_copies.remote(group, keep, epoch)
+        call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
+        return call.remote(group, keep, epoch)
 
     async def handle(self, member: Member) -> Any:
         """The replica's actor handle, looked up off the event loop when not cached."""

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import ray
 
 from tokpay.actors.channel import NotPrimary
-from tokpay.actors.copies import EARLY_WAL_DIR, ProofKeeper
+from tokpay.actors.copies import EARLY_WAL_DIR, ProofKeeper, delete_old_copies
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
 from tokpay.actors.protocol import (
     ChannelAddress,
@@ -143,6 +143,7 @@ class ReplicaHost(Generic[S]):
         self._prove_role()
         self._heartbeat: Heartbeat | None = None
         self._lease_keeper: Heartbeat | None = None
+        self._lease_lapsed_at: float | None = None
 
     def _options(self, epoch: int, replicated: bool, wal_floor: int) -> LogOptions:
         return LogOptions(
@@ -163,11 +164,27 @@ class ReplicaHost(Generic[S]):
     def keep_lease(self) -> None:
         """Ask the backup for the lease, whenever this copy is a primary, from now on."""
         if self._lease_keeper is None:
-            self._lease_keeper = Heartbeat(self._ask_for_lease, self._on_lease_answer)
+            self._lease_keeper = Heartbeat(self._ask_for_lease, self._on_lease_answer, "lease")
 
     def _on_lease_answer(self, asked_at: float, granted: bool) -> None:
+        now = time.monotonic()
         if granted:
             self.lease.extend_from(asked_at)
+            if self._lease_lapsed_at is not None:
+                log.warning(
+                    "%s: lease from the backup back after %.2f s",
+                    self.label,
+                    now - self._lease_lapsed_at,
+                )
+                self._lease_lapsed_at = None
+        elif self.role is Role.PRIMARY and self._lease_lapsed_at is None and not self.lease.valid():
+            self._lease_lapsed_at = now
+            log.warning(
+                "%s: lease lapsed (last ask took %.2f s: %s)",
+                self.label,
+                now - asked_at,
+                self._lease_ask.refusal,
+            )
 
     def _ask_for_lease(self) -> bool:
         """One lease ask to this primary's backup (on the lease thread): granted or not."""
@@ -506,6 +523,14 @@ class ReplicaHost(Generic[S]):
         """The full in-memory state, encoded: equal bytes mean equal replicas."""
         with self.lock:
             return self.service.snapshot_payload() if self.service else b""
+
+
+def delete_old_copies_here(group: str, keep: list[str], epoch: int) -> list[str]:
+    """In a replica's process: delete this node's copies of ``group`` from before
+    ``epoch`` (asked of a replica already running there, so that no Ray worker process
+    has to start for it: starting one costs seconds of CPU on a small machine)."""
+    base = Path(os.environ[NODE_DATA_DIR_ENV])
+    return delete_old_copies(base, group, set(keep), epoch)
 
 
 def _controller_heartbeat(

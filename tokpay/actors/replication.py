@@ -315,18 +315,22 @@ class BackupLeaseAsk:
 
     def __init__(self) -> None:
         self._link: BackupLink | None = None
+        self.refusal = ""
+        """Why the last ask was not granted (for the log)."""
 
     def ask(self, address: ChannelAddress | None, epoch: int) -> bool:
         if address is None:
             self.close()
+            self.refusal = "no backup"
             return False
         try:
             if self._link is None or self._link.address != address:
                 self.close()
                 self._link = BackupLink(address, timeout=LEASE_ASK_TIMEOUT_SECONDS)
             self._link.call("lease", encode(epoch), LEASE_ASK_TIMEOUT_SECONDS)
-        except (OSError, ReplicationFailed, msgspec.DecodeError, ConnectionError):
+        except (OSError, ReplicationFailed, msgspec.DecodeError, ConnectionError) as error:
             self.close()
+            self.refusal = repr(error)
             return False
         return True
 
@@ -334,6 +338,10 @@ class BackupLeaseAsk:
         if self._link is not None:
             self._link.close()
             self._link = None
+
+
+STARVED_SECONDS = 0.3
+"""A heartbeat or lease thread that runs this much later than due says so in the log."""
 
 
 class Heartbeat:
@@ -349,21 +357,27 @@ class Heartbeat:
         self,
         report: Callable[[], Any],
         on_answer: Callable[[float, Any], None],
+        name: str = "heartbeat",
     ) -> None:
+        self._name = name
         self._report = report
         self._on_answer = on_answer
         self._stop = threading.Event()
-        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def _run(self) -> None:
+        due = time.monotonic()
         while not self._stop.is_set():
             asked_at = time.monotonic()
+            if asked_at - due > STARVED_SECONDS:
+                log.warning("%s thread ran %.2f s late (CPU starved?)", self._name, asked_at - due)
             try:
                 answer = self._report()
             except Exception as error:
                 log.debug("heartbeat failed: %r", error)
             else:
                 self._on_answer(asked_at, answer)
+            due = time.monotonic() + HEARTBEAT_SECONDS
             self._stop.wait(HEARTBEAT_SECONDS)
 
     def stop(self) -> None:

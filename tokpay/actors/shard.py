@@ -45,7 +45,7 @@ from tokpay.actors.protocol import (
     decode,
     encode,
 )
-from tokpay.actors.replica_host import ReplicaHost, replica_root
+from tokpay.actors.replica_host import ReplicaHost, delete_old_copies_here, replica_root
 from tokpay.actors.replicated_service import STOP_EXIT_CODE, LogOptions, ReplicatedService
 from tokpay.actors.replication import ReplicationFailed
 from tokpay.ledger.errors import LedgerError
@@ -431,6 +431,10 @@ class ShardActor:
 
     def channel_address(self) -> ChannelAddress:
         return self._channel.address
+
+    def delete_old_copies(self, group: str, keep: list[str], epoch: int) -> list[str]:
+        """This node's copies of ``group`` from before ``epoch``, deleted (any group's)."""
+        return delete_old_copies_here(group, keep, epoch)
 
     def call(self, method: str, payload: bytes) -> bytes:
         """Any of ``SHARD_METHODS`` (or a replication frame), as on the channel."""
