@@ -67,6 +67,10 @@ class ControllerDirectory:
     def __init__(self) -> None:
         self._controller: Any = None
         self._routes: dict[str, Route] = {}
+        self._seen: dict[ChannelAddress, None] = {}
+        """Replicas' addresses from every route merged, newest last (at most ``SEEN_KEPT``):
+        when every group fails over at once, each new route names no primary yet, but the
+        backups it promotes are still listening where they were."""
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
@@ -100,6 +104,12 @@ class ControllerDirectory:
             known = self._routes.get(group)
             if known is None or _freshness(route) > _freshness(known):
                 self._routes[group] = route
+            for address in (route.address, route.backup):
+                if address is not None:
+                    self._seen.pop(address, None)
+                    self._seen[address] = None
+        while len(self._seen) > SEEN_KEPT:
+            del self._seen[next(iter(self._seen))]
 
     async def _from_controller(self) -> dict[str, Route]:
         try:
@@ -120,6 +130,11 @@ class ControllerDirectory:
         addresses = list(primaries)[:REPLICAS_ASKED] + list(backups - primaries)[:REPLICAS_ASKED]
         answers = await asyncio.gather(*(_ask_routes(a) for a in addresses))
         found = [a for a in answers if a]
+        if not found:
+            # Those routes may all be mid-failover: ask replicas seen before, newest first.
+            earlier = [a for a in reversed(self._seen) if a not in addresses][: REPLICAS_ASKED * 2]
+            addresses += earlier
+            found = [a for a in await asyncio.gather(*(_ask_routes(a) for a in earlier)) if a]
         if not found:
             log.warning(
                 "no replica gave routes (asked %s of %d known); asking the controller",
@@ -142,6 +157,7 @@ def _freshness(route: Route) -> tuple[int, bool, bool]:
 
 
 REPLICAS_ASKED = 3
+SEEN_KEPT = 32
 
 
 async def _ask_routes(address: ChannelAddress) -> dict[str, Route] | None:
