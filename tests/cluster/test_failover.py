@@ -29,7 +29,7 @@ from tokpay.actors.channel import NOT_PRIMARY_CODE, frame, read_frame
 from tokpay.cluster.local import LocalCluster
 from tokpay.cluster.ports import free_port
 from tokpay.cluster.sessions import session_pids
-from tokpay.testing.drill import run_drill
+from tokpay.testing.drill import HistoryOptions, run_drill
 from tokpay.testing.nemesis import cluster_status_subprocess, kill_and_recover, wait_cluster_healthy
 from tokpay.testing.report import DrillReport
 
@@ -107,9 +107,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 def drill(running: Running, kill: Any, recover: Any, target: str) -> DrillReport:
     wait_cluster_healthy(running.data_dir)
+    # Every drill's client history stays beside the cluster's logs, for a post-mortem.
+    history = HistoryOptions(directory=running.data_dir.parent / "histories", keep=True)
     report = asyncio.run(
-        run_drill(running.url, SHARDS, target, kill, recover, before_seconds=3.0, after_seconds=8.0)
-    )
+        run_drill(
+            running.url, SHARDS, target, kill, recover,
+            before_seconds=3.0, after_seconds=8.0, history=history,
+        )
+    )  # fmt: skip
     print(f"{target}: {report}")
     wait_cluster_healthy(running.data_dir)
     return report
