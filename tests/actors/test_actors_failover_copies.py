@@ -305,3 +305,26 @@ def test_a_copy_whose_fsync_failed_is_never_chosen(n1: Disk, n2: Disk) -> None:
     assert chosen(n1.read() + n2.read(), acked_epoch=5) == "backup"
     only = choose_copy(GROUP, n1.read(), acked_epoch=5)
     assert only.copy is None and "untrusted" in only.reason and "EIO" in only.reason
+
+
+def test_the_head_lost_with_its_disk_and_the_map_every_group_recovers_from_the_others(
+    tmp_path: Path, n1: Disk, n2: Disk
+) -> None:
+    """The head machine is gone for good: Redis (the map) and its disk with it. Each group
+    had one copy there; the copy left elsewhere holds every acknowledged record, because
+    an acknowledgement needed both. (``tokpay drill --target head-lost`` does it for real.)"""
+    head = Disk(tmp_path / "n0", "n0")
+    head.copy("s0-primary", records=9).primary(4, sequence=9)
+    n1.copy("s0-backup", records=9).in_sync(4, sequence=9)
+    n2.copy("s1-primary", records=5, group="shard-1").primary(3, sequence=5)
+    head.copy("s1-backup", records=5, group="shard-1").in_sync(3, sequence=5)
+    survivors = n1.read_all() + n2.read_all()  # the head's disk is not there to read
+    groups = groups_from_copies(["shard-0", "shard-1"], survivors)
+    g0, g1 = groups["shard-0"], groups["shard-1"]
+    assert g0.primary is not None and (g0.primary.root, g0.epoch) == ("s0-backup", 4)
+    assert g1.primary is not None and (g1.primary.root, g1.epoch) == ("s1-primary", 3)
+    # A backup left mid-install at a newer epoch shows writes may have been acknowledged
+    # there, through the lost head's primary: the older backup is not proof enough.
+    n2.copy("s0-installing", records=2).installing(5)
+    with pytest.raises(RecoveryRefused, match="shard-0 is down"):
+        groups_from_copies(["shard-0", "shard-1"], n1.read_all() + n2.read_all())

@@ -98,8 +98,12 @@ def drill(
     load keeps retrying: `all` SIGKILLs every process of the cluster in one
     sweep (Redis and the gateway included: a power cut); `pair` both nodes of
     one group (back after 5 s); `state` cuts the power and wipes Redis's data,
-    checks that `cluster up` refuses, then runs `cluster recover`. Their
-    report adds the time from `cluster up` to serving.
+    checks that `cluster up` refuses, then runs `cluster recover`;
+    `head-lost` SIGKILLs the head and Redis and deletes their disks (the head
+    machine is gone for good), lets the other nodes serve alone for 10 s, then
+    replaces it: `cluster down`, and `cluster recover` starts a new head on an
+    empty disk and rebuilds the map from the other nodes' disks. Their report
+    adds the time from `cluster up` (or `recover`) to serving.
 
     Network drills (a `cluster up --netns` only) cut the node holding a shard
     primary off for 5 s, several leases, under the same load, then heal it:

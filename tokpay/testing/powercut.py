@@ -1,7 +1,11 @@
 """Drills that take down more than one machine and bring the cluster back with
 ``cluster up``: a power cut of every process (``all``), both nodes of one group
-(``pair``), and a power cut that also loses the cluster state (``state``: Redis's
-data wiped, then ``cluster recover``).
+(``pair``), a power cut that also loses the cluster state (``state``: Redis's
+data wiped, then ``cluster recover``), and the head machine lost for good
+(``head-lost``: the head and Redis killed, their disks deleted, the other nodes left
+serving for ``HEAD_LOST_SECONDS``; then, as an operator replaces the head, everything
+is stopped and ``cluster recover`` starts a new head on an empty disk and rebuilds the
+map from the other nodes' disks).
 
 Each kill is one sweep of SIGKILL over every process of the chosen sessions, so none
 of them sees another go first. The cluster is then started again the way an operator
@@ -24,12 +28,14 @@ from typing import Any
 from tokpay.cluster import sessions
 from tokpay.cluster.local import LocalCluster
 
-RESTART_TARGETS = ("all", "pair", "state")
+RESTART_TARGETS = ("all", "pair", "state", "head-lost")
 RESTART_RESUME_WAIT_SECONDS = 300.0
 """Writes must resume within this after a power cut: the whole cluster starts again."""
 COMMAND_TIMEOUT_SECONDS = 600.0
 PAIR_DOWN_SECONDS = 5.0
 """How long both nodes of a group stay down before ``cluster up`` brings them back."""
+HEAD_LOST_SECONDS = 10.0
+"""How long the other nodes run on without the head before it is replaced."""
 
 
 def choose_pair(status: dict[str, Any]) -> tuple[str, list[str]]:
@@ -58,6 +64,17 @@ def cut_power(cluster: LocalCluster, nodes: list[str] | None = None) -> int:
         for name in cluster.service_records:
             cluster.kill_service(name)
     return len(victims)
+
+
+def lose_head(cluster: LocalCluster) -> int:
+    """The head machine is gone for good: SIGKILL its node and Redis (which runs on it),
+    then delete both their disks. Returns how many processes were killed."""
+    head = cluster.head_name
+    killed = len(sessions.session_members(cluster.redis)) + cut_power(cluster, [head])
+    sessions.kill_session(cluster.redis)
+    wipe_cluster_state(cluster)
+    shutil.rmtree(cluster.nodes[head]["data_dir"])
+    return killed
 
 
 def wipe_cluster_state(cluster: LocalCluster) -> None:
@@ -95,7 +112,22 @@ def restart_kill(
 
     def kill() -> str:
         # What runs now: an earlier restart (a child process) recorded new sessions.
-        killed = cut_power(LocalCluster.load(cluster.data_dir), nodes or None)
+        running = LocalCluster.load(cluster.data_dir)
+        if target == "head-lost":
+            killed = lose_head(running)
+            time.sleep(HEAD_LOST_SECONDS)
+            # The replacement: Ray's raylets cannot join a new GCS, so every node stops
+            # and starts again around a new, empty head; the map comes from the disks.
+            stopped = cluster_command("down", cluster.data_dir)
+            if stopped.returncode != 0:
+                raise RuntimeError(f"`cluster down` failed:\n{stopped.stdout[-3000:]}")
+            timings["restart"] = bring_back("recover", cluster.data_dir)
+            head = running.head_name
+            return (
+                f"head {head} lost with its disk and Redis ({killed} processes); "
+                f"serving {timings['restart']:.1f} s after recover"
+            )
+        killed = cut_power(running, nodes or None)
         if target == "pair":
             time.sleep(PAIR_DOWN_SECONDS)
         if target == "state":
