@@ -146,9 +146,9 @@ def drill(
             raise typer.Exit(2) from None
         reports.append(report)
         print_report(console, report)
+        if report_json is not None:  # after every drill: a long series stopped early keeps its part
+            report_json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
     print_summary(console, reports)
-    if report_json is not None:
-        report_json.write_text(json.dumps([r.as_dict() for r in reports], indent=2))
     wait_cluster_healthy(data_dir)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
