@@ -175,7 +175,7 @@ class Controller:
         if dead(g.primary.name):
             self._note_silent(group, g.primary)
             self._launch(group, self._reconfigure.fail_over(group))
-        elif g.backup is None or dead(g.backup.name):
+        elif g.backup is None or self._liveness.backup_lost(g.backup.name, g.primary.name):
             if g.backup is not None:
                 self._note_silent(group, g.backup)
             self._launch(group, self._reconfigure.replace_backup(group, lost=True))

@@ -1,6 +1,7 @@
 """What the controller knows of each replica's health: last heartbeat and last report.
 
-A replica silent for ``DEAD_AFTER_SECONDS`` is lost. When the controller itself stalls
+A replica silent for ``DEAD_AFTER_SECONDS`` is lost (a backup its primary vouches for,
+only after ``BACKUP_SILENT_SECONDS``). When the controller itself stalls
 (GC, a slow GCS call), nobody's silence during the stall counts against them. (Leases
 are not the controller's: a primary holds its lease from its backup.)
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 
 from tokpay.actors.protocol import HeartbeatReport
-from tokpay.actors.timing import DEAD_AFTER_SECONDS
+from tokpay.actors.timing import BACKUP_SILENT_SECONDS, DEAD_AFTER_SECONDS
 
 
 class Liveness:
@@ -45,6 +46,17 @@ class Liveness:
 
     def dead(self, name: str) -> bool:
         return self.silent(name) > DEAD_AFTER_SECONDS
+
+    def backup_lost(self, backup: str, primary: str) -> bool:
+        """Silent past DEAD_AFTER_SECONDS while its primary's last report shows trouble
+        with it (replication broken, no lease granted), or silent past
+        BACKUP_SILENT_SECONDS: a starved backup its primary still hears is kept."""
+        silent = self.silent(backup)
+        if silent <= DEAD_AFTER_SECONDS:
+            return False
+        report = self.reports.get(primary)
+        vouched = report is not None and not report.broken and not report.leaseless
+        return silent > BACKUP_SILENT_SECONDS or not vouched
 
     def forgive(self, stalled: float) -> None:
         """The controller stalled this long: extend every grace period by as much."""

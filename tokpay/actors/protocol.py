@@ -148,6 +148,8 @@ class HeartbeatReport(ReplicaSpec, frozen=True, kw_only=True):
 
     sequence: int
     broken: bool
+    leaseless: bool = False
+    """A primary whose backup has not granted its lease lately."""
 
 
 class HeartbeatAnswer(msgspec.Struct, frozen=True):

@@ -489,6 +489,7 @@ class ReplicaHost(Generic[S]):
             role=str(self.role),
             sequence=service.last_sequence if service else 0,
             broken=bool(service and service.log.broken),
+            leaseless=self.role is Role.PRIMARY and self._lease_lapsed_at is not None,
         )
 
     def on_answer(self, asked_at: float, answer: HeartbeatAnswer) -> None:

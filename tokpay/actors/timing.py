@@ -34,7 +34,13 @@ LEASE_ASK_TIMEOUT_SECONDS = 0.5
 """How long a primary waits for its backup's answer to one lease ask."""
 
 DEAD_AFTER_SECONDS = 0.8
-"""A replica silent this long is treated as lost."""
+"""A replica silent this long is treated as lost (a backup: see BACKUP_SILENT_SECONDS)."""
+
+BACKUP_SILENT_SECONDS = 3.0
+"""A backup silent for DEAD_AFTER_SECONDS is replaced only if its primary also reports
+trouble with it (replication broken, or no lease granted); silent this long, it is
+replaced anyway. A starved backup that still answers its primary is not torn down: each
+needless rebuild opens a window in which the primary alone holds the newest records."""
 
 MONITOR_SECONDS = 0.1
 """How often the controller looks for lost replicas."""
@@ -170,6 +176,10 @@ _require(
 _require(
     HEARTBEAT_SECONDS + MONITOR_SECONDS + CONTROLLER_STALL_SECONDS < DEAD_AFTER_SECONDS,
     "the controller notices its own stall before it would count a replica lost",
+)
+_require(
+    BACKUP_SILENT_SECONDS > DEAD_AFTER_SECONDS,
+    "a backup's primary gets the chance to vouch for it before silence alone condemns it",
 )
 _require(MONITOR_SECONDS < HEARTBEAT_SECONDS, "the monitor looks more often than replicas report")
 _require(
