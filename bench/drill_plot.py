@@ -1,6 +1,6 @@
 """Plot a series of drills (``tokpay drill --repeat N --report-json F``) as a PNG: each
-drill's longest write outage on any route, coloured by what was killed, with the 5 s
-target drawn across and failed drills marked.
+drill's longest write outage on any route, coloured by what was killed (hatched when the
+node killed was the head), with the 5 s target drawn across and failed drills marked.
 
     .venv/bin/python bench/drill_plot.py drills.json bench/drills.png
 """
@@ -49,13 +49,16 @@ def write_plot(reports: list[dict[str, Any]], out: Path) -> None:
     xs = list(range(1, len(reports) + 1))
     heights = [r["write_outage_seconds"] or 0.0 for r in reports]
     colours = [COLOURS.get(r["target"], "tab:gray") for r in reports]
-    ax.bar(xs, heights, color=colours)
+    bars = ax.bar(xs, heights, color=colours)
+    for bar, r in zip(bars, reports, strict=True):
+        if "back after" in r["victim"]:  # the head machine died (restarted at once)
+            bar.set_hatch("//")
     for x, r, h in zip(xs, reports, heights, strict=True):
         if not r["ok"]:
             ax.annotate("FAIL", (x, h), ha="center", va="bottom", color="black", fontsize=8)
     ax.axhline(TARGET_SECONDS, color="black", linestyle="--", linewidth=1)
     ax.text(0.6, TARGET_SECONDS, f" {TARGET_SECONDS:.0f} s target", va="bottom", fontsize=8)
-    ax.set_xlabel("drill")
+    ax.set_xlabel("drill (hatched: the head machine was killed)")
     ax.set_ylabel("longest write outage on any route (s)")
     ax.set_title(summary(reports), fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
