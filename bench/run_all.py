@@ -112,7 +112,9 @@ local nshards = #shards
 local hot = {hot_lua}
 local cross = {cross_ratio}
 local counter = 0
-local tid = 0
+-- tid stays a global: setup() sets it in each thread after this chunk ran (a local here
+-- would shadow it, every thread would be 0, and two threads would send the same ids).
+tid = tid or 0
 local threads = {{}}
 function setup(thread)
   thread:set("tid", #threads + 1)
