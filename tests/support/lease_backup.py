@@ -1,8 +1,8 @@
 """A shard backup in a process of its own, for tests that stop it (SIGSTOP) for real.
 
 ``python -m tests.support.lease_backup ROOT EPOCH`` opens a backup replica host over
-ROOT behind a channel, as ``ShardActor`` runs one (``ReplicaHost.serve_locked``), prints its channel address as one JSON line and serves until its stdin
-closes.
+ROOT behind a channel, as ``ShardActor`` runs one (``ReplicaHost.serve_locked``),
+prints its channel address as one JSON line and serves until its stdin closes.
 """
 
 from __future__ import annotations

@@ -206,11 +206,9 @@ class Placement:
     async def _delete_on(self, node: str, group: str, keep: list[str], epoch: int) -> Any:
         """The deletion of ``group``'s old copies on ``node``, asked of a live replica
         there when there is one (no Ray worker process to start), else a Ray task."""
-        for g in self._map.groups.values():
-            for member in (g.primary, g.backup, g.standby):
-                if member and member.node == node and not self._liveness.dead(member.name):
-                    handle = await self.handle(member)
-                    return handle.delete_old_copies.remote(group, keep, epoch)
+        live = [m for m in self._members_on(node) if not self._liveness.dead(m.name)]
+        if live:
+            return (await self.handle(live[0])).delete_old_copies.remote(group, keep, epoch)
         call = _delete_copies_on_node.options(resources={node_resource(node): 0.001})
         return call.remote(group, keep, epoch)
 

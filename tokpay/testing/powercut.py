@@ -120,11 +120,12 @@ def restart_kill(
             # and starts again around a new, empty head; the map comes from the disks.
             stopped = cluster_command("down", cluster.data_dir)
             if stopped.returncode != 0:
-                raise RuntimeError(f"`cluster down` failed:\n{stopped.stdout[-3000:]}")
+                raise RuntimeError(
+                    f"`cluster down` failed:\n{stopped.stdout[-3000:]}{stopped.stderr[-3000:]}"
+                )
             timings["restart"] = bring_back("recover", cluster.data_dir)
-            head = running.head_name
             return (
-                f"head {head} lost with its disk and Redis ({killed} processes); "
+                f"head {running.head_name} lost with its disk and Redis ({killed} processes); "
                 f"serving {timings['restart']:.1f} s after recover"
             )
         killed = cut_power(running, nodes or None)
