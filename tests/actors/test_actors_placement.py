@@ -84,3 +84,49 @@ def test_a_node_whose_other_replicas_still_report_is_not_suspect(
     assert placed.pick_node({"n0"}) is None
     liveness.heard(HeartbeatReport(name="r2", epoch=2, role="primary", sequence=0, broken=False))
     assert placed.pick_node({"n0"}) == "n1"
+
+
+def test_the_head_gets_a_copy_only_when_no_worker_can_take_it(
+    nodes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # n1 holds two copies, the head none: still a worker is chosen.
+    groups = {
+        "shard-0": Group(epoch=2, primary=Member(name="p0", node="n1")),
+        "shard-1": Group(epoch=2, primary=Member(name="p1", node="n1")),
+    }
+    placed = placement_over(nodes, table(n0="a", n1="b", n2="c"), groups)
+    assert placed.head == "n0"
+    assert placed.pick_node(set()) == "n2"
+    assert placed.pick_node({"n2"}) == "n1"
+    # Only the head is left: it takes the copy, but nothing is "off the head".
+    assert placed.pick_node({"n1", "n2"}) == "n0"
+    assert placed.off_head({"n1", "n2"}) is None
+    placed.mark_suspect(Member(name="r", node="n2"))
+    assert placed.pick_node({"n1"}) == "n0"
+
+
+def test_on_two_nodes_the_head_holds_copies_like_any_node(nodes: list[dict[str, Any]]) -> None:
+    nodes[:] = table(n0="a", n1="b")
+    state = ClusterState(shard_count=2, fsync=False, nodes=["n0", "n1"], groups={})
+    placed = Placement(ShardMap(state), Liveness())
+    asyncio.run(placed.refresh_nodes(force=True))
+    assert placed.head is None
+    assert placed.pick_node({"n1"}) == "n0"
+    group = Group(epoch=2, primary=Member("p", "n0"), backup=Member("b", "n1"), backup_ready=True)
+    assert placed.head_move(group) is None
+
+
+def test_copies_on_the_head_move_backup_first_then_primary(nodes: list[dict[str, Any]]) -> None:
+    on_head = Group(epoch=3, primary=Member("p", "n1"), backup=Member("b", "n0"), backup_ready=True)
+    placed = placement_over(nodes, table(n0="a", n1="b", n2="c"), {"shard-0": on_head})
+    assert placed.head_move(on_head) == ("backup", "n2")
+    primary_on_head = Group(
+        epoch=3, primary=Member("p", "n0"), backup=Member("b", "n2"), backup_ready=True
+    )
+    assert placed.head_move(primary_on_head) == ("primary", "n1")
+    settled = Group(epoch=3, primary=Member("p", "n1"), backup=Member("b", "n2"))
+    assert placed.head_move(settled) is None
+    # No worker to take it (n2 holds the primary, n1 is suspect): it stays for now.
+    placed.mark_suspect(Member(name="r", node="n1"))
+    stuck = Group(epoch=3, primary=Member("p", "n2"), backup=Member("b", "n0"), backup_ready=True)
+    assert placed.head_move(stuck) is None

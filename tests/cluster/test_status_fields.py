@@ -20,6 +20,7 @@ TOP_FIELDS = {
     "services",
     "failovers",
     "backup_rebuilds",
+    "head_copies",
     "gcs_address",
     "processes",
 }
@@ -59,7 +60,7 @@ def test_status_document_keeps_its_fields(tmp_path: Path) -> None:
         down=None,
     )
     controller = SimpleNamespace(
-        nodes={"n0": True, "n1": True}, groups=[group], failovers=1, rebuilds=0
+        nodes={"n0": True, "n1": True}, groups=[group], failovers=1, rebuilds=0, head_copies=[]
     )
 
     document = status_document(cluster, controller)

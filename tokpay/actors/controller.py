@@ -53,6 +53,8 @@ class Controller:
         self._placement = Placement(self._map, self._liveness)
         self._reconfigure = Reconfiguration(self._map, self._liveness, self._placement)
         self._busy: set[str] = set()
+        self._moving: str | None = None
+        """The group whose copy is being moved off the head (one at a time)."""
         self._monitor: asyncio.Task[None] | None = None
         ray.get_runtime_context().current_actor.start.remote()
 
@@ -78,6 +80,8 @@ class Controller:
             nodes = state.nodes
             if len(nodes) < 2:
                 raise ValueError("replication needs at least 2 nodes")
+            head = self._placement.head
+            nodes = [n for n in nodes if n != head]
             for index, group in enumerate(self._map.shard_of):
                 primary = self._map.new_member(group, nodes[index % len(nodes)])
                 state.groups[group] = Group(epoch=1, primary=primary)
@@ -130,6 +134,13 @@ class Controller:
             groups=groups,
             failovers=self._reconfigure.failovers,
             rebuilds=self._reconfigure.rebuilds,
+            head_copies=[
+                group
+                for group, g in self._map.groups.items()
+                if any(m is not None and m.node == head for m in (g.primary, g.backup))
+            ]
+            if (head := self._placement.head) is not None
+            else [],
         )
 
     def _member_status(self, member: Member | None) -> MemberStatus | None:
@@ -187,6 +198,35 @@ class Controller:
                 # The primary could not reach its backup: replace it, but the backup's
                 # node may well be fine.
                 self._launch(group, self._reconfigure.replace_backup(group, lost=False))
+            elif self._moving is None:
+                self._move_off_head(group, g)
+
+    def _move_off_head(self, group: str, g: Group) -> None:
+        """A healthy group with a copy on the head (put there while a worker was down)
+        moves it to a worker that can take it, one group at a time: the backup by
+        building a new one there (writes go on); the primary by promoting its in-sync
+        backup and building a new backup (the group waits out a lease and that build,
+        as after a loss)."""
+        move = self._placement.head_move(g)
+        if move is None:
+            return
+        role, node = move
+        member = g.backup if role == "backup" else g.primary
+        log.warning(
+            "%s: moving %s %s off the head (to %s)", group, role, member and member.name, node
+        )
+        if role == "backup":
+            work = self._reconfigure.replace_backup(group, lost=False, node=node)
+        else:
+            work = self._reconfigure.fail_over(group, planned=True)
+        self._moving = group
+        self._launch(group, self._moved(work))
+
+    async def _moved(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        finally:
+            self._moving = None
 
     def _note_silent(self, group: str, member: Member) -> None:
         log.warning(

@@ -159,7 +159,9 @@ class Reconfiguration:
         g.epoch, g.primary, g.backup, g.backup_ready, g.address = epoch, chosen, None, False, None
         g.backup_address, g.standby = None, None
 
-    async def fail_over(self, group: str) -> None:
+    async def fail_over(self, group: str, *, planned: bool = False) -> None:
+        """Promote a copy of ``group`` in its primary's place: the primary was lost, or
+        (``planned``) it is alive but sits where it should not (the head)."""
         g = self._map.groups[group]
         old = g.primary
         # The old primary may still be running: the copy promoted waits out the lease it
@@ -174,16 +176,18 @@ class Reconfiguration:
         others = [m for m in (g.backup, g.standby) if m is not None]
         epoch = g.epoch + 1
         chosen = await self._take_over(group, g, choice.copy, epoch)
-        self._placement.mark_suspect(old)
+        if not planned:
+            self._placement.mark_suspect(old)
         g.address = await self._ask(chosen, "channel_address")
         await self._map.save()
         self.down.pop(group, None)
         self.failovers += 1
         log.warning(
-            "%s: primary %s on %s lost; %s on %s promoted at epoch %d",
+            "%s: primary %s on %s %s; %s on %s promoted at epoch %d",
             group,
             old and old.name,
             old and old.node,
+            "moved off the head" if planned else "lost",
             chosen.name,
             chosen.node,
             epoch,
@@ -220,7 +224,11 @@ class Reconfiguration:
         else:
             placement.retire(old)
 
-    async def replace_backup(self, group: str, *, lost: bool = True) -> None:
+    async def replace_backup(
+        self, group: str, *, lost: bool = True, node: str | None = None
+    ) -> None:
+        """A new backup for ``group``, on ``node`` or the node ``pick_node`` chooses; the
+        old one, unless ``lost``, stays a promotion candidate until the new one is in sync."""
         g = self._map.groups[group]
         primary = g.primary
         if primary is None:
@@ -229,7 +237,8 @@ class Reconfiguration:
             await self._finish_promotion(group, primary)
         self._set_aside_old_backup(g, lost=lost)
         placement = self._placement
-        node = placement.pick_node({primary.node} | ({g.standby.node} if g.standby else set()))
+        if node is None:
+            node = placement.pick_node({primary.node} | ({g.standby.node} if g.standby else set()))
         if node is None:
             node = placement.pick_node({primary.node})
         if node is None:

@@ -2,7 +2,8 @@
 
 Each replica is a detached Ray actor pinned to its node by the node's own resource
 (``tokpay_node_<name>``), never placed by luck. A node that just lost a replica is
-suspect for ``SUSPECT_SECONDS`` and gets no new one. Replaced replicas are fenced at
+suspect for ``SUSPECT_SECONDS`` and gets no new one. With 3 nodes or more the head
+gets a copy only when no other node can take it (``HEAD_FREE_MIN_NODES``). Replaced replicas are fenced at
 once and ended ``RETIRE_AFTER_SECONDS`` later. Ray look-ups and kills run off the
 controller's event loop: for an actor on a node that just died they can block for seconds.
 """
@@ -26,7 +27,7 @@ from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
 from tokpay.actors.protocol import ReplicaSpec
 from tokpay.actors.replica_host import NODE_DATA_DIR_ENV
 from tokpay.actors.shard import ShardActor
-from tokpay.actors.shard_map import Member, ShardMap
+from tokpay.actors.shard_map import Group, Member, ShardMap
 from tokpay.actors.timing import (
     CONTROLLER_CALL_TIMEOUT_SECONDS,
     NODES_REFRESH_SECONDS,
@@ -36,6 +37,12 @@ from tokpay.actors.timing import (
 )
 
 log = logging.getLogger("tokpay.controller")
+
+HEAD_FREE_MIN_NODES = 3
+"""From this many nodes on, the head holds no copy whenever another node can take it: its
+loss then costs no group its primary or its backup, and nothing waits for the controller
+that died with it. A copy that had to go there (a worker was down) is moved off again
+once a worker can take it (Controller._move_off_head)."""
 
 OLD_COPIES_GRACE_SECONDS = 30.0
 """How long a group stays unchanged before the copies it left behind are deleted."""
@@ -82,8 +89,41 @@ class Placement:
         self.live_nodes = live
         self._ray_ids = ray_ids
 
+    @property
+    def head(self) -> str | None:
+        """The head (``nodes[0]``, where the controller and the GCS live) when the cluster
+        can keep it free of copies: with 3 nodes or more. None on a 2-node cluster."""
+        nodes = self._map.state.nodes
+        return nodes[0] if len(nodes) >= HEAD_FREE_MIN_NODES else None
+
     def pick_node(self, avoid: set[str]) -> str | None:
-        """The live, unsuspected node outside ``avoid`` that holds the fewest replicas."""
+        """The live, unsuspected node outside ``avoid`` that holds the fewest replicas;
+        the head only when no other node can take it (tokpay.actors.placement)."""
+        candidates = self._candidates(avoid)
+        off_head = [n for n in candidates if n != self.head]
+        return next(iter(off_head or candidates), None)
+
+    def off_head(self, avoid: set[str]) -> str | None:
+        """A node other than the head for a copy that sits on the head, or None."""
+        return next((n for n in self._candidates(avoid) if n != self.head), None)
+
+    def head_move(self, g: Group) -> tuple[str, str] | None:
+        """What to move off the head for ``g`` (a group with an in-sync backup), if
+        anything, and where a new backup can go: ("backup", node) or ("primary", node).
+        The backup first; the primary only once its backup sits on a worker."""
+        head, primary, backup = self.head, g.primary, g.backup
+        if head is None or primary is None or backup is None:
+            return None
+        if backup.node == head:
+            node = self.off_head({primary.node})
+            return ("backup", node) if node is not None else None
+        if primary.node == head:
+            node = self.off_head({backup.node})
+            return ("primary", node) if node is not None else None
+        return None
+
+    def _candidates(self, avoid: set[str]) -> list[str]:
+        """Live, unsuspected nodes outside ``avoid``, the least loaded first."""
         now = time.monotonic()
         state = self._map.state
         load: dict[str, int] = dict.fromkeys(state.nodes, 0)
@@ -96,7 +136,7 @@ class Placement:
             for n in state.nodes
             if n in self.live_nodes and n not in avoid and not self._suspected(n, now)
         ]
-        return min(candidates, key=lambda n: load[n]) if candidates else None
+        return sorted(candidates, key=lambda n: load[n])
 
     def _suspected(self, node: str, now: float) -> bool:
         """Suspect for ``SUSPECT_SECONDS``, unless it shows it is up: a replica on it

@@ -87,6 +87,9 @@ class ControllerStatus(msgspec.Struct):
     groups: list[GroupStatus]
     failovers: int
     rebuilds: int
+    head_copies: list[str] = []
+    """Groups with a copy on the head while they should have none (3 nodes or more):
+    the controller is moving them to workers."""
 
 
 class ShardMap:

@@ -225,6 +225,9 @@ def _print_status(status: dict[str, Any]) -> None:
     for g in status["groups"]:
         if g.get("down"):
             console.print(f"[red]{g['down']}[/red]")
+    if status.get("head_copies"):
+        moving = ", ".join(status["head_copies"])
+        console.print(f"[yellow]copies on the head, being moved to workers: {moving}[/yellow]")
     console.print(
         f"failovers: {status['failovers']}, backup rebuilds: {status['backup_rebuilds']}, "
         "services: " + ", ".join(f"{n} pid {s['pid']}" for n, s in status["services"].items())

@@ -3,7 +3,8 @@
 The document's fields are a contract (tests/cluster/test_status_fields.py): ``nodes``
 with ``node_id``, ``pid``, ``role``, ``address`` (a --netns cluster's, else null),
 ``alive``, ``primaries``, ``backups``; ``groups``
-(with ``down``: why a group cannot serve, or null); ``services`` with pids;
+(with ``down``: why a group cannot serve, or null); ``head_copies``: groups with a
+copy on the head still to be moved to a worker; ``services`` with pids;
 ``processes``: every process session of the cluster (each node, Redis, each service)
 with its pid, null when it is not running, so a script can cut power to all of them.
 Fields may be added, never renamed.
@@ -63,6 +64,8 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
         "nodes": nodes,
         "groups": groups,
         "services": services,
+        # A controller started by an older TokPay has no such field.
+        "head_copies": list(getattr(status, "head_copies", [])),
         "failovers": status.failovers,
         "backup_rebuilds": status.rebuilds,
         "gcs_address": cluster.ray_address,
@@ -94,9 +97,11 @@ def _member(member: Any) -> dict[str, Any] | None:
 
 
 def healthy(status: dict[str, Any]) -> bool:
-    """Every node alive, every group with an in-sync backup, every service alive."""
+    """Every node alive, every group with an in-sync backup and (3 nodes or more) no
+    copy left on the head, every service alive."""
     return (
         all(n["alive"] for n in status["nodes"])
+        and not status.get("head_copies")
         and all(g["backup_in_sync"] and g["primary"] and g["backup"] for g in status["groups"])
         and all(s["alive"] for s in status["services"].values())
     )
