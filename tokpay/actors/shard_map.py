@@ -100,6 +100,12 @@ class ShardMap:
         self.shard_of: dict[str, int | None] = replica_groups(state.shard_count)
         """Group -> its shard (None: the coordinator), from the shard count, never parsed."""
         self._save_lock = asyncio.Lock()
+        self._asked = 0
+        """Saves asked for so far (a ticket each)."""
+        self._covered = 0
+        """Every save asked for up to this ticket is durable."""
+        self.writes = 0
+        """Writes to the GCS so far (fewer than saves asked for when they overlap)."""
 
     @classmethod
     def load(cls, shard_count: int, nodes: list[str], fsync: bool) -> ShardMap:
@@ -124,13 +130,23 @@ class ShardMap:
         )
 
     async def save(self) -> None:
-        """Persist off the event loop (a slow GCS must not stall heartbeats), in order.
+        """Persist off the event loop (a slow GCS must not stall heartbeats), in order;
+        returns once the state as it is now is durable.
 
         The state is encoded when the write runs, under the lock, so a later write
-        never lands before an earlier one with older contents.
+        never lands before an earlier one with older contents. Saves asked for while a
+        write is under way share the next one (group commit): when several groups fail
+        over at once, each change waits for one write, not for a queue of them.
         """
+        self._asked += 1
+        ticket = self._asked
         async with self._save_lock:
+            if self._covered >= ticket:
+                return  # a write that began after this change was made holds it
+            covers = self._asked
             await asyncio.to_thread(self._persist)
+            self.writes += 1
+            self._covered = covers
 
     def new_member(self, group: str, node: str) -> Member:
         self.state.generation += 1
