@@ -11,7 +11,7 @@ from tokpay.cluster.nodes import node_record, redis_record
 from tokpay.cluster.state import STATE_VERSION, ClusterStateFile, write_state
 from tokpay.cluster.status import status_document
 
-NODE_FIELDS = {"node_id", "pid", "role", "alive", "primaries", "backups"}
+NODE_FIELDS = {"node_id", "pid", "role", "alive", "primaries", "backups", "spares"}
 GROUP_FIELDS = {"group", "epoch", "primary", "backup", "backup_in_sync", "replication_lag", "down"}
 MEMBER_FIELDS = {"name", "node", "alive", "sequence"}
 TOP_FIELDS = {
@@ -21,6 +21,7 @@ TOP_FIELDS = {
     "failovers",
     "backup_rebuilds",
     "head_copies",
+    "spares_missing",
     "gcs_address",
     "processes",
 }
@@ -60,7 +61,13 @@ def test_status_document_keeps_its_fields(tmp_path: Path) -> None:
         down=None,
     )
     controller = SimpleNamespace(
-        nodes={"n0": True, "n1": True}, groups=[group], failovers=1, rebuilds=0, head_copies=[]
+        nodes={"n0": True, "n1": True},
+        groups=[group],
+        failovers=1,
+        rebuilds=0,
+        head_copies=[],
+        spares_missing=[],
+        spares={"shard-0": "n1"},
     )
 
     document = status_document(cluster, controller)
@@ -72,6 +79,7 @@ def test_status_document_keeps_its_fields(tmp_path: Path) -> None:
     n0, n1 = document["nodes"]
     assert (n0["role"], n0["primaries"], n0["backups"]) == ("head", ["shard-0"], [])
     assert (n1["role"], n1["primaries"], n1["backups"]) == ("worker", [], ["shard-0"])
+    assert (n0["spares"], n1["spares"]) == ([], ["shard-0"])
     (only,) = document["groups"]
     assert only.keys() >= GROUP_FIELDS
     assert only["primary"].keys() >= MEMBER_FIELDS and only["backup"].keys() >= MEMBER_FIELDS

@@ -37,6 +37,8 @@ from tokpay.actors.timing import (
     MONITOR_SECONDS,
     RECONFIGURE_RETRY_SECONDS,
     REPLICA_CREATE_TIMEOUT_SECONDS,
+    SPARE_ACTIVATE_SECONDS,
+    SPARE_CHECK_SECONDS,
 )
 
 log = logging.getLogger("tokpay.controller")
@@ -55,6 +57,8 @@ class Controller:
         self._busy: set[str] = set()
         self._moving: str | None = None
         """The group whose copy is being moved off the head (one at a time)."""
+        self._spare_work: asyncio.Task[None] | None = None
+        self._spares_checked = 0.0
         self._monitor: asyncio.Task[None] | None = None
         ray.get_runtime_context().current_actor.start.remote()
 
@@ -141,6 +145,8 @@ class Controller:
             ]
             if (head := self._placement.head) is not None
             else [],
+            spares_missing=self._spares_missing(),
+            spares={g: m.spare.node for g, m in self._map.groups.items() if m.spare},
         )
 
     def _member_status(self, member: Member | None) -> MemberStatus | None:
@@ -175,6 +181,7 @@ class Controller:
                 for group, g in self._map.groups.items():
                     if group not in self._busy and g.primary is not None:
                         self._check(group, g)
+                self._keep_spares(now)
             except Exception:
                 log.exception("controller monitor round failed; continuing")
 
@@ -221,6 +228,68 @@ class Controller:
             work = self._reconfigure.fail_over(group, planned=True)
         self._moving = group
         self._launch(group, self._moved(work))
+
+    def _keep_spares(self, now: float) -> None:
+        """Each settled group keeps a spare process where its next backup would go
+        (``Placement.spare_node``): started one at a time, only while no group is being
+        reconfigured, checked every ``SPARE_CHECK_SECONDS``, dropped when its node is gone
+        or now holds a copy of the group."""
+        if self._spare_work is not None and not self._spare_work.done():
+            return
+        if now - self._spares_checked >= SPARE_CHECK_SECONDS:
+            self._spares_checked = now
+            self._spare_work = self._background(self._check_spares())
+            return
+        if self._busy:
+            return
+        placement, reconfigure = self._placement, self._reconfigure
+        for group, g in self._map.groups.items():
+            spare = g.spare
+            copies = {m.node for m in (g.primary, g.backup) if m is not None}
+            if spare is not None and (
+                spare.node in copies or spare.node not in placement.live_nodes
+            ):
+                self._spare_work = self._background(reconfigure.drop_spare(group, spare))
+                return
+            if spare is None and g.backup_ready:
+                node = placement.spare_node(g)
+                if node is not None:
+                    self._spare_work = self._background(reconfigure.keep_spare(group, node))
+                    return
+
+    async def _check_spares(self) -> None:
+        """Ask every spare whether it is there; drop those that do not answer."""
+        for group, g in list(self._map.groups.items()):
+            spare = g.spare
+            if spare is None:
+                continue
+            try:
+                handle = await self._placement.handle(spare)
+                await asyncio.wait_for(handle.ready.remote(), SPARE_ACTIVATE_SECONDS)
+                self._reconfigure.spares_ready.add(spare.name)
+            except Exception as error:
+                log.warning("%s: spare %s is gone (%s)", group, spare.name, type(error).__name__)
+                await self._reconfigure.drop_spare(group, spare)
+
+    def _spares_missing(self) -> list[str]:
+        """Groups that could keep a spare but have none ready."""
+        ready = self._reconfigure.spares_ready
+        return [
+            group
+            for group, g in self._map.groups.items()
+            if self._placement.spare_node(g) is not None
+            and (g.spare is None or g.spare.name not in ready)
+        ]
+
+    @staticmethod
+    def _background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("spare upkeep failed; will retry")
+
+        return asyncio.get_running_loop().create_task(run())
 
     async def _moved(self, work: Coroutine[Any, Any, None]) -> None:
         try:

@@ -18,7 +18,15 @@ from tokpay.actors.channel import ActorChannel, AsyncChannelServer
 from tokpay.actors.coordinator import CoordinatorService
 from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
 from tokpay.actors.naming import shard_group
-from tokpay.actors.protocol import ChannelAddress, ReplicaSpec, ReplicaStatus, decode, encode
+from tokpay.actors.protocol import (
+    SPARE_ROLE,
+    ChannelAddress,
+    ReplicaSpec,
+    ReplicaStatus,
+    as_backup,
+    decode,
+    encode,
+)
 from tokpay.actors.replica_host import ReplicaHost, delete_old_copies_here, replica_root
 from tokpay.actors.replicated_service import LogOptions
 from tokpay.actors.replication import Role
@@ -33,12 +41,32 @@ class CoordinatorActor:
     actor name on a single node, through the controller's routes in a cluster.
     """
 
+    _host: ReplicaHost[CoordinatorService]
+
     def __init__(
         self,
         shard_count: int,
         data_dir: str,
         fsync: bool = True,
         replica: ReplicaSpec | None = None,
+    ) -> None:
+        self._spare: tuple[int, str, bool, ReplicaSpec] | None = None
+        if replica is not None and replica.role == SPARE_ROLE:
+            # Started ahead of need: the process and its imports are ready, nothing else.
+            self._spare = (shard_count, data_dir, fsync, replica)
+            return
+        self._open(shard_count, data_dir, fsync, replica)
+
+    async def activate(self, epoch: int) -> bool:
+        """A spare becomes a backup at ``epoch``, as if started as one (idempotent)."""
+        if self._spare is not None:
+            shard_count, data_dir, fsync, spec = self._spare
+            self._open(shard_count, data_dir, fsync, as_backup(spec, epoch))
+            self._spare = None
+        return True
+
+    def _open(
+        self, shard_count: int, data_dir: str, fsync: bool, replica: ReplicaSpec | None
     ) -> None:
         self._channels: dict[int, ActorChannel] = {}
         # Lookups read on their own connections: a read never queues behind a prepare.

@@ -23,6 +23,7 @@ from typing import Any
 from tokpay.actors.copies import CopyChoice, CopyView, choose_copy
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.placement import Placement
+from tokpay.actors.protocol import SPARE_ROLE
 from tokpay.actors.shard_map import Group, Member, ShardMap
 from tokpay.actors.timing import (
     CONTROLLER_CALL_TIMEOUT_SECONDS,
@@ -30,6 +31,7 @@ from tokpay.actors.timing import (
     LEASE_SECONDS,
     NO_CANDIDATE_WAIT_SECONDS,
     REPLICA_CREATE_TIMEOUT_SECONDS,
+    SPARE_ACTIVATE_SECONDS,
 )
 
 log = logging.getLogger("tokpay.controller")
@@ -48,6 +50,8 @@ class Reconfiguration:
         self.rebuilds = 0
         self.down: dict[str, str] = {}
         """Groups that cannot serve now, and why (for ``cluster status``)."""
+        self.spares_ready: set[str] = set()
+        """Spares started and answering (names)."""
 
     async def _ask(self, member: Member, method: str, *args: Any) -> Any:
         """Call ``method`` on a replica, bounded in time."""
@@ -224,6 +228,68 @@ class Reconfiguration:
         else:
             placement.retire(old)
 
+    async def _start_backup(
+        self, group: str, g: Group, node: str, epoch: int
+    ) -> tuple[Member, Any]:
+        """A new backup of ``group`` on ``node`` at ``epoch``, recorded in the map first and
+        running when this returns: the group's spare there when it has one (no process
+        to start: tens of milliseconds), else a new replica process."""
+        placement, spare = self._placement, g.spare
+        if spare is not None and spare.node == node:
+            g.spare = None
+            g.epoch, g.backup, g.backup_ready, g.backup_address = epoch, spare, False, None
+            await self._map.save()
+            try:
+                handle = await placement.handle(spare)
+                await asyncio.wait_for(handle.activate.remote(epoch), SPARE_ACTIVATE_SECONDS)
+                self._liveness.expect(spare.name, REPLICA_CREATE_TIMEOUT_SECONDS)
+                return spare, handle
+            except Exception as error:
+                # Gone with its process (a restart): a new process, on the same node.
+                log.warning(
+                    "%s: spare %s did not answer (%r); starting a backup", group, spare.name, error
+                )
+                await placement.kill(spare)
+        member = self._map.new_member(group, node)
+        g.epoch, g.backup, g.backup_ready, g.backup_address = epoch, member, False, None
+        await self._map.save()
+        try:
+            handle = placement.spawn(group, member, epoch, "backup")
+            await asyncio.wait_for(handle.ready.remote(), REPLICA_CREATE_TIMEOUT_SECONDS)
+        except Exception:
+            placement.mark_suspect(member)
+            await placement.kill(member)
+            g.backup = None
+            await self._map.save()
+            raise
+        return member, handle
+
+    async def keep_spare(self, group: str, node: str) -> None:
+        """Start a spare for ``group`` on ``node`` (recorded first); forget it if it does
+        not come up. Runs beside the group's reconfigurations, never holding them up."""
+        g = self._map.groups[group]
+        member = self._map.new_member(group, node)
+        g.spare = member
+        await self._map.save()
+        try:
+            handle = self._placement.spawn(group, member, 0, SPARE_ROLE)
+            await asyncio.wait_for(handle.ready.remote(), REPLICA_CREATE_TIMEOUT_SECONDS)
+        except Exception as error:
+            log.warning("%s: spare %s on %s did not start: %r", group, member.name, node, error)
+            await self.drop_spare(group, member)
+            return
+        self.spares_ready.add(member.name)
+        log.info("%s: spare %s ready on %s", group, member.name, node)
+
+    async def drop_spare(self, group: str, member: Member) -> None:
+        """Forget ``group``'s spare ``member`` (if it still is one) and end its process."""
+        g = self._map.groups[group]
+        self.spares_ready.discard(member.name)
+        if g.spare is not None and g.spare.name == member.name:
+            g.spare = None
+            await self._map.save()
+            await self._placement.kill(member)
+
     async def replace_backup(
         self, group: str, *, lost: bool = True, node: str | None = None
     ) -> None:
@@ -249,13 +315,9 @@ class Reconfiguration:
             await asyncio.sleep(NO_CANDIDATE_WAIT_SECONDS)
             return
         epoch = g.epoch + 1
-        member = self._map.new_member(group, node)
-        g.epoch, g.backup, g.backup_ready, g.backup_address = epoch, member, False, None
-        await self._map.save()
         started = time.monotonic()
+        member, handle = await self._start_backup(group, g, node, epoch)
         try:
-            handle = placement.spawn(group, member, epoch, "backup")
-            await asyncio.wait_for(handle.ready.remote(), REPLICA_CREATE_TIMEOUT_SECONDS)
             address = await asyncio.wait_for(
                 handle.channel_address.remote(), CONTROLLER_CALL_TIMEOUT_SECONDS
             )

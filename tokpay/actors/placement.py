@@ -24,7 +24,7 @@ from tokpay.actors.coordinator_actor import CoordinatorActor
 from tokpay.actors.copies import CopyView, copies_on_disk, delete_old_copies
 from tokpay.actors.liveness import Liveness
 from tokpay.actors.naming import NAMESPACE, NODE_RESOURCE_PREFIX, node_resource
-from tokpay.actors.protocol import ReplicaSpec
+from tokpay.actors.protocol import SPARE_ROLE, ReplicaSpec
 from tokpay.actors.replica_host import NODE_DATA_DIR_ENV
 from tokpay.actors.shard import ShardActor
 from tokpay.actors.shard_map import Group, Member, ShardMap
@@ -188,8 +188,16 @@ class Placement:
                 shard, state.shard_count, "", state.fsync, spec
             )
         self._handles[member.name] = handle
-        self._liveness.expect(member.name, REPLICA_CREATE_TIMEOUT_SECONDS)
+        if role != SPARE_ROLE:
+            self._liveness.expect(member.name, REPLICA_CREATE_TIMEOUT_SECONDS)
         return handle
+
+    def spare_node(self, g: Group) -> str | None:
+        """Where ``g``'s next backup would go if the node of its primary or its backup
+        died now: where a spare for it is worth keeping (None: nowhere)."""
+        if g.primary is None or g.backup is None:
+            return None
+        return self.pick_node({g.primary.node, g.backup.node})
 
     async def copies_on_disks(
         self, group: str | None, skip: set[str]

@@ -130,6 +130,11 @@ class InstallBegin(LogPosition, array_like=True):
 # -- replicas and the controller --------------------------------------------------------------
 
 
+SPARE_ROLE = "spare"
+"""A replica process started ahead of need (``ReplicaSpec.role``): it opens nothing, has
+no directory and reports nothing until ``activate`` makes it a backup at an epoch."""
+
+
 class ReplicaSpec(msgspec.Struct, frozen=True):
     """How the controller creates a replica: its unique name, epoch and first role."""
 
@@ -141,6 +146,11 @@ class ReplicaSpec(msgspec.Struct, frozen=True):
     root: str = ""
     """The directory (under the node's ``replicas/``) it opens; empty: its own name. A
     copy brought back from its disk after a restart keeps its directory under a new name."""
+
+
+def as_backup(spare: ReplicaSpec, epoch: int) -> ReplicaSpec:
+    """The spec of a backup at ``epoch`` in place of ``spare`` (same name and group)."""
+    return msgspec.structs.replace(spare, role="backup", epoch=epoch)
 
 
 class HeartbeatReport(ReplicaSpec, frozen=True, kw_only=True):

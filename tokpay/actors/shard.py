@@ -31,6 +31,7 @@ from tokpay.actors.channel import ChannelServer, NotPrimary
 from tokpay.actors.checkpointer import Checkpointer
 from tokpay.actors.protocol import (
     FSYNC_BUCKETS,
+    SPARE_ROLE,
     AccountsCreated,
     ChannelAddress,
     HistoryReply,
@@ -42,6 +43,7 @@ from tokpay.actors.protocol import (
     TransfersCommitted,
     TxDecided,
     TxPrepared,
+    as_backup,
     decode,
     encode,
 )
@@ -390,6 +392,9 @@ class ShardActor:
     channel, or through ``call`` over Ray.
     """
 
+    _host: ReplicaHost[ShardService]
+    _channel: ChannelServer
+
     def __init__(
         self,
         shard: int,
@@ -398,18 +403,37 @@ class ShardActor:
         fsync: bool = True,
         replica: ReplicaSpec | None = None,
     ) -> None:
+        self._shard = shard
+        self._spare: tuple[int, str, bool, ReplicaSpec] | None = None
+        if replica is not None and replica.role == SPARE_ROLE:
+            # Started ahead of need: the process and its imports are ready, nothing else.
+            self._spare = (shard_count, data_dir, fsync, replica)
+            return
+        self._open(shard_count, data_dir, fsync, replica)
+
+    def _open(
+        self, shard_count: int, data_dir: str, fsync: bool, replica: ReplicaSpec | None
+    ) -> None:
+        shard = self._shard
         root = replica_root(data_dir, f"shard-{shard}", replica)
 
         def open_service(options: LogOptions) -> ShardService:
             return ShardService(shard, shard_count, root.parent, **options)
 
-        self._shard = shard
         self._host = ReplicaHost(
             f"shard {shard}", replica, root, open_service, service_class=ShardService, fsync=fsync
         )
         host = ray.util.get_node_ip_address() if replica is not None else "127.0.0.1"
         self._channel = ChannelServer(self._dispatch, host=host)
         self._host.start_heartbeat()
+
+    def activate(self, epoch: int) -> int:
+        """A spare becomes a backup at ``epoch``, as if started as one (idempotent)."""
+        if self._spare is not None:
+            shard_count, data_dir, fsync, spec = self._spare
+            self._open(shard_count, data_dir, fsync, as_backup(spec, epoch))
+            self._spare = None
+        return self._shard
 
     def _dispatch(self, method: str, payload: bytes) -> bytes:
         host = self._host

@@ -52,6 +52,9 @@ class Group(msgspec.Struct):
     attach_epoch: int | None = None
     """The last epoch at which the primary was told to attach a backup (saved before the
     call): no write can have been acknowledged at a later epoch. None: not recorded."""
+    spare: Member | None = None
+    """A replica process started ahead of need on the node a new backup would go to
+    (``SPARE_ROLE``): it holds nothing and opens nothing until it is made the backup."""
 
 
 class ClusterState(msgspec.Struct):
@@ -90,6 +93,10 @@ class ControllerStatus(msgspec.Struct):
     head_copies: list[str] = []
     """Groups with a copy on the head while they should have none (3 nodes or more):
     the controller is moving them to workers."""
+    spares_missing: list[str] = []
+    """Groups that could keep a spare process (Group.spare) but have none ready yet."""
+    spares: dict[str, str] = {}
+    """Each group's spare: the node it waits on."""
 
 
 class ShardMap:

@@ -61,6 +61,13 @@ takes to declare a silent node dead (about 12 s, cluster/head.sh), so a dead nod
 still lists alive is never picked for a new backup. A node started again (a new Ray node
 id) is trusted at once."""
 
+SPARE_ACTIVATE_SECONDS = 3.0
+"""A spare that has not become a backup in this long is taken for gone (a process that
+died with a restart): a new replica process is started instead."""
+
+SPARE_CHECK_SECONDS = 5.0
+"""How often the controller asks its spares whether they are still there."""
+
 RECONFIGURE_RETRY_SECONDS = 0.5
 """Pause before the monitor tries a failed reconfiguration again."""
 

@@ -196,7 +196,7 @@ def _up_again(data_dir: Path, *, recover: bool = False) -> None:
 
 def _print_status(status: dict[str, Any]) -> None:
     nodes = Table(title="Nodes")
-    for column in ("node", "pid", "role", "alive", "primaries", "backups"):
+    for column in ("node", "pid", "role", "alive", "primaries", "backups", "spares"):
         nodes.add_column(column)
     for node in status["nodes"]:
         nodes.add_row(
@@ -206,6 +206,7 @@ def _print_status(status: dict[str, Any]) -> None:
             "yes" if node["alive"] else "[red]no[/red]",
             ", ".join(node["primaries"]),
             ", ".join(node["backups"]),
+            ", ".join(node.get("spares", [])),
         )
     console.print(nodes)
     groups = Table(title="Shards and coordinator")
@@ -225,6 +226,9 @@ def _print_status(status: dict[str, Any]) -> None:
     for g in status["groups"]:
         if g.get("down"):
             console.print(f"[red]{g['down']}[/red]")
+    if status.get("spares_missing"):
+        waiting = ", ".join(status["spares_missing"])
+        console.print(f"[yellow]spares being started for: {waiting}[/yellow]")
     if status.get("head_copies"):
         moving = ", ".join(status["head_copies"])
         console.print(f"[yellow]copies on the head, being moved to workers: {moving}[/yellow]")

@@ -4,7 +4,9 @@ The document's fields are a contract (tests/cluster/test_status_fields.py): ``no
 with ``node_id``, ``pid``, ``role``, ``address`` (a --netns cluster's, else null),
 ``alive``, ``primaries``, ``backups``; ``groups``
 (with ``down``: why a group cannot serve, or null); ``head_copies``: groups with a
-copy on the head still to be moved to a worker; ``services`` with pids;
+copy on the head still to be moved to a worker; ``spares_missing``: groups whose
+spare process (started ahead of a failover) is not ready yet, and each node's ``spares``;
+``services`` with pids;
 ``processes``: every process session of the cluster (each node, Redis, each service)
 with its pid, null when it is not running, so a script can cut power to all of them.
 Fields may be added, never renamed.
@@ -42,6 +44,7 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
                     g.group for g in status.groups if g.primary and g.primary.node == name
                 ],
                 "backups": [g.group for g in status.groups if g.backup and g.backup.node == name],
+                "spares": sorted(g for g, n in getattr(status, "spares", {}).items() if n == name),
             }
         )
     groups = [
@@ -66,6 +69,7 @@ def status_document(cluster: LocalCluster, status: Any) -> dict[str, Any]:
         "services": services,
         # A controller started by an older TokPay has no such field.
         "head_copies": list(getattr(status, "head_copies", [])),
+        "spares_missing": list(getattr(status, "spares_missing", [])),
         "failovers": status.failovers,
         "backup_rebuilds": status.rebuilds,
         "gcs_address": cluster.ray_address,
@@ -97,11 +101,12 @@ def _member(member: Any) -> dict[str, Any] | None:
 
 
 def healthy(status: dict[str, Any]) -> bool:
-    """Every node alive, every group with an in-sync backup and (3 nodes or more) no
-    copy left on the head, every service alive."""
+    """Every node alive, every group with an in-sync backup, (3 nodes or more) no copy
+    left on the head and a spare ready where it can have one, every service alive."""
     return (
         all(n["alive"] for n in status["nodes"])
         and not status.get("head_copies")
+        and not status.get("spares_missing")
         and all(g["backup_in_sync"] and g["primary"] and g["backup"] for g in status["groups"])
         and all(s["alive"] for s in status["services"].values())
     )
