@@ -27,9 +27,9 @@ def test_the_shipped_constants_load() -> None:
 @pytest.mark.parametrize(
     ("replacement", "relation"),
     [
-        ({"DEAD_AFTER_SECONDS = 0.8": "DEAD_AFTER_SECONDS = 0.3"}, "three missed heartbeats"),
+        ({"DEAD_AFTER_SECONDS = 1.2": "DEAD_AFTER_SECONDS = 0.3"}, "three missed heartbeats"),
         ({"LEASE_SECONDS = 1.0": "LEASE_SECONDS = 0.3"}, "still holds"),
-        ({"CONTROLLER_STALL_SECONDS = 0.3": "CONTROLLER_STALL_SECONDS = 0.5"}, "its own stall"),
+        ({"CONTROLLER_STALL_SECONDS = 0.3": "CONTROLLER_STALL_SECONDS = 1.0"}, "its own stall"),
         (
             {"CHANNEL_RETRY_BUDGET_SECONDS = 15.0": "CHANNEL_RETRY_BUDGET_SECONDS = 1.5"},
             "outlasts a primary",

@@ -205,7 +205,7 @@ class Controller:
                 # The primary could not reach its backup: replace it, but the backup's
                 # node may well be fine.
                 self._launch(group, self._reconfigure.replace_backup(group, lost=False))
-            elif self._moving is None:
+            elif self._moving is None and not self._busy:
                 self._move_off_head(group, g)
 
     def _move_off_head(self, group: str, g: Group) -> None:

@@ -36,6 +36,9 @@ from tokpay.actors.timing import (
 
 log = logging.getLogger("tokpay.controller")
 
+SILENT_ASK_SECONDS = 1.0
+"""How long a copy that looks lost is given to answer before a failover passes it by."""
+
 DOWN_RETRY_SECONDS = 3.0
 """A group with no provably complete copy reads the nodes' disks again this often (a
 node holding one may have come back)."""
@@ -53,12 +56,16 @@ class Reconfiguration:
         self.spares_ready: set[str] = set()
         """Spares started and answering (names)."""
 
-    async def _ask(self, member: Member, method: str, *args: Any) -> Any:
+    async def _ask(
+        self,
+        member: Member,
+        method: str,
+        *args: Any,
+        timeout: float = CONTROLLER_CALL_TIMEOUT_SECONDS,
+    ) -> Any:
         """Call ``method`` on a replica, bounded in time."""
         handle = await self._placement.handle(member)
-        return await asyncio.wait_for(
-            getattr(handle, method).remote(*args), CONTROLLER_CALL_TIMEOUT_SECONDS
-        )
+        return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout)
 
     async def create_primary(self, group: str) -> None:
         """A new cluster's first primary of ``group``."""
@@ -79,10 +86,17 @@ class Reconfiguration:
         record (never chosen, but it proves nothing was acknowledged at its epoch)."""
         views = []
         for member in (g.backup, g.standby):
-            if member is None or self._liveness.dead(member.name):
+            if member is None:
                 continue
+            # One that looks lost may only be starved with the rest of its machine (its
+            # primary's silence may be the same starvation): asked briefly, not skipped.
+            quiet = self._liveness.dead(member.name)
             try:
-                status = await self._ask(member, "replica_status")
+                status = await self._ask(
+                    member,
+                    "replica_status",
+                    timeout=SILENT_ASK_SECONDS if quiet else CONTROLLER_CALL_TIMEOUT_SECONDS,
+                )
             except Exception as error:
                 log.info("status of %s failed: %r", member.name, error)
                 continue

@@ -104,8 +104,8 @@ class Placement:
         return next(iter(off_head or candidates), None)
 
     def off_head(self, avoid: set[str]) -> str | None:
-        """A node other than the head for a copy that sits on the head, or None."""
-        return next((n for n in self._candidates(avoid) if n != self.head), None)
+        """A steady node other than the head for a copy that sits on the head, or None."""
+        return next((n for n in self._candidates(avoid, steady=True) if n != self.head), None)
 
     def head_move(self, g: Group) -> tuple[str, str] | None:
         """What to move off the head for ``g`` (a group with an in-sync backup), if
@@ -122,9 +122,16 @@ class Placement:
             return ("primary", node) if node is not None else None
         return None
 
-    def _candidates(self, avoid: set[str]) -> list[str]:
-        """Live, unsuspected nodes outside ``avoid``, the least loaded first."""
+    def _candidates(self, avoid: set[str], *, steady: bool = False) -> list[str]:
+        """Live, unsuspected nodes outside ``avoid``, the least loaded first. ``steady``
+        (for work that can wait: moves, spares): also none that lost a replica in the last
+        ``SUSPECT_SECONDS``, whatever it reported since (a heartbeat sent before a node
+        died can arrive after the loss was noted, on a starved machine)."""
         now = time.monotonic()
+        if steady:
+            avoid = avoid | {
+                n for n, (since, _) in self._suspect.items() if since + SUSPECT_SECONDS >= now
+            }
         state = self._map.state
         load: dict[str, int] = dict.fromkeys(state.nodes, 0)
         for g in state.groups.values():
@@ -197,7 +204,9 @@ class Placement:
         died now: where a spare for it is worth keeping (None: nowhere)."""
         if g.primary is None or g.backup is None:
             return None
-        return self.pick_node({g.primary.node, g.backup.node})
+        candidates = self._candidates({g.primary.node, g.backup.node}, steady=True)
+        off_head = [n for n in candidates if n != self.head]
+        return next(iter(off_head or candidates), None)
 
     async def copies_on_disks(
         self, group: str | None, skip: set[str]

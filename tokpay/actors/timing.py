@@ -33,8 +33,11 @@ differences and scheduling."""
 LEASE_ASK_TIMEOUT_SECONDS = 0.5
 """How long a primary waits for its backup's answer to one lease ask."""
 
-DEAD_AFTER_SECONDS = 0.8
-"""A replica silent this long is treated as lost (a backup: see BACKUP_SILENT_SECONDS)."""
+DEAD_AFTER_SECONDS = 1.2
+"""A replica silent this long is treated as lost (a backup: see BACKUP_SILENT_SECONDS).
+Longer than a lease plus its margin, so a backup promoted this late has no grant left to
+wait out: a real loss costs no more than at 0.8 s, while a starved machine (a gateway or a
+node starting on 2 cores) no longer makes false failovers in cascades."""
 
 BACKUP_SILENT_SECONDS = 3.0
 """A backup silent for DEAD_AFTER_SECONDS is replaced only if its primary also reports
