@@ -71,6 +71,11 @@ tokpay_node_setup() {
     # would just hang for the whole wait. TokPay fails over on its own: no drain.
     export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
     export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+    # Ray runs its workers at niceness 15 by default. TokPay's replicas are workers, and
+    # they heartbeat and renew their leases every 0.2 s: at 15, any busy process at the
+    # normal priority (a gateway starting, a load generator) starved them into false
+    # failovers on a 2-core machine. They run at the normal priority instead.
+    export RAY_worker_niceness="${RAY_worker_niceness:-0}"
 
     node_args=(
         --block
@@ -84,6 +89,10 @@ tokpay_node_setup() {
         --max-worker-port 0
         --dashboard-agent-listen-port 0
         --metrics-export-port 0
+        # The log monitor tails every worker log file on the node to stream it to drivers.
+        # TokPay's drivers take no worker logs (log_to_driver=False) and every replica ever
+        # started leaves its files: its CPU grew with each failover. Logs stay on disk.
+        --include-log-monitor false
     )
     if [ -n "${TOKPAY_NODE_IP:-}" ]; then
         node_args+=(--node-ip-address "$TOKPAY_NODE_IP")
