@@ -271,12 +271,17 @@ class Reconfiguration:
             handle = placement.spawn(group, member, epoch, "backup")
             await asyncio.wait_for(handle.ready.remote(), REPLICA_CREATE_TIMEOUT_SECONDS)
         except Exception:
-            placement.mark_suspect(member)
-            await placement.kill(member)
-            g.backup = None
-            await self._map.save()
+            await self._abandon_backup(g, member)
             raise
         return member, handle
+
+    async def _abandon_backup(self, g: Group, member: Member) -> None:
+        """A new backup that did not start or attach: its node suspect, its process
+        ended, and the map without it."""
+        self._placement.mark_suspect(member)
+        await self._placement.kill(member)
+        g.backup = None
+        await self._map.save()
 
     async def keep_spare(self, group: str, node: str) -> None:
         """Start a spare for ``group`` on ``node`` (recorded first); forget it if it does
@@ -341,10 +346,7 @@ class Reconfiguration:
             attach = (await placement.handle(primary)).attach_backup.remote(epoch, address)
             await asyncio.wait_for(attach, REPLICA_CREATE_TIMEOUT_SECONDS)
         except Exception:
-            placement.mark_suspect(member)
-            await placement.kill(member)
-            g.backup = None
-            await self._map.save()
+            await self._abandon_backup(g, member)
             raise
         standby, g.standby = g.standby, None
         self.down.pop(group, None)
