@@ -38,7 +38,9 @@ LATE_TAIL = "late (CPU starved?)"
 def log_counts(data_dir: Path) -> dict[str, int]:
     """Lease lapses and late threads logged so far by every Ray worker of the cluster."""
     counts = {"lease_lapses": 0, "late_threads": 0}
-    for path in (data_dir / "ray").glob("*/session_*/logs/worker-*.err"):
+    # session_latest is a link to one of the session directories: each file once.
+    paths = {p.resolve() for p in (data_dir / "ray").glob("*/session_*/logs/worker-*.err")}
+    for path in sorted(paths):
         try:
             text = path.read_text(errors="replace")
         except OSError:

@@ -138,13 +138,7 @@ class Controller:
             groups=groups,
             failovers=self._reconfigure.failovers,
             rebuilds=self._reconfigure.rebuilds,
-            head_copies=[
-                group
-                for group, g in self._map.groups.items()
-                if any(m is not None and m.node == head for m in (g.primary, g.backup))
-            ]
-            if (head := self._placement.head) is not None
-            else [],
+            head_copies=self._placement.head_copies(),
             spares_missing=self._spares_missing(),
             spares={g: m.spare.node for g, m in self._map.groups.items() if m.spare},
         )

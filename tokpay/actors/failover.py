@@ -54,7 +54,8 @@ class Reconfiguration:
         self.down: dict[str, str] = {}
         """Groups that cannot serve now, and why (for ``cluster status``)."""
         self.spares_ready: set[str] = set()
-        """Spares started and answering (names)."""
+        """The names of the spares in the map that started and answer: one per group at
+        most (a name leaves when its spare is dropped or becomes a backup)."""
 
     async def _ask(
         self,
@@ -251,6 +252,7 @@ class Reconfiguration:
         placement, spare = self._placement, g.spare
         if spare is not None and spare.node == node:
             g.spare = None
+            self.spares_ready.discard(spare.name)  # a backup from now on
             g.epoch, g.backup, g.backup_ready, g.backup_address = epoch, spare, False, None
             await self._map.save()
             try:

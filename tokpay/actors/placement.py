@@ -3,8 +3,8 @@
 Each replica is a detached Ray actor pinned to its node by the node's own resource
 (``tokpay_node_<name>``), never placed by luck. A node that just lost a replica is
 suspect for ``SUSPECT_SECONDS`` and gets no new one. With 3 nodes or more the head
-gets a copy only when no other node can take it (``HEAD_FREE_MIN_NODES``). Replaced replicas are fenced at
-once and ended ``RETIRE_AFTER_SECONDS`` later. Ray look-ups and kills run off the
+gets a copy only when no other node can take it (``HEAD_FREE_MIN_NODES``). Replaced
+replicas are fenced at once and ended ``RETIRE_AFTER_SECONDS`` later. Ray look-ups and kills run off the
 controller's event loop: for an actor on a node that just died they can block for seconds.
 """
 
@@ -99,13 +99,24 @@ class Placement:
     def pick_node(self, avoid: set[str]) -> str | None:
         """The live, unsuspected node outside ``avoid`` that holds the fewest replicas;
         the head only when no other node can take it (tokpay.actors.placement)."""
-        candidates = self._candidates(avoid)
-        off_head = [n for n in candidates if n != self.head]
-        return next(iter(off_head or candidates), None)
+        return self._first_off_head(self._candidates(avoid))
+
+    def _first_off_head(self, candidates: list[str]) -> str | None:
+        """The first of ``candidates`` that is not the head; the head if it is the only one."""
+        return next((n for n in candidates if n != self.head), next(iter(candidates), None))
 
     def off_head(self, avoid: set[str]) -> str | None:
         """A steady node other than the head for a copy that sits on the head, or None."""
         return next((n for n in self._candidates(avoid, steady=True) if n != self.head), None)
+
+    def head_copies(self) -> list[str]:
+        """Groups with a primary or a backup on the head while it should hold none."""
+        head = self.head
+        return [
+            group
+            for group, g in self._map.groups.items()
+            if head is not None and head in {m.node for m in (g.primary, g.backup) if m}
+        ]
 
     def head_move(self, g: Group) -> tuple[str, str] | None:
         """What to move off the head for ``g`` (a group with an in-sync backup), if
@@ -204,9 +215,7 @@ class Placement:
         died now: where a spare for it is worth keeping (None: nowhere)."""
         if g.primary is None or g.backup is None:
             return None
-        candidates = self._candidates({g.primary.node, g.backup.node}, steady=True)
-        off_head = [n for n in candidates if n != self.head]
-        return next(iter(off_head or candidates), None)
+        return self._first_off_head(self._candidates({g.primary.node, g.backup.node}, steady=True))
 
     async def copies_on_disks(
         self, group: str | None, skip: set[str]
