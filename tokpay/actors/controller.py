@@ -86,11 +86,17 @@ class Controller:
                 raise ValueError("replication needs at least 2 nodes")
             head = self._placement.head
             nodes = [n for n in nodes if n != head]
-            for index, group in enumerate(self._map.shard_of):
-                primary = self._map.new_member(group, nodes[index % len(nodes)])
-                state.groups[group] = Group(epoch=1, primary=primary)
-            await self._map.save()
-            await asyncio.gather(*(self._reconfigure.create_primary(g) for g in state.groups))
+            # The monitor leaves the new groups alone until their primaries exist: until
+            # then nothing is heard from them, and their silence is not a loss.
+            self._busy.update(self._map.shard_of)
+            try:
+                for index, group in enumerate(self._map.shard_of):
+                    primary = self._map.new_member(group, nodes[index % len(nodes)])
+                    state.groups[group] = Group(epoch=1, primary=primary)
+                await self._map.save()
+                await asyncio.gather(*(self._reconfigure.create_primary(g) for g in state.groups))
+            finally:
+                self._busy.difference_update(self._map.shard_of)
         deadline = time.monotonic() + REPLICA_CREATE_TIMEOUT_SECONDS * 2
         while time.monotonic() < deadline:
             if all(g.backup_ready and g.address for g in state.groups.values()):
