@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 import ray
 
+from tokpay.actors.catch_up import CATCH_UP_UNDER_LOCK_RECORDS, CatchUpThrottle
 from tokpay.actors.channel import NotPrimary
 from tokpay.actors.copies import EARLY_WAL_DIR, ProofKeeper, delete_old_copies
 from tokpay.actors.naming import CONTROLLER_NAME, NAMESPACE
@@ -64,9 +65,6 @@ from tokpay.wal import LogRecord, SequenceGap, WriteAheadLog
 from tokpay.wal.distrust import distrust
 
 log = logging.getLogger("tokpay.replica")
-
-CATCH_UP_UNDER_LOCK_RECORDS = 16
-"""A catch-up replays at most this many records under the lock (the rest off it)."""
 
 NODE_DATA_DIR_ENV = "TOKPAY_NODE_DATA_DIR"
 """Set on every node of a cluster: the node's own disk, as on a separate machine."""
@@ -122,6 +120,8 @@ class ReplicaHost(Generic[S]):
         self._generation = 0
         self._early_floor = 0
         """Counts installs begun: a catch-up of an abandoned install stops."""
+        self._throttle: CatchUpThrottle | None = None
+        """Set while a catch-up replays kept records: holds each new one back (catch_up.py)."""
         self.service: S | None
         if spec is None:
             self.role, self.epoch = Role.PRIMARY, SINGLE_NODE_EPOCH
@@ -234,7 +234,12 @@ class ReplicaHost(Generic[S]):
         if method == "lease":
             return self.serve_replication(method, payload)
         with self.lock:
-            return self.serve_replication(method, payload)
+            reply = self.serve_replication(method, payload)
+            throttle, early = self._throttle, self._early_log
+            kept = early.last_sequence if method == "replicate" and early is not None else None
+        if throttle is not None and kept is not None:
+            throttle.hold(kept)  # off the lock: the catch-up needs it for its rounds
+        return reply
 
     def serve_replication(self, method: str, payload: bytes) -> bytes:
         """``replicate``, ``lease``, the install frames and ``routes``; anything else is
@@ -328,10 +333,15 @@ class ReplicaHost(Generic[S]):
         """
         started = time.perf_counter()
         service: S | None = None
+        throttle = CatchUpThrottle(sequence, sequence)  # replaced once the rounds begin
         try:
             self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
             service = self._open(self._options(self.epoch, True, sequence))
             applied = sequence
+            with self.lock:
+                if self._early_log is not None and generation == self._generation:
+                    throttle = CatchUpThrottle(sequence, self._early_log.last_sequence)
+                    self._throttle = throttle
             while True:
                 with self.lock:
                     early = self._early_log
@@ -353,11 +363,19 @@ class ReplicaHost(Generic[S]):
             if service is not None:
                 service.close()
             return
+        finally:
+            with self.lock:
+                if self._throttle is throttle:
+                    self._throttle = None
+            throttle.finish()
         log.info(
-            "%s: backup installed from a copy at sequence %d, caught up in %.3f s",
+            "%s: backup installed from a copy at sequence %d, caught up in %.3f s "
+            "(primary held back %.2f s in all, %d waits ran out)",
             self.label,
             sequence,
             time.perf_counter() - started,
+            throttle.held_seconds,
+            throttle.timeouts,
         )
 
     def _replay(self, service: S, records: Iterator[LogRecord], generation: int) -> int:
@@ -370,6 +388,8 @@ class ReplicaHost(Generic[S]):
                 continue  # already in the copy
             service.follow(encode(ShippedRecord(record.epoch, record.sequence, record.payload)))
             last = record.sequence
+            if self._throttle is not None:
+                self._throttle.replayed(last)
         return last
 
     # -- reconfiguration (called by the controller) -------------------------------------------------
