@@ -6,6 +6,7 @@ two-phase commit; ``topup_order`` builds it.
 
 from __future__ import annotations
 
+import secrets
 import zlib
 
 from tokpay.ledger.model import (
@@ -25,6 +26,25 @@ def shard_of(account_id: str, shard_count: int) -> int:
             return int(suffix) % shard_count
     # zlib.crc32, not hash(): Python salts str hashes per process.
     return zlib.crc32(account_id.encode()) % shard_count
+
+
+MAX_HOMING_DRAWS = 256
+"""Random ids ``id_homed_with`` draws at most (one in ``shard_count`` fits)."""
+
+
+def id_homed_with(prefix: str, account_id: str, shard_count: int) -> str:
+    """A new random transfer id whose home (the shard that binds an id to one body:
+    ``shard_of`` the id) is ``account_id``'s shard. An order debiting that account (a
+    payment from it, or a top-up of it: its funding account is on the same shard) is then
+    bound where it is applied, with no claim at another shard first. Homing is only a
+    saving: after ``MAX_HOMING_DRAWS`` misses the last draw is used as it is."""
+    want = shard_of(account_id, shard_count)
+    candidate = ""
+    for _ in range(MAX_HOMING_DRAWS):
+        candidate = f"{prefix}{secrets.token_hex(12)}"
+        if shard_of(candidate, shard_count) == want:
+            break
+    return candidate
 
 
 def topup_order(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from tokpay.ledger.routing import id_homed_with
 from tokpay.web import history, wallet
 from tokpay.web.context import (
     SECURITY_HEADERS,
@@ -100,7 +100,7 @@ async def dashboard(request: Request, web: Web, user: SignedIn) -> Response:
         balance=balance,
         has_any=bool(listing["groups"]) or listing["filtered"] or listing["paged"],
         asked_of_me=web.people.asked_of(user.email),
-        topup_id=f"top_{secrets.token_hex(12)}",
+        topup_id=id_homed_with("top_", user.account_id, ledger.shard_count),
         max_topup=MAX_TOPUP_CENTS,
         **listing,
     )
@@ -197,7 +197,7 @@ async def topup(request: Request, web: Web, user: SignedIn) -> Response:
     try:
         amount = await wallet.top_up(ledger, user, amount_text, transfer_id)
         message = f"Added {format_cents(amount)} to your wallet."
-        transfer_id = f"top_{secrets.token_hex(12)}"
+        transfer_id = id_homed_with("top_", user.account_id, ledger.shard_count)
         amount_text = ""
     except wallet.WalletError as refusal:
         error = str(refusal)

@@ -8,7 +8,6 @@ works without JavaScript: "Add recipient" and "Remove" are ordinary submit butto
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from tokpay.ledger.errors import LedgerError
+from tokpay.ledger.routing import id_homed_with
 from tokpay.web import history, wallet
 from tokpay.web.context import SignedIn, Web, WebContext, check_account, check_csrf
 from tokpay.web.dashboard import not_found
@@ -63,14 +63,16 @@ async def _plan_from(
     return form, plan
 
 
-def _fresh_plan(email: str = "") -> wallet.PaymentPlan:
-    return wallet.PaymentPlan([wallet.PaymentRow(email, "")], "", f"pay_{secrets.token_hex(12)}")
+def _fresh_plan(web: WebContext, user: User, email: str = "") -> wallet.PaymentPlan:
+    """An empty payment form; its transfer id is homed on the payer's shard (routing.py)."""
+    transfer_id = id_homed_with("pay_", user.account_id, web.ledger().shard_count)
+    return wallet.PaymentPlan([wallet.PaymentRow(email, "")], "", transfer_id)
 
 
 @router.get("/pay", response_class=HTMLResponse)
 async def pay_form(request: Request, web: Web, user: SignedIn) -> Response:
     email = wallet.normalise_email(request.query_params.get("to", ""))[:254]
-    plan = _fresh_plan(email if wallet.is_email(email) else "")
+    plan = _fresh_plan(web, user, email if wallet.is_email(email) else "")
     return web.render(request, "pay.html", **await _pay_context(web, user, plan))
 
 
