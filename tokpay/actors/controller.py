@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -46,6 +46,11 @@ log = logging.getLogger("tokpay.controller")
 BOOTSTRAP_POLL_SECONDS = 0.2
 
 
+def _settled_at(g: Group, epoch: int) -> Callable[[], bool]:
+    """Whether ``g`` is still in sync at ``epoch`` (asked when a deletion's grace ends)."""
+    return lambda: g.epoch == epoch and g.backup_ready
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=256)  # type: ignore[call-overload]
 class Controller:
     def __init__(self, shard_count: int, nodes: list[str], fsync: bool = True) -> None:
@@ -59,6 +64,8 @@ class Controller:
         """The group whose copy is being moved off the head (one at a time)."""
         self._spare_work: asyncio.Task[None] | None = None
         self._spares_checked = 0.0
+        self._nodes_seen: set[str] = set()
+        """Live nodes as of the last monitor round (empty at start: the first sweeps all)."""
         self._monitor: asyncio.Task[None] | None = None
         ray.get_runtime_context().current_actor.start.remote()
 
@@ -178,6 +185,7 @@ class Controller:
                 continue
             try:
                 await self._placement.refresh_nodes()
+                self._sweep_returned_nodes()
                 for group, g in self._map.groups.items():
                     if group not in self._busy and g.primary is not None:
                         self._check(group, g)
@@ -207,6 +215,27 @@ class Controller:
                 self._launch(group, self._reconfigure.replace_backup(group, lost=False))
             elif self._moving is None and not self._busy:
                 self._move_off_head(group, g)
+
+    def _sweep_returned_nodes(self) -> None:
+        """Old copies are deleted on the nodes that are live when a group gets back in sync;
+        a node down then keeps its old copies. So when a node comes back (and once after
+        the controller starts, its predecessor's pending deletions having died with it),
+        every settled group's copies from before its epoch are deleted there too, after the
+        usual grace and only if the group is still settled by then."""
+        live = set(self._placement.live_nodes)
+        returned, self._nodes_seen = live - self._nodes_seen, live
+        if not returned:
+            return
+        for group, g in self._map.groups.items():
+            if g.primary is None or g.backup is None or not g.backup_ready:
+                continue
+            self._placement.delete_old_copies(
+                group,
+                {g.primary.directory, g.backup.directory},
+                g.epoch,
+                still=_settled_at(g, g.epoch),
+                nodes=returned,
+            )
 
     def _move_off_head(self, group: str, g: Group) -> None:
         """A healthy group with a copy on the head (put there while a worker was down)

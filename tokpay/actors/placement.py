@@ -244,18 +244,23 @@ class Placement:
         return copies, silent
 
     def delete_old_copies(
-        self, group: str, keep: set[str], epoch: int, still: Callable[[], bool]
+        self,
+        group: str,
+        keep: set[str],
+        epoch: int,
+        still: Callable[[], bool],
+        nodes: set[str] | None = None,
     ) -> None:
-        """On every live node, delete the copies of ``group`` left from before ``epoch``
-        (replaced and retired replicas' directories), in the background, once the group
-        has stayed as it is (``still()``) for ``OLD_COPIES_GRACE_SECONDS``: a cluster
-        that keeps reconfiguring spends nothing on it."""
+        """On every live node (of ``nodes``, if given), delete the copies of ``group`` left
+        from before ``epoch`` (replaced and retired replicas' directories), in the
+        background, once the group has stayed as it is (``still()``) for
+        ``OLD_COPIES_GRACE_SECONDS``: a cluster that keeps reconfiguring spends nothing on it."""
 
         async def delete() -> None:
             await asyncio.sleep(OLD_COPIES_GRACE_SECONDS)
             if not still():
                 return
-            for node in sorted(self.live_nodes):
+            for node in sorted(self.live_nodes if nodes is None else self.live_nodes & nodes):
                 try:
                     deleted = await asyncio.wait_for(
                         await self._delete_on(node, group, sorted(keep), epoch),
