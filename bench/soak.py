@@ -365,6 +365,8 @@ class Soak:
                 os.kill(pid, signal.SIGKILL)
         else:
             self.server.kill_hard()
+        # Recovery counts from here: Ray restarts the replicas while the load drains.
+        killed = time.monotonic()
         self.stop_load.set()
         deadline = time.monotonic() + WORKER_DONE_TIMEOUT_SECONDS
         while self._drain(1.0) != "done":
@@ -387,7 +389,7 @@ class Soak:
                 if self.server.process is None or self.server.process.poll() is not None:
                     raise
         probe = self.plan.transfer(random.Random(point), f"probe-{point}")
-        serving = soak_plot.serve_again(self.server.url, probe, started)
+        serving = soak_plot.serve_again(self.server.url, probe, killed)
         self.book.acknowledge(probe)
         # In flight at the kill: again with the same id, so each commits exactly once.
         retried, self.book.uncertain = self.book.uncertain, []
@@ -399,6 +401,7 @@ class Soak:
         self.last_sample = (time.monotonic(), self.book.committed)
         self.latencies = []
         result = {"at": point, "committed": self.book.committed, "healthy_s": healthy,
+                  "load_drained_s": started - killed,
                   "serving_s": serving, "retried": len(retried), **audit}  # fmt: skip
         print(f"restart at {point:,}: {result}", flush=True)
         return result

@@ -94,8 +94,8 @@ def replica_disk(data_dir: Path) -> dict[str, float]:
 
 
 def serve_again(url: str, probe: Body, started: float) -> float:
-    """Seconds from ``started`` (the restart) until a balance read and the transfer
-    ``probe`` both succeed."""
+    """Seconds from ``started`` (the kill) until a balance read and the transfer ``probe``
+    both succeed."""
     read = wrote = False
     with httpx.Client(base_url=url, timeout=5) as http:
         while time.monotonic() - started < SERVE_AGAIN_TIMEOUT_SECONDS:
