@@ -6,11 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tokpay.actors.catch_up import (
-    CATCH_UP_HOLD_SECONDS,
-    CATCH_UP_UNDER_LOCK_RECORDS,
-    CatchUpThrottle,
-)
+from tokpay.actors.catch_up import CATCH_UP_UNDER_LOCK_RECORDS, CatchUpThrottle
+from tokpay.actors.timing import CATCH_UP_HOLD_SECONDS
 
 
 def test_a_writer_faster_than_the_catch_up_is_held_until_the_catch_up_ends() -> None:

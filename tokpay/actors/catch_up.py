@@ -21,11 +21,10 @@ from __future__ import annotations
 import threading
 import time
 
+from tokpay.actors.timing import CATCH_UP_HOLD_SECONDS
+
 CATCH_UP_UNDER_LOCK_RECORDS = 16
 """A catch-up replays at most this many records under the lock (the rest off it)."""
-
-CATCH_UP_HOLD_SECONDS = 0.25
-"""Longest one kept record's acknowledgement waits for the catch-up."""
 
 
 class CatchUpThrottle:

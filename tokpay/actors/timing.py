@@ -91,6 +91,9 @@ SHIP_TIMEOUT_SECONDS = 2.0
 INSTALL_TIMEOUT_SECONDS = 60.0
 """One chunk of a snapshot install; it may take far longer than one record."""
 
+CATCH_UP_HOLD_SECONDS = 0.25
+"""Longest a backup catching up holds one record's acknowledgement (catch_up.py)."""
+
 SNAPSHOT_EVERY_RECORDS = 1_000
 """Log records between checkpoints (shards and the coordinator): bounds replay and disk.
 The coordinator's snapshot holds only undelivered decisions, so it is cheap to take often;
@@ -192,6 +195,11 @@ _require(
     "a backup's primary gets the chance to vouch for it before silence alone condemns it",
 )
 _require(MONITOR_SECONDS < HEARTBEAT_SECONDS, "the monitor looks more often than replicas report")
+_require(
+    CATCH_UP_HOLD_SECONDS < SHIP_TIMEOUT_SECONDS / 2,
+    "a backup holding a record back while it catches up answers well before its primary "
+    "gives up on it",
+)
 _require(
     SHIP_TIMEOUT_SECONDS < CHANNEL_RETRY_BUDGET_SECONDS,
     "a client outlasts a primary giving up on its backup",
