@@ -14,9 +14,9 @@ import msgspec
 import pytest
 
 from tests.support.orders import CURRENCY, account_specs, ids_on, pay, topup
+from tokpay.actors.batching import Batcher
 from tokpay.actors.deploy import LedgerHandles, connect_ledger
 from tokpay.client import LedgerClient, SyncLedgerClient
-from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import MAX_BATCH, MAX_LOOKUP_IDS
 from tokpay.ledger.model import BalanceView, TransferOrder, TransferOutcome

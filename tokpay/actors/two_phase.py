@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokpay.actors.batching import Batcher
 from tokpay.actors.channel import NotPrimary
 from tokpay.actors.protocol import decode, encode
 from tokpay.actors.read_barrier import LookupAnswer, ReadBarrier, read_whole
@@ -31,7 +32,7 @@ from tokpay.actors.timing import (
     SHARD_CALL_TIMEOUT_SECONDS,
 )
 from tokpay.ledger.errors import ErrorCode, LedgerError
-from tokpay.ledger.limits import MAX_BATCH
+from tokpay.ledger.limits import MAX_BATCH, MAX_PENDING_PER_SHARD
 from tokpay.ledger.model import (
     BalanceView,
     Decision,
@@ -46,6 +47,12 @@ log = logging.getLogger("tokpay.coordinator")
 
 ShardCall = Callable[[int, str, bytes], Awaitable[Any]]
 """(shard, method, payload) -> result: how the coordinator reaches a participant."""
+
+PrepareCall = Callable[[int, list[Prepare]], Awaitable[list[Vote]]]
+"""(shard, prepares) -> their votes, in order."""
+
+DecideCall = Callable[[int, list[Decision]], Awaitable[None]]
+"""(shard, decisions): returns once the shard applied them all."""
 
 ShardProbe = Callable[[int], Awaitable[int]]
 """Settles one shard's in-doubt holds, returning how many it aborted; raises unless the
@@ -117,14 +124,41 @@ class Participants:
         self.barrier = ReadBarrier()
         # Abort deliveries outlive the batch that started them; kept so none is collected.
         self._background: set[asyncio.Task[set[str]]] = set()
+        self._batchers: dict[tuple[int, str], Batcher[Any, Any]] = {}
+
+    def batched(self, shard: int, method: str) -> Batcher[Any, Any]:
+        """One shard's ``prepare`` (items: ``Prepare``, results: ``Vote``) or ``decide``
+        (items: ``Decision``, results: None; all applied or the call raises) calls, one in
+        flight at a time: the cross-shard batches in flight together (several per gateway)
+        share each shard's calls, so a shard logs one record for all of them, not one each."""
+        batcher = self._batchers.get((shard, method))
+        if batcher is None:
+
+            async def send(items: list[Any]) -> list[Any]:
+                raw = await self.call(shard, method, encode(items))
+                if method == "prepare":
+                    votes: list[Vote] = decode(raw, list[Vote])
+                    return votes
+                return [None] * len(items)
+
+            batcher = Batcher(
+                send, max_batch=MAX_BATCH, max_pending=MAX_PENDING_PER_SHARD, max_inflight=1
+            )
+            self._batchers[(shard, method)] = batcher
+        return batcher
 
     async def prepare(self, by_shard: dict[int, list[PendingTx]], epoch: int, wait: float) -> None:
         await asyncio.gather(
             *(
-                prepare_on(self.call, shard, group, epoch, self.unreachable, wait)
+                prepare_on(self._prepare_call, shard, group, epoch, self.unreachable, wait)
                 for shard, group in by_shard.items()
             )
         )
+
+    async def _prepare_call(self, shard: int, prepares: list[Prepare]) -> list[Vote]:
+        """``prepare_on``'s call, through the shard's shared prepare batcher."""
+        batcher = self.batched(shard, "prepare")
+        return list(await asyncio.gather(*(batcher.submit(p) for p in prepares)))
 
     async def deliver(
         self, decisions: list[Decision], participants: Mapping[str, Sequence[int]], deadline: float
@@ -195,7 +229,7 @@ class Participants:
                 by_shard.setdefault(shard, []).append(decision)
 
         async def one(shard: int, group: list[Decision]) -> set[str]:
-            lost = await _deliver_to(self.call, shard, group, deadline, self.unreachable)
+            lost = await _deliver_to(self._decide_call, shard, group, deadline, self.unreachable)
             # Each shard as it answers: lookups away from a stalled shard must not wait for it.
             self.barrier.confirmed(
                 shard, [d.txid for d in group if d.commit and d.txid not in lost]
@@ -204,6 +238,11 @@ class Participants:
 
         failed = await asyncio.gather(*(one(s, group) for s, group in by_shard.items()))
         return {txid for shard_failures in failed for txid in shard_failures}
+
+    async def _decide_call(self, shard: int, decisions: list[Decision]) -> None:
+        """``_send_decisions``'s call, through the shard's shared decide batcher."""
+        batcher = self.batched(shard, "decide")
+        await asyncio.gather(*(batcher.submit(d) for d in decisions))
 
     async def _decide_chunks(self, shard: int, decisions: list[Decision]) -> None:
         for start in range(0, len(decisions), MAX_BATCH):
@@ -239,7 +278,7 @@ class Participants:
 
 
 async def prepare_on(
-    call_shard: ShardCall,
+    call_shard: PrepareCall,
     shard: int,
     group: list[PendingTx],
     epoch: int,
@@ -257,13 +296,13 @@ async def prepare_on(
         if shard in unreachable:
             _vote_unavailable(shard, chunk, "shard not answering; retry later")
             continue
-        payload = encode(
-            [Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=epoch) for tx in chunk]
-        )
+        prepares = [
+            Prepare(txid=tx.txid, transfer=tx.transfer, coordinator_epoch=epoch) for tx in chunk
+        ]
         try:
             # The shard's channel gives up after PREPARE_DEADLINE_SECONDS of silence; this
             # bounds the wait on one that keeps answering "not now" (reconfiguring).
-            raw = await asyncio.wait_for(call_shard(shard, "prepare", payload), wait)
+            votes = await asyncio.wait_for(call_shard(shard, prepares), wait)
         except TimeoutError:
             unreachable.mark(shard)
             _vote_unavailable(shard, chunk, "shard did not vote in time; retry later")
@@ -272,7 +311,7 @@ async def prepare_on(
             log.warning("prepare on shard %d failed: %s", shard, error)
             _vote_unavailable(shard, chunk, "shard unavailable")
             continue
-        for tx, vote in zip(chunk, decode(raw, list[Vote]), strict=True):
+        for tx, vote in zip(chunk, votes, strict=True):
             # A vote counts only for the transaction it names.
             if vote.txid == tx.txid:
                 tx.votes[shard] = vote
@@ -284,7 +323,7 @@ def _vote_unavailable(shard: int, chunk: list[PendingTx], detail: str) -> None:
 
 
 async def _deliver_to(
-    call_shard: ShardCall,
+    call_shard: DecideCall,
     shard: int,
     decisions: list[Decision],
     deadline: float,
@@ -300,12 +339,14 @@ async def _deliver_to(
         return {d.txid for d in decisions}
 
 
-async def _send_decisions(call_shard: ShardCall, shard: int, decisions: list[Decision]) -> set[str]:
+async def _send_decisions(
+    call_shard: DecideCall, shard: int, decisions: list[Decision]
+) -> set[str]:
     for start in range(0, len(decisions), MAX_BATCH):
         chunk = decisions[start : start + MAX_BATCH]
         for attempt in range(DECIDE_ATTEMPTS):
             try:
-                await call_shard(shard, "decide", encode(chunk))
+                await call_shard(shard, chunk)
                 break
             except TimeoutError:
                 raise  # silent: the caller marks it unreachable

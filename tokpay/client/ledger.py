@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from tokpay.actors.batching import Batcher
 from tokpay.actors.channel import ActorChannel
 from tokpay.actors.deploy import LedgerHandles, connect_ledger, use_loopback_ray
 from tokpay.actors.directory import ControllerDirectory, Directory, NamedActorDirectory
@@ -28,7 +29,6 @@ from tokpay.actors.naming import (
 from tokpay.actors.protocol import ChannelAddress, HistoryReply, ShardStats, decode, encode
 from tokpay.actors.read_barrier import LookupAnswer
 from tokpay.actors.timing import CHANNEL_REQUEST_TIMEOUT_SECONDS, CROSS_BATCH_TIMEOUT_SECONDS
-from tokpay.client.batching import Batcher
 from tokpay.ledger.errors import ErrorCode, LedgerError
 from tokpay.ledger.limits import (
     MAX_BATCH,
