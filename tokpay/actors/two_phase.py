@@ -135,6 +135,10 @@ class Participants:
         if batcher is None:
 
             async def send(items: list[Any]) -> list[Any]:
+                if shard in self.unreachable:
+                    # Marked while these waited behind a call that ran out: they would only
+                    # wait out the deadline again on a shard known not to answer.
+                    raise TimeoutError(f"shard {shard} is not answering")
                 raw = await self.call(shard, method, encode(items))
                 if method == "prepare":
                     votes: list[Vote] = decode(raw, list[Vote])
