@@ -9,7 +9,7 @@ one round trip when idle. A full queue is an immediate ``overloaded`` error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from tokpay.ledger.errors import ErrorCode, LedgerError
@@ -43,15 +43,29 @@ class Batcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         if len(self._pending) >= self._max_pending:
-            raise LedgerError(
-                ErrorCode.OVERLOADED,
-                f"more than {self._max_pending} requests are waiting for this shard; retry later",
-            )
+            raise self._overloaded()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future))
         self._schedule(loop)
         return await future
+
+    async def submit_many(self, items: Sequence[Item]) -> list[Result]:
+        """``submit`` for several items of one caller: all queued or none (the bound is
+        checked once), their results in order."""
+        if len(self._pending) + len(items) > self._max_pending:
+            raise self._overloaded()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures, strict=True))
+        self._schedule(loop)
+        return list(await asyncio.gather(*futures))
+
+    def _overloaded(self) -> LedgerError:
+        return LedgerError(
+            ErrorCode.OVERLOADED,
+            f"more than {self._max_pending} requests are waiting for this shard; retry later",
+        )
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled and self._inflight < self._max_inflight:

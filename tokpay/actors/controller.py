@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -44,11 +45,6 @@ from tokpay.actors.timing import (
 log = logging.getLogger("tokpay.controller")
 
 BOOTSTRAP_POLL_SECONDS = 0.2
-
-
-def _settled_at(g: Group, epoch: int) -> Callable[[], bool]:
-    """Whether ``g`` is still in sync at ``epoch`` (asked when a deletion's grace ends)."""
-    return lambda: g.epoch == epoch and g.backup_ready
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=256)  # type: ignore[call-overload]
@@ -233,7 +229,7 @@ class Controller:
                 group,
                 {g.primary.directory, g.backup.directory},
                 g.epoch,
-                still=_settled_at(g, g.epoch),
+                still=partial(g.in_sync_at, g.epoch),
                 nodes=returned,
             )
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from tokpay.actors.copies import CopyChoice, CopyView, choose_copy
@@ -361,7 +362,7 @@ class Reconfiguration:
             group,
             {primary.directory, member.directory},
             epoch,
-            still=lambda: g.epoch == epoch and g.backup_ready,
+            still=partial(g.in_sync_at, epoch),
         )
         # Reports from before the attach (say, "broken") no longer describe the primary.
         self._liveness.reports.pop(primary.name, None)

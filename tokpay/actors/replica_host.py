@@ -235,8 +235,8 @@ class ReplicaHost(Generic[S]):
             return self.serve_replication(method, payload)
         with self.lock:
             reply = self.serve_replication(method, payload)
-            throttle, early = self._throttle, self._early_log
-            kept = early.last_sequence if method == "replicate" and early is not None else None
+            throttle = self._throttle if method == "replicate" else None
+            kept = self._early_log.last_sequence if throttle and self._early_log else None
         if throttle is not None and kept is not None:
             throttle.hold(kept)  # off the lock: the catch-up needs it for its rounds
         return reply
@@ -333,20 +333,18 @@ class ReplicaHost(Generic[S]):
         """
         started = time.perf_counter()
         service: S | None = None
-        throttle = CatchUpThrottle(sequence, sequence)  # replaced once the rounds begin
+        throttle: CatchUpThrottle | None = None
         try:
             self._service_class.adopt_state(self.root, copy, sequence, fsync=self.fsync)
             service = self._open(self._options(self.epoch, True, sequence))
             applied = sequence
-            with self.lock:
-                if self._early_log is not None and generation == self._generation:
-                    throttle = CatchUpThrottle(sequence, self._early_log.last_sequence)
-                    self._throttle = throttle
             while True:
                 with self.lock:
                     early = self._early_log
                     if early is None or generation != self._generation:
                         raise NotPrimary("the install was abandoned")
+                    if throttle is None:  # the first round: new records wait for it from now
+                        throttle = self._throttle = CatchUpThrottle(applied, early.last_sequence)
                     if early.last_sequence - applied <= CATCH_UP_UNDER_LOCK_RECORDS:
                         self._replay(service, early.records(applied), generation)
                         early.close()
@@ -364,10 +362,12 @@ class ReplicaHost(Generic[S]):
                 service.close()
             return
         finally:
-            with self.lock:
-                if self._throttle is throttle:
-                    self._throttle = None
-            throttle.finish()
+            if throttle is not None:
+                with self.lock:
+                    if self._throttle is throttle:
+                        self._throttle = None
+                throttle.finish()
+        assert throttle is not None  # the loop ran at least one round
         log.info(
             "%s: backup installed from a copy at sequence %d, caught up in %.3f s "
             "(primary held back %.2f s in all, %d waits ran out)",

@@ -56,6 +56,10 @@ class Group(msgspec.Struct):
     """A replica process started ahead of need on the node a new backup would go to
     (``SPARE_ROLE``): it holds nothing and opens nothing until it is made the backup."""
 
+    def in_sync_at(self, epoch: int) -> bool:
+        """Still at ``epoch`` with its backup in sync (a deletion's grace asks it at the end)."""
+        return self.epoch == epoch and self.backup_ready
+
 
 class ClusterState(msgspec.Struct):
     shard_count: int

@@ -126,7 +126,7 @@ class Participants:
         self._background: set[asyncio.Task[set[str]]] = set()
         self._batchers: dict[tuple[int, str], Batcher[Any, Any]] = {}
 
-    def batched(self, shard: int, method: str) -> Batcher[Any, Any]:
+    def _batched(self, shard: int, method: str) -> Batcher[Any, Any]:
         """One shard's ``prepare`` (items: ``Prepare``, results: ``Vote``) or ``decide``
         (items: ``Decision``, results: None; all applied or the call raises) calls, one in
         flight at a time: the cross-shard batches in flight together (several per gateway)
@@ -161,8 +161,8 @@ class Participants:
 
     async def _prepare_call(self, shard: int, prepares: list[Prepare]) -> list[Vote]:
         """``prepare_on``'s call, through the shard's shared prepare batcher."""
-        batcher = self.batched(shard, "prepare")
-        return list(await asyncio.gather(*(batcher.submit(p) for p in prepares)))
+        votes: list[Vote] = await self._batched(shard, "prepare").submit_many(prepares)
+        return votes
 
     async def deliver(
         self, decisions: list[Decision], participants: Mapping[str, Sequence[int]], deadline: float
@@ -245,8 +245,7 @@ class Participants:
 
     async def _decide_call(self, shard: int, decisions: list[Decision]) -> None:
         """``_send_decisions``'s call, through the shard's shared decide batcher."""
-        batcher = self.batched(shard, "decide")
-        await asyncio.gather(*(batcher.submit(d) for d in decisions))
+        await self._batched(shard, "decide").submit_many(decisions)
 
     async def _decide_chunks(self, shard: int, decisions: list[Decision]) -> None:
         for start in range(0, len(decisions), MAX_BATCH):
