@@ -1,0 +1,134 @@
+"""Where a transfer's CPU goes: the transfers step of ``bench/run_all.py``, with each
+process's CPU time per transfer.
+
+Starts ``tokpay serve`` (single node, fsync on), opens accounts, drives
+``POST /v1/transfers`` (1 -> 1..3 legs, ~30% cross-shard) with wrk, and reads the
+CPU time (user + system, from ``/proc``) every process of the server's session
+spent meanwhile, grouped as shards, coordinator, gateway (the ``tokpay serve``
+process and its granian workers) and Ray's own processes, plus wrk's. ``/metrics``
+gives the shard batches and the gateway's batches per transfer. The machine is
+CPU-bound under this load, so the rate is about the CPU left over divided by the
+CPU one transfer costs: the per-process figures say where a change must cut.
+
+To weigh an older commit, copy this file and ``bench/run_all.py`` into a checkout of
+it and run it there with ``PYTHONPATH`` set to that checkout, alternating with this
+one (the figures are per transfer, so a noisy machine moves them less than rates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from run_all import lua_transfers, open_accounts, wrk, wrk_arguments
+
+from tokpay.testing.localserver import LocalServer
+
+TICKS = os.sysconf("SC_CLK_TCK")
+KINDS = ("shards", "coordinator", "gateway", "ray", "wrk")
+
+
+def kind_of(command: str) -> str:
+    if "ShardActor" in command:
+        return "shards"
+    if "CoordinatorActor" in command:
+        return "coordinator"
+    if "raylet" in command or "gcs_server" in command or "/ray/" in command:
+        return "ray"
+    return "gateway"
+
+
+def cpu_by_process(session: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of every process in ``session`` (by kind), and of any wrk."""
+    found: dict[int, tuple[str, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as file:
+                command = file.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / TICKS
+        if command.startswith("wrk "):
+            found[int(name)] = ("wrk", cpu)
+        elif int(fields[3]) == session:
+            found[int(name)] = (kind_of(command), cpu)
+    return found
+
+
+def counter(text: str, name: str) -> float:
+    """The sum of a metric's samples (all labels) in a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def main() -> None:
+    args = wrk_arguments(__doc__, accounts_per_shard=1000)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    work = Path(tempfile.mkdtemp(prefix="tokpay-cost-"))
+    server = LocalServer(work / "data", shards=args.shards, workers=args.workers)
+    server.start()
+    assert server.process is not None
+    try:
+        address = (work / "data" / "run" / "ray-address").read_text()
+        by_shard = open_accounts(address, args.accounts_per_shard, args.shards, 10**11)
+        before_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        before = cpu_by_process(server.process.pid)
+        started = time.monotonic()
+        run = wrk(
+            server.url, "/", lua_transfers(by_shard, 0.3, None), args.connections, args.seconds
+        )
+        elapsed = time.monotonic() - started
+        after = cpu_by_process(server.process.pid)
+        after_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        summary = httpx.get(f"{server.url}/v1/ledger/summary", timeout=30).json()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    transfers = run["rate"] * args.seconds
+    spent = dict.fromkeys(KINDS, 0.0)
+    for pid, (kind, cpu) in after.items():
+        spent[kind] += cpu - before.get(pid, (kind, 0.0))[1]
+    result: dict[str, Any] = {
+        "rate": run["rate"],
+        "p99_ms": run["p99_ms"],
+        "non_2xx": run["non_2xx"],
+        "cpu_ms_per_transfer": {k: round(v / transfers * 1000, 3) for k, v in spent.items()},
+        "cores_busy": round(sum(spent.values()) / elapsed, 2),
+        "cores": os.cpu_count(),
+        "sum_of_balances": summary["currencies"],
+    }
+    for name, key in (
+        ("tokpay_shard_batches_total", "shard_batches_per_transfer"),
+        ("tokpay_gateway_batch_items_count", "gateway_batches_per_transfer"),
+        ("tokpay_gateway_batch_items_sum", "gateway_items_per_transfer"),
+    ):
+        grown = counter(after_metrics, name) - counter(before_metrics, name)
+        result[key] = round(grown / transfers, 3)
+    cost = result["cpu_ms_per_transfer"]
+    print(
+        f"{run['rate']:,.0f} transfers/s, {result['cores_busy']} cores busy; CPU ms per "
+        + "transfer: "
+        + ", ".join(f"{k} {cost[k]}" for k in KINDS)
+        + f"; shard batches per transfer {result['shard_batches_per_transfer']}, gateway "
+        f"batches {result['gateway_batches_per_transfer']} carrying "
+        f"{result['gateway_items_per_transfer']} items; non-2xx {run['non_2xx']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
