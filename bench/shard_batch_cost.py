@@ -5,7 +5,8 @@ Opens a ``ShardService`` (shard 0 of 4) in a temporary directory, opens and fund
 orders (1 -> 1..3 legs, random accounts, new ids) and, where the shard has them,
 ``--claims`` claims of ids homed here for orders elsewhere. Prints the process CPU
 time (user + system, so an fsync's kernel work counts) and the wall time per batch;
-``--profile`` adds cProfile's 25 costliest functions.
+where the shard has a store (issue 10), the part spent in its id lookups
+(``bindings``, or older point reads) and writes; ``--profile`` adds cProfile's 25 costliest functions.
 
 The same file runs on older checkouts (it uses ``apply_orders`` where a shard has no
 ``claim_and_apply``): copy it into one and run it with ``PYTHONPATH`` set to that
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tokpay.actors.protocol import encode
 from tokpay.actors.shard import ShardService
@@ -42,6 +44,32 @@ def accounts_here() -> list[str]:
             names.append(f"b{n}")
         n += 1
     return names
+
+
+def time_store_calls(service: ShardService) -> dict[str, float]:
+    """CPU seconds spent in the shard's store id lookups and writes, filled in as the
+    batches run (empty on a commit whose shard has no store)."""
+    store = getattr(service, "store", None)
+    spent: dict[str, float] = {}
+    if store is None:
+        return spent
+    for name in ("bindings", "transfer", "mark", "write"):
+        if not hasattr(store, name):
+            continue  # an older store: point reads (transfer, mark) instead of bindings
+        spent[name] = 0.0
+        setattr(store, name, _timed(getattr(store, name), name, spent))
+    return spent
+
+
+def _timed(call: Any, name: str, spent: dict[str, float]) -> Any:
+    def timed(*args: Any) -> Any:
+        started = time.process_time()
+        try:
+            return call(*args)
+        finally:
+            spent[name] += time.process_time() - started
+
+    return timed
 
 
 def main() -> None:
@@ -97,6 +125,7 @@ def main() -> None:
             else:
                 payloads.append(encode(orders))
         apply = service.claim_and_apply if claims else service.apply_orders
+        store_cpu = time_store_calls(service)
         profile = cProfile.Profile() if args.profile else None
         cpu, wall = time.process_time(), time.monotonic()
         if profile is not None:
@@ -115,6 +144,15 @@ def main() -> None:
         + f", fsync {'off' if args.no_fsync else 'on'}: {cpu / args.batches * 1000:.3f} ms CPU "
         f"and {wall / args.batches * 1000:.3f} ms wall per batch"
     )
+    if store_cpu:
+        print(
+            "of which the store: "
+            + ", ".join(
+                f"{name} {seconds / args.batches * 1000:.3f} ms"
+                for name, seconds in store_cpu.items()
+            )
+            + " CPU per batch"
+        )
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 

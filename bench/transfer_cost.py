@@ -5,7 +5,8 @@ Starts ``tokpay serve`` (single node, fsync on), opens accounts, drives
 ``POST /v1/transfers`` (1 -> 1..3 legs, ~30% cross-shard) with wrk, and reads the
 CPU time (user + system, from ``/proc``) every process of the server's session
 spent meanwhile, grouped as shards, coordinator, gateway (the ``tokpay serve``
-process and its granian workers) and Ray's own processes, plus wrk's. ``/metrics``
+process and its granian workers) and Ray's own processes, plus wrk's (from
+``getrusage``). ``/metrics``
 gives the shard batches and the gateway's batches per transfer. The machine is
 CPU-bound under this load, so the rate is about the CPU left over divided by the
 CPU one transfer costs: the per-process figures say where a change must cut.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -45,7 +47,7 @@ def kind_of(command: str) -> str:
 
 
 def cpu_by_process(session: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds of every process in ``session`` (by kind), and of any wrk."""
+    """CPU seconds of every process in ``session``, by kind."""
     found: dict[int, tuple[str, float]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -58,9 +60,7 @@ def cpu_by_process(session: int) -> dict[int, tuple[str, float]]:
         except OSError:
             continue  # ended meanwhile
         cpu = (int(fields[11]) + int(fields[12])) / TICKS
-        if command.startswith("wrk "):
-            found[int(name)] = ("wrk", cpu)
-        elif int(fields[3]) == session:
+        if int(fields[3]) == session:
             found[int(name)] = (kind_of(command), cpu)
     return found
 
@@ -87,10 +87,14 @@ def main() -> None:
         before_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
         before = cpu_by_process(server.process.pid)
         started = time.monotonic()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = wrk(
             server.url, "/", lua_transfers(by_shard, 0.3, None), args.connections, args.seconds
         )
         elapsed = time.monotonic() - started
+        # wrk is the only child reaped meanwhile (the server is reaped when it stops).
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_cpu = reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime
         after = cpu_by_process(server.process.pid)
         after_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
         summary = httpx.get(f"{server.url}/v1/ledger/summary", timeout=30).json()
@@ -99,6 +103,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     transfers = run["rate"] * args.seconds
     spent = dict.fromkeys(KINDS, 0.0)
+    spent["wrk"] = wrk_cpu
     for pid, (kind, cpu) in after.items():
         spent[kind] += cpu - before.get(pid, (kind, 0.0))[1]
     result: dict[str, Any] = {
