@@ -3,11 +3,11 @@ process's CPU time per transfer.
 
 Starts ``tokpay serve`` (single node, fsync on), opens accounts, drives
 ``POST /v1/transfers`` (1 -> 1..3 legs, ~30% cross-shard) with wrk, and reads the
-CPU time (user + system, from ``/proc``) every process of the server's session
+CPU time (user + system, through psutil) every process of the server's session
 spent meanwhile, grouped as shards, coordinator, gateway (the ``tokpay serve``
 process and its granian workers) and Ray's own processes, plus wrk's (from
-``getrusage``). ``/metrics``
-gives the shard batches and the gateway's batches per transfer. The machine is
+``getrusage``). ``/metrics`` gives the shard batches and the gateway's batches per
+transfer. The machine is
 CPU-bound under this load, so the rate is about the CPU left over divided by the
 CPU one transfer costs: the per-process figures say where a change must cut.
 
@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from run_all import lua_transfers, open_accounts, wrk, wrk_arguments
 
+from tokpay.cluster.sessions import session_pids
 from tokpay.testing.localserver import LocalServer
 
-TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = ("shards", "coordinator", "gateway", "ray", "wrk")
 
 
@@ -47,31 +49,25 @@ def kind_of(command: str) -> str:
 
 
 def cpu_by_process(session: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds of every process in ``session``, by kind."""
+    """CPU seconds (user + system) of every process in ``session``, by kind."""
     found: dict[int, tuple[str, float]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in session_pids(session):
         try:
-            with open(f"/proc/{name}/cmdline", "rb") as file:
-                command = file.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{name}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            found[pid] = (kind_of(" ".join(process.cmdline())), times.user + times.system)
+        except psutil.Error:
             continue  # ended meanwhile
-        cpu = (int(fields[11]) + int(fields[12])) / TICKS
-        if int(fields[3]) == session:
-            found[int(name)] = (kind_of(command), cpu)
     return found
 
 
-def counter(text: str, name: str) -> float:
-    """The sum of a metric's samples (all labels) in a /metrics page."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def sample_sums(page: str) -> dict[str, float]:
+    """Every sample of a /metrics page, summed over its labels, by sample name."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
 
 
 def main() -> None:
@@ -84,7 +80,7 @@ def main() -> None:
     try:
         address = (work / "data" / "run" / "ray-address").read_text()
         by_shard = open_accounts(address, args.accounts_per_shard, args.shards, 10**11)
-        before_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        before_metrics = sample_sums(httpx.get(f"{server.url}/metrics", timeout=30).text)
         before = cpu_by_process(server.process.pid)
         started = time.monotonic()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -96,7 +92,7 @@ def main() -> None:
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         wrk_cpu = reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime
         after = cpu_by_process(server.process.pid)
-        after_metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        after_metrics = sample_sums(httpx.get(f"{server.url}/metrics", timeout=30).text)
         summary = httpx.get(f"{server.url}/v1/ledger/summary", timeout=30).json()
     finally:
         server.stop()
@@ -120,7 +116,7 @@ def main() -> None:
         ("tokpay_gateway_batch_items_count", "gateway_batches_per_transfer"),
         ("tokpay_gateway_batch_items_sum", "gateway_items_per_transfer"),
     ):
-        grown = counter(after_metrics, name) - counter(before_metrics, name)
+        grown = after_metrics.get(name, 0.0) - before_metrics.get(name, 0.0)
         result[key] = round(grown / transfers, 3)
     cost = result["cpu_ms_per_transfer"]
     print(
