@@ -236,7 +236,8 @@ class ReplicaHost(Generic[S]):
         with self.lock:
             reply = self.serve_replication(method, payload)
             throttle = self._throttle if method == "replicate" else None
-            kept = self._early_log.last_sequence if throttle and self._early_log else None
+            early = self._early_log
+            kept = early.last_sequence if throttle is not None and early is not None else None
         if throttle is not None and kept is not None:
             throttle.hold(kept)  # off the lock: the catch-up needs it for its rounds
         return reply
