@@ -20,6 +20,7 @@ import cProfile
 import pstats
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -135,6 +136,7 @@ def main() -> None:
         if profile is not None:
             profile.disable()
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        sums = service.currency_sums()
     finally:
         service.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -153,6 +155,8 @@ def main() -> None:
             )
             + " CPU per batch"
         )
+    if any(sums.values()):
+        sys.exit(f"the balances do not sum to zero after the run: {sums}")
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 

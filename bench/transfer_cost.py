@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +130,9 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    unbalanced = {c: v for c, v in summary["currencies"].items() if v["sum_of_balances"] != 0}
+    if unbalanced:
+        sys.exit(f"the balances do not sum to zero after the run: {unbalanced}")
 
 
 if __name__ == "__main__":
